@@ -1,0 +1,3 @@
+"""imageward: keep container images verifiable, small and fast to start."""
+
+__version__ = "0.1.0.dev0"

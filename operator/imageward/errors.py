@@ -1,0 +1,109 @@
+"""Typed errors. Each carries the facts a person needs to act on it.
+
+Only the Kopf handlers (`imageward.main`) map these to Kopf's own errors; every other
+module raises or returns them as data.
+"""
+
+from __future__ import annotations
+
+
+class ImagewardError(Exception):
+    """Root of every error imageward raises on purpose."""
+
+
+class ConfigurationError(ImagewardError):
+    """Settings or command-line input that cannot be used; names the bad variable."""
+
+
+class RegistryError(ImagewardError):
+    """A registry lookup failed. Subclasses say how; all name where."""
+
+    #: short machine-readable kind, also used in messages and metric-free logs
+    kind = "registry error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        registry: str,
+        repository: str | None = None,
+        reference: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message
+        self.registry = registry
+        self.repository = repository
+        self.reference = reference
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(str(self))
+
+    @property
+    def where(self) -> str:
+        where = self.registry
+        if self.repository:
+            where += f"/{self.repository}"
+        if self.reference:
+            where += ("@" if self.reference.startswith("sha256:") else ":") + self.reference
+        return where
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.where}: {self.kind}{status}: {self.message}"
+
+
+class NotFoundError(RegistryError):
+    kind = "not found"
+
+
+class UnauthorizedError(RegistryError):
+    kind = "unauthorized"
+
+
+class RateLimitedError(RegistryError):
+    kind = "rate limited"
+
+
+class RegistryTimeoutError(RegistryError):
+    kind = "timed out"
+
+
+class UnreachableError(RegistryError):
+    kind = "unreachable"
+
+
+class BadResponseError(RegistryError):
+    kind = "bad response"
+
+
+class DigestMismatchError(RegistryError):
+    kind = "digest mismatch"
+
+
+class TooLargeError(RegistryError):
+    kind = "too large"
+
+
+class InvalidReferenceError(ImagewardError):
+    """An image reference that cannot be parsed."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        self.reference = reference
+        self.reason = reason
+        super().__init__(f"invalid image reference {reference!r}: {reason}")
+
+
+
+
+class PolicyError(ImagewardError):
+    """An ImagePolicy that cannot be used (bad glob, bad PEM, missing Secret...)."""
+
+    def __init__(self, policy: str, reason: str) -> None:
+        self.policy = policy
+        self.reason = reason
+        super().__init__(f"ImagePolicy {policy}: {reason}")
+
+
+class SignatureError(ImagewardError):
+    """A signature that could not be read or does not verify; data for a Violation."""

@@ -1,0 +1,118 @@
+"""Every Prometheus metric imageward exports, and the helpers that record them.
+
+The only module that imports prometheus_client. Names are a contract (product.md):
+extend, never rename. No label ever carries an image reference (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+
+REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+admission_requests = prometheus_client.Counter(
+    "imageward_admission_requests_total",
+    "Admission reviews answered, by resource, operation and decision.",
+    ["resource", "operation", "decision"],
+    registry=REGISTRY,
+)
+admission_duration = prometheus_client.Histogram(
+    "imageward_admission_duration_seconds",
+    "Time to answer one admission review.",
+    ["resource"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+policy_evaluations = prometheus_client.Counter(
+    "imageward_policy_evaluations_total",
+    "Rule evaluations per policy, rule and result (pass, fail, error).",
+    ["policy", "rule", "result"],
+    registry=REGISTRY,
+)
+signature_verifications = prometheus_client.Counter(
+    "imageward_signature_verifications_total",
+    "Signature verifications per policy, authority, format (bundle, legacy) and result.",
+    ["policy", "authority", "format", "result"],
+    registry=REGISTRY,
+)
+registry_requests = prometheus_client.Counter(
+    "imageward_registry_requests_total",
+    "HTTP requests sent to registries, by registry, kind and status code.",
+    ["registry", "kind", "code"],
+    registry=REGISTRY,
+)
+registry_request_duration = prometheus_client.Histogram(
+    "imageward_registry_request_duration_seconds",
+    "Registry request latency by registry and kind.",
+    ["registry", "kind"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+cache_lookups = prometheus_client.Counter(
+    "imageward_cache_lookups_total",
+    "Cache lookups by cache and result (hit, miss).",
+    ["cache", "result"],
+    registry=REGISTRY,
+)
+cache_entries = prometheus_client.Gauge(
+    "imageward_cache_entries",
+    "Entries currently held per cache.",
+    ["cache"],
+    registry=REGISTRY,
+)
+prepull_nodes = prometheus_client.Gauge(
+    "imageward_prepull_nodes",
+    "Nodes of a PrePull by state (desired, ready, failed).",
+    ["namespace", "prepull", "state"],
+    registry=REGISTRY,
+)
+prepull_planned_bytes = prometheus_client.Gauge(
+    "imageward_prepull_planned_bytes",
+    "Bytes of layers planned per node for a PrePull.",
+    ["namespace", "prepull"],
+    registry=REGISTRY,
+)
+prepull_saved_bytes = prometheus_client.Gauge(
+    "imageward_prepull_saved_bytes",
+    "Sum over the PrePull's images of the planned bytes each one contains.",
+    ["namespace", "prepull"],
+    registry=REGISTRY,
+)
+agent_fetched_bytes = prometheus_client.Counter(
+    "imageward_agent_fetched_bytes_total",
+    "Bytes the node agent fetched into containerd.",
+    ["prepull"],
+    registry=REGISTRY,
+)
+agent_fetch_duration = prometheus_client.Histogram(
+    "imageward_agent_fetch_duration_seconds",
+    "Time the node agent took to fetch one planned blob.",
+    ["prepull"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+def observe_registry_request(registry: str, kind: str, code: int | str, seconds: float) -> None:
+    registry_requests.labels(registry=registry, kind=kind, code=str(code)).inc()
+    registry_request_duration.labels(registry=registry, kind=kind).observe(seconds)
+
+
+def observe_cache_lookup(cache: str, *, hit: bool, entries: int) -> None:
+    cache_lookups.labels(cache=cache, result="hit" if hit else "miss").inc()
+    cache_entries.labels(cache=cache).set(entries)
+
+
+def observe_admission(resource: str, operation: str, decision: str, seconds: float) -> None:
+    admission_requests.labels(resource=resource, operation=operation, decision=decision).inc()
+    admission_duration.labels(resource=resource).observe(seconds)
+
+
+def start_http_server(port: int, addr: str = "0.0.0.0") -> None:
+    prometheus_client.start_http_server(port, addr=addr, registry=REGISTRY)
+
+
+def exposition() -> bytes:
+    return prometheus_client.generate_latest(REGISTRY)

@@ -1,0 +1,1 @@
+"""OCI distribution client: pure protocol modules plus one async transport."""

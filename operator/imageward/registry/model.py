@@ -1,0 +1,114 @@
+"""Data the registry client returns: references, platforms, layers and image facts.
+
+Frozen and slotted; shared by policy evaluation, signature checks and layer planning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NewType
+
+Digest = NewType("Digest", str)  # "sha256:<64 hex>"
+
+DEFAULT_REGISTRY = "docker.io"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageReference:
+    """A parsed image reference, normalised the way containerd and kubelet do.
+
+    `registry` is the host[:port] ("docker.io" for Docker Hub), `repository` the path
+    ("library/nginx" for "nginx"), and at least one of `tag` and `digest` is set once
+    defaults are applied (tag "latest" when neither is given).
+    """
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+    original: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        """What to ask the registry for: the digest when pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+    def with_digest(self, digest: Digest) -> ImageReference:
+        return dataclasses.replace(self, digest=digest)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.os}/{self.architecture}"
+        return f"{text}/{self.variant}" if self.variant else text
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Layer:
+    digest: Digest
+    size: int
+    media_type: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """The few config fields policies and the planner read."""
+
+    user: str | None
+    os: str | None
+    architecture: str | None
+    created: str | None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlatformImage:
+    """One runnable image: a platform manifest, its layers and config."""
+
+    digest: Digest  # digest of the platform manifest
+    platform: Platform | None
+    media_type: str
+    layers: tuple[Layer, ...]
+    config_digest: Digest
+    config: ImageConfig
+
+    @property
+    def compressed_size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def largest_layer(self) -> Layer | None:
+        return max(self.layers, key=lambda layer: layer.size, default=None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageFacts:
+    """Everything known about one reference: the digest it resolves to and its images.
+
+    `digest` is the digest the reference resolved to (an index or a single manifest).
+    `images` holds the platform images selected (one for a single manifest; for an
+    index, the entries matching the platform choice, attestation entries skipped).
+    """
+
+    reference: ImageReference
+    digest: Digest
+    media_type: str
+    is_index: bool
+    images: tuple[PlatformImage, ...]

@@ -1,0 +1,145 @@
+"""One settings object, built once at start-up and passed explicitly.
+
+Grouped frozen dataclasses with documented defaults; `from_env("IMAGEWARD_")` reads
+overrides from the environment through one table, so every error names its variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from imageward import errors
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    insecure_registries: tuple[str, ...] = ()
+    """Hosts (host[:port]) reached over plain HTTP, like containerd's `insecure` hosts."""
+
+    ca_bundle: str | None = None
+    """PEM file of extra CAs trusted for HTTPS registries (None: the system store)."""
+
+    mirrors: tuple[tuple[str, str], ...] = ()
+    """(registry, mirror) pairs: lookups try the mirror first, then the registry."""
+
+    request_timeout: float = 5.0
+    """Seconds for one HTTP request, headers and body; bounded again by each deadline."""
+
+    lookup_deadline: float = 8.0
+    """Seconds for a whole lookup (auth, redirects, retries) unless the caller passes one."""
+
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    """Manifests and indexes larger than this are refused (real ones are a few KiB)."""
+
+    max_config_bytes: int = 8 * 1024 * 1024
+    """Image config blobs larger than this are refused."""
+
+    retries: int = 2
+    """Extra attempts after a 5xx or a connection error, inside the deadline."""
+
+    facts_cache_size: int = 4096
+    """Image facts kept, keyed by digest (immutable, so never stale)."""
+
+    tag_cache_ttl: float = 30.0
+    """Seconds a tag-to-digest resolution is trusted."""
+
+    negative_cache_ttl: float = 5.0
+    """Seconds a 'not found' is remembered, so a burst of bad pods costs one lookup."""
+
+    max_concurrency: int = 64
+    """HTTP requests in flight to all registries at once."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    host: str = "0.0.0.0"
+    """Address the webhook server listens on."""
+
+    port: int = 9443
+    """HTTPS port of the webhook server."""
+
+    webhook_timeout: int = 10
+    """Seconds the apiserver waits for the webhook (timeoutSeconds, at most 30)."""
+
+    deadline: float = 8.0
+    """Seconds the handler allows itself; below webhook_timeout so it answers in time."""
+
+    excluded_namespaces: tuple[str, ...] = ("kube-system",)
+    """Namespaces never checked, besides the operator's own."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    namespace: str = "imageward-system"
+    """The operator's own namespace (excluded from admission)."""
+
+    metrics_port: int = 8080
+    """Port of the Prometheus /metrics endpoint (0 disables it)."""
+
+    registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
+    admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in _parse_list(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"expected registry=mirror, got {item!r}")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+# variable suffix -> (group or "", field, parser)
+_ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
+    "NAMESPACE": ("", "namespace", str),
+    "METRICS_PORT": ("", "metrics_port", int),
+    "INSECURE_REGISTRIES": ("registry", "insecure_registries", _parse_list),
+    "REGISTRY_CA_BUNDLE": ("registry", "ca_bundle", str),
+    "REGISTRY_MIRRORS": ("registry", "mirrors", _parse_pairs),
+    "REGISTRY_REQUEST_TIMEOUT": ("registry", "request_timeout", float),
+    "REGISTRY_LOOKUP_DEADLINE": ("registry", "lookup_deadline", float),
+    "REGISTRY_RETRIES": ("registry", "retries", int),
+    "FACTS_CACHE_SIZE": ("registry", "facts_cache_size", int),
+    "TAG_CACHE_TTL": ("registry", "tag_cache_ttl", float),
+    "WEBHOOK_HOST": ("admission", "host", str),
+    "WEBHOOK_PORT": ("admission", "port", int),
+    "WEBHOOK_TIMEOUT": ("admission", "webhook_timeout", int),
+    "ADMISSION_DEADLINE": ("admission", "deadline", float),
+    "EXCLUDED_NAMESPACES": ("admission", "excluded_namespaces", _parse_list),
+}
+
+
+def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults and `<prefix><NAME>` variables; errors name the variable."""
+    environ = os.environ if environ is None else environ
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {"registry": {}, "admission": {}}
+    for suffix, (group, field, parse) in _ENV_TABLE.items():
+        name = prefix + suffix
+        if name not in environ:
+            continue
+        try:
+            value = parse(environ[name])
+        except ValueError as e:
+            raise errors.ConfigurationError(f"{name}={environ[name]!r}: {e}") from e
+        (groups[group] if group else top)[field] = value
+    settings = Settings(
+        **top,
+        registry=RegistrySettings(**groups["registry"]),
+        admission=AdmissionSettings(**groups["admission"]),
+    )
+    if settings.admission.deadline >= settings.admission.webhook_timeout:
+        raise errors.ConfigurationError(
+            f"{prefix}ADMISSION_DEADLINE ({settings.admission.deadline}s) must be below "
+            f"{prefix}WEBHOOK_TIMEOUT ({settings.admission.webhook_timeout}s), "
+            "or the apiserver gives up before the handler answers"
+        )
+    return settings
