@@ -94,8 +94,6 @@ class InvalidReferenceError(ImagewardError):
         super().__init__(f"invalid image reference {reference!r}: {reason}")
 
 
-
-
 class PolicyError(ImagewardError):
     """An ImagePolicy that cannot be used (bad glob, bad PEM, missing Secret...)."""
 

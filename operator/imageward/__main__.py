@@ -1,0 +1,5 @@
+import sys
+
+from imageward import cli
+
+sys.exit(cli.main())

@@ -1,0 +1,89 @@
+"""The `imageward` console script: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from imageward import __version__
+
+EXIT_OK = 0
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+
+def _not_built(name: str) -> int:
+    print(f"imageward {name}: not available in this build yet", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from imageward import operator_runner
+
+    return operator_runner.run(
+        standalone=args.standalone, liveness=args.liveness, verbose=args.verbose
+    )
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from imageward import dev
+
+    return dev.run(nodes=args.nodes, state_dir=args.state_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imageward",
+        description="Keep container images verifiable, small and fast to start.",
+    )
+    parser.add_argument("--version", action="version", version=f"imageward {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the operator (admission webhooks, controllers, metrics)")
+    run.add_argument(
+        "--standalone", action="store_true", help="no peering (a single replica, or tests)"
+    )
+    run.add_argument(
+        "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    dev = sub.add_parser(
+        "dev",
+        help="start a local control plane, registry, demo images and the operator",
+    )
+    dev.add_argument("--nodes", type=int, default=3, help="kwok nodes to simulate (default 3)")
+    dev.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the kubeconfig and logs go (default ~/.imageward/dev)",
+    )
+    dev.set_defaults(handler=_cmd_dev)
+
+    for name, text in (
+        ("check", "evaluate images against ImagePolicy files, no cluster needed"),
+        ("plan", "print the layer plan for a set of images"),
+        ("agent", "the node agent of PrePull Layers mode"),
+    ):
+        not_built = sub.add_parser(name, help=text)
+        not_built.add_argument("rest", nargs=argparse.REMAINDER)
+        not_built.set_defaults(handler=lambda args, name=name: _not_built(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Run the Kopf operator in this process (`imageward run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+
+from imageward import errors, settings
+
+logger = logging.getLogger(__name__)
+
+
+def run(*, standalone: bool, liveness: str | None, verbose: bool) -> int:
+    try:
+        config = settings.from_env()
+    except errors.ConfigurationError as e:
+        logger.error("%s", e)
+        return 2
+    # Importing the handlers module registers every @kopf.on handler.
+    from imageward import main
+
+    main.SETTINGS = config
+    kopf.configure(verbose=verbose)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=True,
+            standalone=standalone,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(settings=config),
+        )
+    )
+    return 0
