@@ -1,0 +1,135 @@
+"""Private image-reference normaliser used for policy matching.
+
+The registry team owns the real parser (`imageward.registry.reference`); until it lands,
+policy matching needs one that follows the same grammar (distribution/reference, as
+containerd and kubelet apply it), so it lives here, private. Replace the callers'
+`_reference.parse_reference` with the registry parser once it exists; keep
+`build_canonical_host`, which is a matching concern (aliases of one registry must match
+the same patterns).
+"""
+
+from __future__ import annotations
+
+import re
+
+from imageward import errors
+from imageward.registry import model as registry_model
+
+DOCKER_HUB = registry_model.DEFAULT_REGISTRY
+
+# Hosts that reach Docker Hub: a pattern or allow-list entry for docker.io must cover
+# them, or `index.docker.io/library/nginx` would escape a `docker.io/**` policy.
+_DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+# Grammar from distribution/reference (regexp.go).
+_DOMAIN_COMPONENT = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])"
+_IPV6 = r"\[[a-f0-9:]+\]"
+HOST_RE = re.compile(rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?")
+PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# sha256 and sha512 are the algorithms registries accept (OCI image-spec, descriptor.md).
+DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+
+MAX_NAME_LENGTH = 255
+
+
+def build_canonical_host(host: str) -> str:
+    """The registry host as matching compares it: lower case, aliases folded.
+
+    Hosts are case-insensitive (DNS); `:443` is the HTTPS default so `ghcr.io:443` is
+    `ghcr.io`; Docker Hub's aliases all become `docker.io`.
+    """
+    host = host.lower()
+    if host.endswith(":443"):
+        host = host[: -len(":443")]
+    if host in _DOCKER_HUB_ALIASES:
+        return DOCKER_HUB
+    return host
+
+
+def is_domain(component: str) -> bool:
+    """Whether the first path component names a registry host (Docker's rule)."""
+    return (
+        "." in component
+        or ":" in component
+        or component == "localhost"
+        or component.lower() != component
+    )
+
+
+def split_tag(name_and_tag: str) -> tuple[str, str | None]:
+    """Split `name[:tag]`; the tag is after the last colon that follows the last slash."""
+    colon = name_and_tag.rfind(":")
+    if colon > name_and_tag.rfind("/"):
+        return name_and_tag[:colon], name_and_tag[colon + 1 :]
+    return name_and_tag, None
+
+
+def split_domain(name: str) -> tuple[str, str]:
+    """Split a name into (host, repository) with Docker Hub's defaults applied.
+
+    The host is returned as written (not yet lower-cased or canonicalised).
+    """
+    slash = name.find("/")
+    if slash != -1 and is_domain(name[:slash]):
+        host, path = name[:slash], name[slash + 1 :]
+    else:
+        host, path = DOCKER_HUB, name
+    if build_canonical_host(host) == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return host, path
+
+
+def validate_path(reference: str, path: str) -> None:
+    if path != path.lower():
+        raise errors.InvalidReferenceError(reference, "repository path must be lowercase")
+    for component in path.split("/"):
+        if not PATH_COMPONENT_RE.fullmatch(component):
+            raise errors.InvalidReferenceError(
+                reference, f"invalid repository path component {component!r}"
+            )
+
+
+def parse_reference(text: str) -> registry_model.ImageReference:
+    """Parse and normalise `[host[:port]/]path[:tag][@digest]`.
+
+    Raises errors.InvalidReferenceError. The tag defaults to `latest` only when neither
+    tag nor digest is given, as kubelet does.
+    """
+    if not text:
+        raise errors.InvalidReferenceError(text, "empty reference")
+    if text != text.strip() or any(c.isspace() for c in text):
+        raise errors.InvalidReferenceError(text, "contains whitespace")
+    name_and_tag, at, digest_text = text.partition("@")
+    digest: registry_model.Digest | None = None
+    if at:
+        if not DIGEST_RE.fullmatch(digest_text):
+            raise errors.InvalidReferenceError(
+                text, "invalid digest (expected sha256:<64 hex> or sha512:<128 hex>)"
+            )
+        digest = registry_model.Digest(digest_text)
+    name, tag = split_tag(name_and_tag)
+    if tag is not None and not TAG_RE.fullmatch(tag):
+        raise errors.InvalidReferenceError(text, f"invalid tag {tag!r}")
+    if not name:
+        raise errors.InvalidReferenceError(text, "empty repository name")
+    host, path = split_domain(name)
+    host = build_canonical_host(host)
+    if not HOST_RE.fullmatch(host):
+        raise errors.InvalidReferenceError(text, f"invalid registry host {host!r}")
+    validate_path(text, path)
+    if len(host) + 1 + len(path) > MAX_NAME_LENGTH:
+        raise errors.InvalidReferenceError(
+            text, f"repository name longer than {MAX_NAME_LENGTH} characters"
+        )
+    if tag is None and digest is None:
+        tag = "latest"
+    return registry_model.ImageReference(
+        registry=host, repository=path, tag=tag, digest=digest, original=text
+    )
+
+
+def has_explicit_tag(text: str) -> bool:
+    """Whether the reference as written names a tag (else `latest` was implied)."""
+    name_and_tag = text.partition("@")[0]
+    return split_tag(name_and_tag)[1] is not None

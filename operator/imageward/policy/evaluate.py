@@ -1,0 +1,609 @@
+"""Evaluate parsed ImagePolicies against references, registry facts and signature results.
+
+Pure and synchronous: callers fetch facts and verify signatures, then hand the results
+in as data. A `Violation` is data, never an exception; `combine` turns the violations
+of every applicable policy into one `Decision` according to each policy's mode and
+failure policy.
+
+Messages have one shape:
+
+    ImagePolicy <policy>: <image> (<digest>[, <os/arch>]) <what was measured>, <rule limit>
+
+e.g. `ImagePolicy prod-images: ghcr.io/acme/web:1.4 (sha256:9f2c1a7b3d4e…) is 812.4MiB
+compressed, over maxCompressedSize 500Mi`. The image is quoted as written in the pod;
+digests are shortened to their first 12 hex digits and "…" (as `docker images` shows
+ids: short enough to read, long enough to find), and left out when the image as written
+already carries its digest or no digest is known. Limits are quoted as the policy wrote
+them. Each message names its rule id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+from imageward import constants, errors
+from imageward.policy import _reference, globs, model, quantities, selectors
+from imageward.registry import model as registry_model
+
+SHORT_DIGEST_HEX = 12
+
+Measure = int | str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Violation:
+    policy: str
+    """Name of the ImagePolicy."""
+
+    rule: str
+    """Rule id from `imageward.constants` (RULE_*)."""
+
+    image: str
+    """The image as written (the reference's `original`, else its normalised text)."""
+
+    digest: registry_model.Digest | None
+    """What the reference resolved to (the index digest for an index), when known."""
+
+    message: str
+    """The full human-readable sentence, ready for an admission response or the CLI."""
+
+    measured: Measure = None
+    """The measured value: bytes or counts as int, tags/users/hosts/errors as text."""
+
+    limit: Measure = None
+    """The policy's limit: bytes or counts as int, otherwise the policy's text."""
+
+    platform: str | None = None
+    """`os/arch[/variant]` of the platform image measured, for image indexes."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyResult:
+    """The violations one applicable policy found for one image, with how to treat them."""
+
+    policy: str
+    mode: model.Mode
+    failure_policy: model.FailurePolicy
+    violations: tuple[Violation, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    violations: tuple[Violation, ...] = ()
+    """Violations that deny (mode Enforce; lookups only under failurePolicy Fail)."""
+
+    warnings: tuple[str, ...] = ()
+    """Admission warning texts (mode Warn, and lookups under failurePolicy Ignore)."""
+
+    warned: tuple[Violation, ...] = ()
+    """The violations behind `warnings`, for metrics and the CLI."""
+
+    audits: tuple[Violation, ...] = ()
+    """Violations of Audit-mode policies: allowed; the caller posts an Event and a metric."""
+
+    @property
+    def outcome(self) -> Literal["allow", "deny", "warn"]:
+        """The CLI's `decision` field and the admission metric's `decision` label."""
+        if not self.allowed:
+            return "deny"
+        return "warn" if self.warnings else "allow"
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def build_short_digest(digest: str) -> str:
+    """`sha256:9f2c1a7b3d4e…`: the algorithm and the first 12 hex digits."""
+    algorithm, _, hex_digits = digest.partition(":")
+    if len(hex_digits) <= SHORT_DIGEST_HEX:
+        return digest
+    return f"{algorithm}:{hex_digits[:SHORT_DIGEST_HEX]}…"
+
+
+def _image_text(reference: registry_model.ImageReference) -> str:
+    return reference.original or str(reference)
+
+
+def _subject(image: str, digest: str | None, platform: str | None) -> str:
+    details = []
+    if digest and digest not in image:
+        details.append(build_short_digest(digest))
+    if platform:
+        details.append(platform)
+    return f"{image} ({', '.join(details)})" if details else image
+
+
+def _size_pair(measured: int, limit: quantities.Quantity) -> tuple[str, str]:
+    measured_text = quantities.format_bytes(measured)
+    limit_text = limit.text
+    if limit_text.isdigit():
+        # A bare byte count is unreadable next to "812.4MiB": add the same unit.
+        limit_text = f"{limit_text} ({quantities.format_bytes(limit.bytes)})"
+    if quantities.format_bytes(limit.bytes) == measured_text:
+        # One decimal can hide the difference ("500.0MiB, over 500Mi"): show bytes.
+        measured_text = f"{measured_text} ({measured} bytes)"
+    return measured_text, limit_text
+
+
+def _build(
+    policy_name: str,
+    rule: str,
+    reference: registry_model.ImageReference,
+    digest: registry_model.Digest | None,
+    predicate: str,
+    *,
+    measured: Measure = None,
+    limit: Measure = None,
+    platform: str | None = None,
+) -> Violation:
+    image = _image_text(reference)
+    return Violation(
+        policy=policy_name,
+        rule=rule,
+        image=image,
+        digest=digest,
+        message=f"ImagePolicy {policy_name}: {_subject(image, digest, platform)} {predicate}",
+        measured=measured,
+        limit=limit,
+        platform=platform,
+    )
+
+
+def _list_text(items: Iterable[str]) -> str:
+    return "[" + ", ".join(items) + "]"
+
+
+# ---------------------------------------------------------------------------- matching
+
+
+def _as_reference(
+    image: str | registry_model.ImageReference,
+) -> registry_model.ImageReference:
+    if isinstance(image, registry_model.ImageReference):
+        return image
+    return _reference.parse_reference(image)
+
+
+def evaluate_match(
+    policy: model.ImagePolicy | model.Match,
+    image: str | registry_model.ImageReference,
+    *,
+    namespace_labels: Mapping[str, str] | None = None,
+    pod_labels: Mapping[str, str] | None = None,
+) -> bool:
+    """Whether the policy applies to the image (in that namespace, for that pod).
+
+    Labels left None are not checked (the CLI has neither): then only `images` and
+    `excludeImages` select. Accepts a bare `Match` so that a policy `parse_policy`
+    refused can still be scoped with `model.parse_match`. Raises
+    errors.InvalidReferenceError for an image text that is no valid reference.
+    """
+    match = policy.match if isinstance(policy, model.ImagePolicy) else policy
+    reference = _as_reference(image)
+    # Fail safe where a tag or digest pattern cannot be decided before resolution:
+    # apply the policy when unsure, exclude the image only when sure.
+    if not any(
+        globs.evaluate_image_pattern(pattern, reference, when_unknown=True)
+        for pattern in match.images
+    ):
+        return False
+    if any(
+        globs.evaluate_image_pattern(pattern, reference, when_unknown=False)
+        for pattern in match.exclude_images
+    ):
+        return False
+    if namespace_labels is not None and not selectors.evaluate_label_selector(
+        match.namespace_selector, namespace_labels
+    ):
+        return False
+    return pod_labels is None or selectors.evaluate_label_selector(match.pod_selector, pod_labels)
+
+
+def needs_platform_images(policy: model.ImagePolicy) -> bool:
+    """Whether a rule reads platform manifests: sizes, layer counts or the config user."""
+    rules = policy.rules
+    return (
+        rules.max_compressed_size is not None
+        or rules.max_layers is not None
+        or rules.max_layer_size is not None
+        or rules.forbid_root_user
+    )
+
+
+def needs_config(policy: model.ImagePolicy) -> bool:
+    """Whether a rule reads image config blobs (only forbidRootUser does)."""
+    return policy.rules.forbid_root_user
+
+
+def needs_registry(policy: model.ImagePolicy) -> bool:
+    """Whether evaluating the policy needs any registry lookup (facts, signatures, pin)."""
+    return needs_platform_images(policy) or policy.rules.signatures is not None or policy.pin_digest
+
+
+# ---------------------------------------------------------------------------- static rules
+
+
+def evaluate_static(
+    policy: model.ImagePolicy, reference: registry_model.ImageReference
+) -> list[Violation]:
+    """Rules decided by the reference alone: allowedRegistries, forbiddenTags, requireDigest."""
+    rules = policy.rules
+    violations: list[Violation] = []
+    digest = reference.digest
+    host = _reference.build_canonical_host(reference.registry)
+    if rules.allowed_registries is not None and not any(
+        globs.evaluate_host_pattern(pattern, host) for pattern in rules.allowed_registries
+    ):
+        allowed = [pattern.text for pattern in rules.allowed_registries]
+        violations.append(
+            _build(
+                policy.name,
+                constants.RULE_ALLOWED_REGISTRIES,
+                reference,
+                digest,
+                f"is from registry {host}, not in allowedRegistries {_list_text(allowed)}",
+                measured=host,
+                limit=", ".join(allowed),
+            )
+        )
+    tag = reference.tag
+    if tag is None and digest is None:
+        tag = "latest"  # kubelet's default, in case a caller built the reference by hand
+    forbidden = [
+        pattern.text for pattern in rules.forbidden_tags if globs.evaluate_tag_pattern(pattern, tag)
+    ]
+    if forbidden:
+        implied = (
+            " (implied: no tag given)"
+            if reference.original and not _reference.has_explicit_tag(reference.original)
+            else ""
+        )
+        listed = [pattern.text for pattern in rules.forbidden_tags]
+        violations.append(
+            _build(
+                policy.name,
+                constants.RULE_FORBIDDEN_TAGS,
+                reference,
+                digest,
+                f"uses tag {tag}{implied}, forbidden by forbiddenTags {_list_text(listed)}",
+                measured=tag,
+                limit=", ".join(listed),
+            )
+        )
+    if rules.require_digest and digest is None:
+        violations.append(
+            _build(
+                policy.name,
+                constants.RULE_REQUIRE_DIGEST,
+                reference,
+                None,
+                f"is not pinned by digest (tag {tag}), required by requireDigest",
+                measured=tag,
+                limit="digest",
+            )
+        )
+    return violations
+
+
+# ---------------------------------------------------------------------------- facts rules
+
+
+def _platform_of(image: registry_model.PlatformImage) -> registry_model.Platform | None:
+    if image.platform is not None:
+        return image.platform
+    config = image.config
+    if config.os and config.architecture:
+        return registry_model.Platform(os=config.os, architecture=config.architecture)
+    return None
+
+
+def _is_attestation(image: registry_model.PlatformImage) -> bool:
+    platform = image.platform
+    return platform is not None and platform.os == "unknown" and platform.architecture == "unknown"
+
+
+def _platform_matches(
+    found: registry_model.Platform | None, wanted: registry_model.Platform
+) -> bool:
+    return (
+        found is not None
+        and found.os == wanted.os
+        and found.architecture == wanted.architecture
+        and (wanted.variant is None or found.variant == wanted.variant)
+    )
+
+
+def _select_images(
+    facts: registry_model.ImageFacts, platform: registry_model.Platform | None
+) -> tuple[list[registry_model.PlatformImage], str | None]:
+    """The platform images to check, or why there are none."""
+    if not facts.is_index:
+        # A single manifest is what every node pulls, whatever the node's platform.
+        return list(facts.images), (None if facts.images else "no image manifest was found")
+    candidates = [image for image in facts.images if not _is_attestation(image)]
+    if platform is not None:
+        selected = [
+            image for image in candidates if _platform_matches(_platform_of(image), platform)
+        ]
+        if selected:
+            return selected, None
+        present = sorted({str(p) for image in candidates if (p := _platform_of(image))})
+        have = f" (it has {', '.join(present)})" if present else ""
+        return [], f"the image index has no {platform} image{have}"
+    linux = [image for image in candidates if (p := _platform_of(image)) and p.os == "linux"]
+    # No linux entry (a Windows-only index): check what is there rather than nothing, so
+    # an index cannot pass vacuously.
+    selected = linux or candidates
+    return selected, (None if selected else "the image index lists no platform images")
+
+
+def _is_root(user: str | None) -> bool:
+    name = (user or "").partition(":")[0].strip()
+    # A numeric user is a uid: "0", "00" and "0:0" all run as uid 0.
+    return name in ("", "root") or (re.fullmatch(r"[0-9]+", name) is not None and int(name) == 0)
+
+
+def _evaluate_platform_image(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    digest: registry_model.Digest,
+    image: registry_model.PlatformImage,
+    platform: str | None,
+) -> list[Violation]:
+    rules = policy.rules
+    found: list[tuple[str, str, Measure, Measure]] = []  # rule, predicate, measured, limit
+    size = image.compressed_size
+    if rules.max_compressed_size is not None and size > rules.max_compressed_size.bytes:
+        size_text, limit_text = _size_pair(size, rules.max_compressed_size)
+        found.append(
+            (
+                constants.RULE_MAX_COMPRESSED_SIZE,
+                f"is {size_text} compressed, over maxCompressedSize {limit_text}",
+                size,
+                rules.max_compressed_size.bytes,
+            )
+        )
+    count = len(image.layers)
+    if rules.max_layers is not None and count > rules.max_layers:
+        found.append(
+            (
+                constants.RULE_MAX_LAYERS,
+                f"has {count} layers, over maxLayers {rules.max_layers}",
+                count,
+                rules.max_layers,
+            )
+        )
+    largest = image.largest_layer
+    if (
+        rules.max_layer_size is not None
+        and largest is not None
+        and largest.size > rules.max_layer_size.bytes
+    ):
+        size_text, limit_text = _size_pair(largest.size, rules.max_layer_size)
+        found.append(
+            (
+                constants.RULE_MAX_LAYER_SIZE,
+                f"has a {size_text} layer {build_short_digest(largest.digest)}, "
+                f"over maxLayerSize {limit_text}",
+                largest.size,
+                rules.max_layer_size.bytes,
+            )
+        )
+    user = image.config.user
+    if rules.forbid_root_user and _is_root(user):
+        described = f'config User "{user}"' if user and user.strip() else "no config User"
+        found.append(
+            (
+                constants.RULE_FORBID_ROOT_USER,
+                f"runs as root ({described}), forbidden by forbidRootUser",
+                user or "",
+                "non-root",
+            )
+        )
+    return [
+        _build(
+            policy.name,
+            rule,
+            reference,
+            digest,
+            predicate,
+            measured=measured,
+            limit=limit,
+            platform=platform,
+        )
+        for rule, predicate, measured, limit in found
+    ]
+
+
+def evaluate_facts(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    facts: registry_model.ImageFacts,
+    *,
+    platform: registry_model.Platform | None = None,
+) -> list[Violation]:
+    """Size, layer and user rules against the platform images of `facts`.
+
+    For an index: with `platform` (from the pod's kubernetes.io/os and kubernetes.io/arch
+    node selector; a None variant matches any variant) only that platform's image is
+    checked, and its absence is a `lookup` violation; without it every linux/* image must
+    pass. `unknown/unknown` entries (attestations) are skipped. Violations name the
+    platform only for an index (a single manifest has just one).
+    """
+    if not needs_platform_images(policy):
+        return []
+    images, missing = _select_images(facts, platform)
+    if missing is not None:
+        return [build_lookup_violation(policy, reference, missing, digest=facts.digest)]
+    violations: list[Violation] = []
+    for image in images:
+        shown = _platform_of(image) if facts.is_index else None
+        violations.extend(
+            _evaluate_platform_image(
+                policy,
+                reference,
+                facts.digest,
+                image,
+                str(shown) if shown is not None else None,
+            )
+        )
+    return violations
+
+
+# ---------------------------------------------------------------------------- signatures, lookups
+
+
+def build_signatures_violation(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    *,
+    digest: registry_model.Digest | None,
+    verified: int,
+    failures: Sequence[tuple[str, str]],
+) -> Violation:
+    """A `signatures` violation: `failures` are (authority name, what failed) pairs."""
+    signatures = policy.rules.signatures
+    threshold = signatures.threshold if signatures is not None else 1
+    total = len(signatures.authorities) if signatures is not None else len(failures) + verified
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in failures)
+    return _build(
+        policy.name,
+        constants.RULE_SIGNATURES,
+        reference,
+        digest,
+        f"is verified by {verified} of {total} authorities, under signatures threshold "
+        f"{threshold}" + (f" ({reasons})" if reasons else ""),
+        measured=verified,
+        limit=threshold,
+    )
+
+
+def evaluate_signatures(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    *,
+    digest: registry_model.Digest | None,
+    results: Mapping[str, str | None],
+) -> list[Violation]:
+    """Apply the threshold to per-authority results from the signatures package.
+
+    `results` maps authority name to None when that authority verified the image, else
+    to the reason it did not ("no signature found", "signature does not verify with key
+    release-key", "payload names sha256:… not sha256:…"). Authorities missing from
+    `results` count as not verified.
+    """
+    signatures = policy.rules.signatures
+    if signatures is None:
+        return []
+    verified = 0
+    failures: list[tuple[str, str]] = []
+    for authority in signatures.authorities:
+        if authority.name not in results:
+            failures.append((authority.name, "not checked"))
+        elif results[authority.name] is None:
+            verified += 1
+        else:
+            failures.append((authority.name, str(results[authority.name])))
+    if verified >= signatures.threshold:
+        return []
+    return [
+        build_signatures_violation(
+            policy, reference, digest=digest, verified=verified, failures=failures
+        )
+    ]
+
+
+def build_lookup_violation(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    error_text: str,
+    *,
+    digest: registry_model.Digest | None = None,
+) -> Violation:
+    """A `lookup` violation: facts needed by the policy could not be fetched or found."""
+    return _build(
+        policy.name,
+        constants.RULE_LOOKUP,
+        reference,
+        digest,
+        f"lookup failed: {error_text}",
+        measured=error_text,
+    )
+
+
+# ---------------------------------------------------------------------------- decisions
+
+
+def build_policy_result(policy: model.ImagePolicy, violations: Iterable[Violation]) -> PolicyResult:
+    return PolicyResult(
+        policy=policy.name,
+        mode=policy.mode,
+        failure_policy=policy.failure_policy,
+        violations=tuple(violations),
+    )
+
+
+def build_unusable_result(
+    error: errors.PolicyError,
+    reference: registry_model.ImageReference,
+    *,
+    rule: str = constants.RULE_LOOKUP,
+) -> PolicyResult:
+    """Fail closed for an image matched by a policy that cannot be used.
+
+    Enforce and Fail whatever the policy asked for: its mode may be the broken part,
+    and an unusable policy must not quietly stop protecting what it matches.
+    """
+    violation = _build(
+        error.policy,
+        rule,
+        reference,
+        reference.digest,
+        f"cannot be checked: the policy is not usable: {error.reason}",
+        measured=error.reason,
+    )
+    return PolicyResult(
+        policy=error.policy,
+        mode=model.Mode.ENFORCE,
+        failure_policy=model.FailurePolicy.FAIL,
+        violations=(violation,),
+    )
+
+
+def combine(policy_results: Iterable[PolicyResult]) -> Decision:
+    """Apply every applicable policy's mode and failure policy (all must pass: AND).
+
+    Enforce denies; Warn turns violations into admission warnings; Audit allows and
+    reports them in `audits`. Under failurePolicy Ignore, a `lookup` violation of an
+    Enforce policy becomes a warning instead of a denial.
+    """
+    denied: list[Violation] = []
+    warned: list[Violation] = []
+    warnings: list[str] = []
+    audits: list[Violation] = []
+    for result in policy_results:
+        for violation in result.violations:
+            if result.mode is model.Mode.AUDIT:
+                audits.append(violation)
+            elif result.mode is model.Mode.WARN:
+                warned.append(violation)
+                warnings.append(violation.message)
+            elif (
+                violation.rule == constants.RULE_LOOKUP
+                and result.failure_policy is model.FailurePolicy.IGNORE
+            ):
+                warned.append(violation)
+                warnings.append(f"{violation.message} (allowed by failurePolicy Ignore)")
+            else:
+                denied.append(violation)
+    return Decision(
+        allowed=not denied,
+        violations=tuple(denied),
+        warnings=tuple(dict.fromkeys(warnings)),  # de-duplicated, order kept
+        warned=tuple(warned),
+        audits=tuple(audits),
+    )

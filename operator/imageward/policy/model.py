@@ -1,0 +1,537 @@
+"""A parsed ImagePolicy: typed, frozen, validated once.
+
+`parse_policy` accepts the object as the API server returns it (or as a YAML document
+for `imageward check`) and raises errors.PolicyError naming the field and the reason.
+Unknown spec fields are refused: in the cluster the API server prunes them before we
+see them, so this only bites in files, where a typo (`maxCompresedSize`) would otherwise
+silently disable a rule.
+
+Nothing is resolved from the cluster: Secrets and ConfigMaps stay references, and PEM
+text stays text (the signatures package parses keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from imageward import constants, errors
+from imageward.policy import globs, quantities, selectors
+
+KIND = "ImagePolicy"
+DEFAULT_IMAGES = ("**",)
+DEFAULT_SECRET_KEY = "cosign.pub"
+DEFAULT_TRUSTED_ROOT_KEY = "trusted_root.json"
+
+# Bounds shared with crds/imagepolicies.yaml (maxItems keep CEL cost estimates low).
+MAX_PATTERNS = 64
+MAX_AUTHORITIES = 16
+MAX_PEM_LENGTH = 16384
+
+# Authority names become the `authority` metric label: keep them label-value shaped.
+_AUTHORITY_NAME_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN_RE = re.compile(
+    r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+)
+_CONFIG_KEY_RE = re.compile(r"[-._A-Za-z0-9]+")
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+class Mode(enum.Enum):
+    ENFORCE = "Enforce"
+    WARN = "Warn"
+    AUDIT = "Audit"
+
+
+class FailurePolicy(enum.Enum):
+    FAIL = "Fail"
+    IGNORE = "Ignore"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Match:
+    images: tuple[globs.ImagePattern, ...]
+    exclude_images: tuple[globs.ImagePattern, ...] = ()
+    namespace_selector: selectors.LabelSelector = selectors.EMPTY
+    pod_selector: selectors.LabelSelector = selectors.EMPTY
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecretKeyRef:
+    namespace: str
+    name: str
+    key: str = DEFAULT_SECRET_KEY
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigMapKeyRef:
+    namespace: str
+    name: str
+    key: str = DEFAULT_TRUSTED_ROOT_KEY
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyAuthority:
+    """Exactly one of `pem` (raw text, unparsed) and `secret_ref` is set."""
+
+    pem: str | None = None
+    secret_ref: SecretKeyRef | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeylessAuthority:
+    """Fulcio identity; exactly one of each exact/regexp pair is set.
+
+    The regexps were compiled once with Python's `re` to validate them; verifiers should
+    apply them with `re.fullmatch` semantics or rely on `^...$` in the text, because an
+    unanchored search lets `https://evil.example/?https://github.com/acme/` through.
+    """
+
+    issuer: str | None = None
+    issuer_regexp: str | None = None
+    subject: str | None = None
+    subject_regexp: str | None = None
+    trusted_root: ConfigMapKeyRef | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Authority:
+    """Exactly one of `key` and `keyless` is set."""
+
+    name: str
+    key: KeyAuthority | None = None
+    keyless: KeylessAuthority | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Signatures:
+    authorities: tuple[Authority, ...]
+    threshold: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rules:
+    allowed_registries: tuple[globs.HostPattern, ...] | None = None
+    """None: any registry. Never empty (an empty list is refused as a mistake)."""
+
+    forbidden_tags: tuple[globs.TagPattern, ...] = ()
+    require_digest: bool = False
+    max_compressed_size: quantities.Quantity | None = None
+    max_layers: int | None = None
+    max_layer_size: quantities.Quantity | None = None
+    forbid_root_user: bool = False
+    signatures: Signatures | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImagePolicy:
+    name: str
+    generation: int
+    mode: Mode = Mode.ENFORCE
+    failure_policy: FailurePolicy = FailurePolicy.FAIL
+    match: Match = dataclasses.field(
+        default_factory=lambda: Match(images=tuple(map(globs.parse_image_pattern, DEFAULT_IMAGES)))
+    )
+    rules: Rules = Rules()
+    pin_digest: bool = False
+
+
+class _Invalid(Exception):
+    """Internal: a field error, turned into PolicyError with the policy name."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_fields(obj: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise _Invalid(
+            _join(path, unknown[0]), f"unknown field (known: {', '.join(sorted(allowed))})"
+        )
+
+
+def _mapping(obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Invalid(_join(path, key), "must be an object")
+    return value
+
+
+def _list(obj: Mapping[str, Any], key: str, path: str, *, max_items: int) -> list[Any] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _Invalid(_join(path, key), "must be a list")
+    if len(value) > max_items:
+        raise _Invalid(_join(path, key), f"at most {max_items} entries")
+    return value
+
+
+def _string(obj: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _Invalid(_join(path, key), "required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Invalid(_join(path, key), "must be a non-empty string")
+    return value
+
+
+def _bool(obj: Mapping[str, Any], key: str, path: str) -> bool:
+    value = obj.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _Invalid(_join(path, key), f"must be true or false, not {value!r}")
+    return value
+
+
+def _positive_int(obj: Mapping[str, Any], key: str, path: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(_join(path, key), f"must be an integer, not {value!r}")
+    if value < 1:
+        raise _Invalid(_join(path, key), "must be at least 1")
+    return value
+
+
+def _enum(obj: Mapping[str, Any], key: str, path: str, cls: type[_E], default: _E) -> _E:
+    value = obj.get(key)
+    if value is None:
+        return default
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in cls)
+        raise _Invalid(_join(path, key), f"{value!r} is not one of {choices}") from None
+
+
+def _size(obj: Mapping[str, Any], key: str, path: str) -> quantities.Quantity | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    try:
+        quantity = quantities.parse_quantity(value)
+    except quantities.QuantityError as error:
+        raise _Invalid(_join(path, key), f"{value!r} {error.reason}") from error
+    if quantity.bytes == 0:
+        raise _Invalid(_join(path, key), "must be greater than 0")
+    return quantity
+
+
+def _patterns(values: Sequence[Any], path: str) -> tuple[globs.ImagePattern, ...]:
+    patterns: list[globs.ImagePattern] = []
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise _Invalid(f"{path}[{index}]", "must be a string")
+        try:
+            patterns.append(globs.parse_image_pattern(value))
+        except globs.PatternError as error:
+            raise _Invalid(f"{path}[{index}]", f"{value!r}: {error.reason}") from error
+    return tuple(patterns)
+
+
+def _selector(obj: Mapping[str, Any], key: str, path: str) -> selectors.LabelSelector:
+    value = obj.get(key)
+    try:
+        return selectors.parse_label_selector(value, path=_join(path, key))
+    except selectors.SelectorError as error:
+        raise _Invalid(error.path, error.reason) from error
+
+
+def _parse_match(obj: Mapping[str, Any], path: str) -> Match:
+    _check_fields(obj, path, {"images", "excludeImages", "namespaceSelector", "podSelector"})
+    images = _list(obj, "images", path, max_items=MAX_PATTERNS)
+    if images is None:
+        images = list(DEFAULT_IMAGES)
+    elif not images:
+        raise _Invalid(f"{path}.images", "empty: the policy would match nothing (omit for all)")
+    excluded = _list(obj, "excludeImages", path, max_items=MAX_PATTERNS) or []
+    return Match(
+        images=_patterns(images, f"{path}.images"),
+        exclude_images=_patterns(excluded, f"{path}.excludeImages"),
+        namespace_selector=_selector(obj, "namespaceSelector", path),
+        pod_selector=_selector(obj, "podSelector", path),
+    )
+
+
+def _dns_name(obj: Mapping[str, Any], key: str, path: str) -> str:
+    value = _string(obj, key, path, required=True)
+    assert value is not None  # required=True
+    if len(value) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(value):
+        raise _Invalid(_join(path, key), f"{value!r} is not a valid Kubernetes object name")
+    return value
+
+
+def _config_key(obj: Mapping[str, Any], key: str, path: str, default: str) -> str:
+    value = _string(obj, key, path) or default
+    if len(value) > 253 or not _CONFIG_KEY_RE.fullmatch(value):
+        raise _Invalid(_join(path, key), f"{value!r} is not a valid Secret/ConfigMap key")
+    return value
+
+
+def _parse_key(obj: Mapping[str, Any], path: str) -> KeyAuthority:
+    _check_fields(obj, path, {"pem", "secretRef"})
+    pem = _string(obj, "pem", path)
+    has_ref = obj.get("secretRef") is not None
+    if (pem is None) == (not has_ref):
+        raise _Invalid(path, "set exactly one of pem and secretRef")
+    if pem is not None:
+        if len(pem) > MAX_PEM_LENGTH:
+            raise _Invalid(f"{path}.pem", f"longer than {MAX_PEM_LENGTH} characters")
+        # Only a shape check: the signatures package parses the key and reports why a
+        # PEM block is unusable; this catches a pasted file name or a truncated value.
+        if "-----BEGIN " not in pem or "-----END " not in pem:
+            raise _Invalid(f"{path}.pem", "is not PEM text (-----BEGIN PUBLIC KEY----- ...)")
+        return KeyAuthority(pem=pem)
+    ref_path = f"{path}.secretRef"
+    ref = _mapping(obj, "secretRef", path)
+    _check_fields(ref, ref_path, {"namespace", "name", "key"})
+    return KeyAuthority(
+        secret_ref=SecretKeyRef(
+            namespace=_dns_name(ref, "namespace", ref_path),
+            name=_dns_name(ref, "name", ref_path),
+            key=_config_key(ref, "key", ref_path, DEFAULT_SECRET_KEY),
+        )
+    )
+
+
+def _regexp(obj: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = _string(obj, key, path)
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise _Invalid(_join(path, key), f"invalid regular expression: {error}") from error
+    return value
+
+
+def _parse_keyless(obj: Mapping[str, Any], path: str) -> KeylessAuthority:
+    _check_fields(obj, path, {"issuer", "issuerRegExp", "subject", "subjectRegExp", "trustedRoot"})
+    issuer = _string(obj, "issuer", path)
+    issuer_regexp = _regexp(obj, "issuerRegExp", path)
+    subject = _string(obj, "subject", path)
+    subject_regexp = _regexp(obj, "subjectRegExp", path)
+    # Without an identity any certificate Fulcio ever issued would verify: refuse.
+    if (issuer is None) == (issuer_regexp is None):
+        raise _Invalid(path, "set exactly one of issuer and issuerRegExp")
+    if (subject is None) == (subject_regexp is None):
+        raise _Invalid(path, "set exactly one of subject and subjectRegExp")
+    trusted_root: ConfigMapKeyRef | None = None
+    if obj.get("trustedRoot") is not None:
+        root_path = f"{path}.trustedRoot"
+        root = _mapping(obj, "trustedRoot", path)
+        _check_fields(root, root_path, {"configMapRef"})
+        ref_path = f"{root_path}.configMapRef"
+        ref = _mapping(root, "configMapRef", root_path)
+        if not ref:
+            raise _Invalid(ref_path, "required")
+        _check_fields(ref, ref_path, {"namespace", "name", "key"})
+        trusted_root = ConfigMapKeyRef(
+            namespace=_dns_name(ref, "namespace", ref_path),
+            name=_dns_name(ref, "name", ref_path),
+            key=_config_key(ref, "key", ref_path, DEFAULT_TRUSTED_ROOT_KEY),
+        )
+    return KeylessAuthority(
+        issuer=issuer,
+        issuer_regexp=issuer_regexp,
+        subject=subject,
+        subject_regexp=subject_regexp,
+        trusted_root=trusted_root,
+    )
+
+
+def _parse_authority(obj: object, path: str) -> Authority:
+    if not isinstance(obj, Mapping):
+        raise _Invalid(path, "must be an object with name and key or keyless")
+    _check_fields(obj, path, {"name", "key", "keyless"})
+    name = _string(obj, "name", path, required=True)
+    assert name is not None  # required=True
+    if len(name) > 63 or not _AUTHORITY_NAME_RE.fullmatch(name):
+        raise _Invalid(
+            f"{path}.name",
+            f"{name!r}: at most 63 alphanumerics, '-', '_' or '.', "
+            "starting and ending with an alphanumeric",
+        )
+    has_key = obj.get("key") is not None
+    has_keyless = obj.get("keyless") is not None
+    if has_key == has_keyless:
+        raise _Invalid(path, "set exactly one of key and keyless")
+    if has_key:
+        return Authority(name=name, key=_parse_key(_mapping(obj, "key", path), f"{path}.key"))
+    return Authority(
+        name=name, keyless=_parse_keyless(_mapping(obj, "keyless", path), f"{path}.keyless")
+    )
+
+
+def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
+    _check_fields(obj, path, {"threshold", "authorities"})
+    raw = _list(obj, "authorities", path, max_items=MAX_AUTHORITIES)
+    if not raw:
+        raise _Invalid(f"{path}.authorities", "at least one authority is required")
+    authorities = tuple(
+        _parse_authority(item, f"{path}.authorities[{index}]") for index, item in enumerate(raw)
+    )
+    seen: set[str] = set()
+    for index, authority in enumerate(authorities):
+        if authority.name in seen:
+            raise _Invalid(
+                f"{path}.authorities[{index}].name", f"duplicate authority {authority.name!r}"
+            )
+        seen.add(authority.name)
+    threshold = _positive_int(obj, "threshold", path) or 1
+    if threshold > len(authorities):
+        raise _Invalid(
+            f"{path}.threshold",
+            f"{threshold} is more than the {len(authorities)} authorities listed: "
+            "no image could ever pass",
+        )
+    return Signatures(authorities=authorities, threshold=threshold)
+
+
+def _parse_registries(obj: Mapping[str, Any], path: str) -> tuple[globs.HostPattern, ...] | None:
+    raw = _list(obj, "allowedRegistries", path, max_items=MAX_PATTERNS)
+    if raw is None:
+        return None
+    if not raw:
+        raise _Invalid(
+            f"{path}.allowedRegistries", "empty: no image could pass (omit to allow any registry)"
+        )
+    hosts: list[globs.HostPattern] = []
+    for index, value in enumerate(raw):
+        if not isinstance(value, str):
+            raise _Invalid(f"{path}.allowedRegistries[{index}]", "must be a string")
+        try:
+            hosts.append(globs.parse_host_pattern(value))
+        except globs.PatternError as error:
+            raise _Invalid(
+                f"{path}.allowedRegistries[{index}]", f"{value!r}: {error.reason}"
+            ) from error
+    return tuple(hosts)
+
+
+def _parse_tags(obj: Mapping[str, Any], path: str) -> tuple[globs.TagPattern, ...]:
+    raw = _list(obj, "forbiddenTags", path, max_items=MAX_PATTERNS) or []
+    tags: list[globs.TagPattern] = []
+    for index, value in enumerate(raw):
+        if not isinstance(value, str):
+            raise _Invalid(f"{path}.forbiddenTags[{index}]", "must be a string")
+        try:
+            tags.append(globs.parse_tag_pattern(value))
+        except globs.PatternError as error:
+            raise _Invalid(
+                f"{path}.forbiddenTags[{index}]", f"{value!r}: {error.reason}"
+            ) from error
+    return tuple(tags)
+
+
+def _parse_rules(obj: Mapping[str, Any], path: str) -> Rules:
+    _check_fields(
+        obj,
+        path,
+        {
+            constants.RULE_ALLOWED_REGISTRIES,
+            constants.RULE_FORBIDDEN_TAGS,
+            constants.RULE_REQUIRE_DIGEST,
+            constants.RULE_MAX_COMPRESSED_SIZE,
+            constants.RULE_MAX_LAYERS,
+            constants.RULE_MAX_LAYER_SIZE,
+            constants.RULE_FORBID_ROOT_USER,
+            constants.RULE_SIGNATURES,
+        },
+    )
+    signatures: Signatures | None = None
+    if obj.get(constants.RULE_SIGNATURES) is not None:
+        signatures = _parse_signatures(
+            _mapping(obj, constants.RULE_SIGNATURES, path), f"{path}.{constants.RULE_SIGNATURES}"
+        )
+    return Rules(
+        allowed_registries=_parse_registries(obj, path),
+        forbidden_tags=_parse_tags(obj, path),
+        require_digest=_bool(obj, constants.RULE_REQUIRE_DIGEST, path),
+        max_compressed_size=_size(obj, constants.RULE_MAX_COMPRESSED_SIZE, path),
+        max_layers=_positive_int(obj, constants.RULE_MAX_LAYERS, path),
+        max_layer_size=_size(obj, constants.RULE_MAX_LAYER_SIZE, path),
+        forbid_root_user=_bool(obj, constants.RULE_FORBID_ROOT_USER, path),
+        signatures=signatures,
+    )
+
+
+def _policy_name(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) and name else "<unnamed>"
+
+
+def _parse_header(obj: Mapping[str, Any]) -> tuple[str, int]:
+    kind = obj.get("kind")
+    if kind is not None and kind != KIND:
+        raise _Invalid("kind", f"{kind!r} is not {KIND}")
+    api_version = obj.get("apiVersion")
+    if api_version is not None and api_version != constants.API_VERSION:
+        raise _Invalid("apiVersion", f"{api_version!r} is not {constants.API_VERSION}")
+    metadata = _mapping(obj, "metadata", "")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise _Invalid("metadata.name", "required")
+    if len(name) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(name):
+        raise _Invalid("metadata.name", f"{name!r} is not a valid Kubernetes object name")
+    generation = metadata.get("generation", 0)
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise _Invalid("metadata.generation", "must be an integer")
+    return name, generation
+
+
+def parse_match(obj: Mapping[str, Any]) -> Match:
+    """Parse only `spec.match` of a policy object.
+
+    For a policy that `parse_policy` refuses, this still tells which images it covers,
+    so they can be refused (fail closed) rather than every image. Raises PolicyError
+    when the match itself is unusable (then the caller must assume it matches all).
+    """
+    name = _policy_name(obj)
+    try:
+        return _parse_match(_mapping(_mapping(obj, "spec", ""), "match", "spec"), "spec.match")
+    except _Invalid as error:
+        raise errors.PolicyError(name, str(error)) from None
+
+
+def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
+    """Validate an ImagePolicy object; raises errors.PolicyError naming field and reason."""
+    if not isinstance(obj, Mapping):
+        raise errors.PolicyError("<unnamed>", "not an object")
+    name = _policy_name(obj)
+    try:
+        name, generation = _parse_header(obj)
+        spec = _mapping(obj, "spec", "")
+        _check_fields(spec, "spec", {"mode", "failurePolicy", "match", "rules", "pinDigest"})
+        return ImagePolicy(
+            name=name,
+            generation=generation,
+            mode=_enum(spec, "mode", "spec", Mode, Mode.ENFORCE),
+            failure_policy=_enum(spec, "failurePolicy", "spec", FailurePolicy, FailurePolicy.FAIL),
+            match=_parse_match(_mapping(spec, "match", "spec"), "spec.match"),
+            rules=_parse_rules(_mapping(spec, "rules", "spec"), "spec.rules"),
+            pin_digest=_bool(spec, "pinDigest", "spec"),
+        )
+    except _Invalid as error:
+        # `from None`: the field path and reason are the whole story for the reader.
+        raise errors.PolicyError(name, str(error)) from None
