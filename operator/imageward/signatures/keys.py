@@ -1,0 +1,140 @@
+"""Public keys of key authorities, and signature checks the way cosign makes them.
+
+Supported: ECDSA P-256, P-384 and P-521, RSA (PKCS#1 v1.5, at least 2048 bits) and
+Ed25519. Hashes:
+
+- ECDSA: the curve's own hash (SHA-256 / SHA-384 / SHA-512) or SHA-256. cosign v2
+  signs and verifies with SHA-256 whatever the curve (`--signature-digest-algorithm`
+  defaults to sha256), while cosign v3 bundles use the curve's hash (sigstore-go key
+  details such as PKIX_ECDSA_P384_SHA_384); both hashes are collision resistant, so
+  accepting either admits nothing a forger could make.
+- RSA: PKCS#1 v1.5 with SHA-256, as cosign and sigstore-go (PKIX_RSA_PKCS1V15_*_SHA256).
+- Ed25519: pure Ed25519 over the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Final, Literal
+
+from cryptography import exceptions as crypto_exceptions
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from imageward.signatures import model
+
+KeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "rsa", "ed25519"]
+CryptoKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+MIN_RSA_BITS: Final = 2048
+
+_CURVES: Final[dict[str, tuple[KeyAlgorithm, tuple[hashes.HashAlgorithm, ...]]]] = {
+    "secp256r1": ("ecdsa-p256", (hashes.SHA256(),)),
+    "secp384r1": ("ecdsa-p384", (hashes.SHA384(), hashes.SHA256())),
+    "secp521r1": ("ecdsa-p521", (hashes.SHA512(), hashes.SHA256())),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A parsed public key. Equal keys have equal `spki` (DER SubjectPublicKeyInfo)."""
+
+    algorithm: KeyAlgorithm
+    spki: bytes = dataclasses.field(repr=False)
+    key: CryptoKey = dataclasses.field(compare=False, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the SubjectPublicKeyInfo: what `cosign public-key | sha256sum` pins."""
+        return "sha256:" + hashlib.sha256(self.spki).hexdigest()
+
+    def __str__(self) -> str:
+        return f"{self.algorithm} key {model.short(self.fingerprint)}"
+
+
+def parse_public_key(pem: str | bytes, *, authority: str) -> PublicKey:
+    """Parse a PEM public key (`cosign.pub`), or raise `AuthorityError` saying why not."""
+    data = pem.encode("utf-8", "replace") if isinstance(pem, str) else pem
+    text = data.decode("utf-8", "replace")
+    if "PRIVATE KEY-----" in text:
+        # Someone pasted cosign.key: say so, loudly, and never echo the bytes.
+        raise model.AuthorityError(
+            authority, "this PEM holds a PRIVATE key; give the public key (cosign.pub)"
+        )
+    if "-----BEGIN CERTIFICATE-----" in text:
+        raise model.AuthorityError(
+            authority, "this PEM holds a certificate, not a public key; use a keyless authority"
+        )
+    if "-----BEGIN" not in text:
+        raise model.AuthorityError(authority, "not a PEM public key (no -----BEGIN line)")
+    try:
+        loaded = serialization.load_pem_public_key(data.strip())
+    except crypto_exceptions.UnsupportedAlgorithm as e:
+        raise model.AuthorityError(authority, f"unsupported key type: {e}") from e
+    except ValueError as e:
+        raise model.AuthorityError(authority, f"not a PEM public key: {e}") from e
+    return from_crypto_key(loaded, authority=authority)
+
+
+def load_der_public_key(der: bytes, *, authority: str) -> PublicKey:
+    """A DER SubjectPublicKeyInfo, as trusted_root.json carries log keys."""
+    try:
+        loaded = serialization.load_der_public_key(der)
+    except crypto_exceptions.UnsupportedAlgorithm as e:
+        raise model.AuthorityError(authority, f"unsupported key type: {e}") from e
+    except ValueError as e:
+        raise model.AuthorityError(authority, f"not a DER public key: {e}") from e
+    return from_crypto_key(loaded, authority=authority)
+
+
+def from_crypto_key(loaded: object, *, authority: str) -> PublicKey:
+    """Wrap a `cryptography` public key, refusing types and sizes cosign does not sign with."""
+    algorithm: KeyAlgorithm
+    if isinstance(loaded, ec.EllipticCurvePublicKey):
+        curve = loaded.curve.name
+        if curve not in _CURVES:
+            raise model.AuthorityError(
+                authority, f"unsupported curve {curve} (use P-256, P-384 or P-521)"
+            )
+        algorithm = _CURVES[curve][0]
+        key: CryptoKey = loaded
+    elif isinstance(loaded, rsa.RSAPublicKey):
+        if loaded.key_size < MIN_RSA_BITS:
+            raise model.AuthorityError(
+                authority,
+                f"RSA key of {loaded.key_size} bits is too small (at least {MIN_RSA_BITS})",
+            )
+        algorithm, key = "rsa", loaded
+    elif isinstance(loaded, ed25519.Ed25519PublicKey):
+        algorithm, key = "ed25519", loaded
+    else:
+        raise model.AuthorityError(
+            authority,
+            f"unsupported key type {type(loaded).__name__} (use ECDSA, RSA or Ed25519)",
+        )
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return PublicKey(algorithm=algorithm, spki=spki, key=key)
+
+
+def verify_signature(key: PublicKey, signature: bytes, data: bytes) -> bool:
+    """Whether `signature` signs `data` with `key`, with the hashes cosign uses."""
+    public = key.key
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            for algorithm in _CURVES[public.curve.name][1]:
+                try:
+                    public.verify(signature, data, ec.ECDSA(algorithm))
+                except crypto_exceptions.InvalidSignature:
+                    continue
+                return True
+            return False
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+            return True
+        public.verify(signature, data)
+        return True
+    except crypto_exceptions.InvalidSignature:
+        return False

@@ -1,0 +1,252 @@
+"""The entry point: which authorities vouch for a digest, and why the others do not.
+
+`verify(digest, signatures, authorities, threshold)` takes what the registry client
+found for one digest (the legacy `.sig` manifest, the bundle referrer manifests and
+their blobs) and returns a `VerificationResult`: data for a policy `Violation`, for
+the refusal message, and for `imageward_signature_verifications_total`.
+
+An authority verifies when any one signature verifies with it. Each authority that
+does not gets the reason of the signature that got furthest (see `model.PROGRESS`),
+"no signature found" when there was none at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Literal
+
+from imageward.registry import model as registry_model
+from imageward.signatures import bundle, keyless, keys, legacy, model
+
+NO_SIGNATURE = "no signature found"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyAuthority:
+    """Signatures made with one private key; only `key` (from the policy) is trusted."""
+
+    kind: ClassVar[Literal["key"]] = "key"
+    name: str
+    key: keys.PublicKey
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeylessAuthority:
+    """Fulcio-certified signatures of one identity, under one offline trusted root."""
+
+    kind: ClassVar[Literal["keyless"]] = "keyless"
+    name: str
+    identity: keyless.Identity
+    trusted_root: keyless.TrustedRoot
+
+
+Authority = KeyAuthority | KeylessAuthority
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignatureSet:
+    """What the registry holds for one digest, as fetched (bytes, unverified).
+
+    `legacy_manifests`: the manifest at tag `sha256-<hex>.sig` (none when that tag does
+    not exist). `bundle_manifests`: referrer manifests of the digest (from the
+    referrers API or the `sha256-<hex>` tag index); non-bundle artifacts are skipped.
+    `blobs`: layer blobs by digest, for both (payloads and bundles); a blob is checked
+    against its digest again here.
+    """
+
+    legacy_manifests: tuple[bytes, ...] = ()
+    bundle_manifests: tuple[bytes, ...] = ()
+    blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """One signature checked against one authority: a metric sample and a log line."""
+
+    authority: str
+    format: model.Format
+    signature: str  # which one: "bundle sha256:…", "legacy signature layer sha256:…"
+    result: model.Result
+    reason: str  # empty when verified
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthorityOutcome:
+    authority: str
+    kind: Literal["key", "keyless"]
+    verified: bool
+    reason: str  # empty when verified
+    format: model.Format | None = None  # of the signature that verified, or that got furthest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VerificationResult:
+    digest: registry_model.Digest
+    threshold: int
+    outcomes: tuple[AuthorityOutcome, ...]
+    attempts: tuple[Attempt, ...]
+    signatures_found: int
+
+    @property
+    def verified(self) -> tuple[str, ...]:
+        """Names of the authorities that verified, in policy order."""
+        return tuple(outcome.authority for outcome in self.outcomes if outcome.verified)
+
+    @property
+    def failures(self) -> tuple[AuthorityOutcome, ...]:
+        return tuple(outcome for outcome in self.outcomes if not outcome.verified)
+
+    @property
+    def passed(self) -> bool:
+        return len(self.verified) >= self.threshold
+
+    @property
+    def message(self) -> str:
+        """One line for a refusal: how many verified, then each failing authority's reason."""
+        head = f"{len(self.verified)} of {self.threshold} required authorities verified"
+        details = "; ".join(f"{f.authority}: {f.reason}" for f in self.failures)
+        return f"{head} ({details})" if details else head
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Candidate:
+    """One signature found, read once for every authority; `broken` when unreadable."""
+
+    format: model.Format
+    label: str
+    legacy: legacy.LegacySignature | None = None
+    payload: bytes | None = None  # legacy payload, digest-checked
+    bundle: bundle.Bundle | None = None
+    broken: model.Check | None = None
+
+
+def _unreadable(error: Exception, label: str) -> model.Check:
+    """The refusal for bytes that could not be read.
+
+    The bytes come from the registry, so from whoever can push there. Input no parser
+    expected must refuse that signature, never escape: a raised error could be taken
+    for a lookup failure, which `failurePolicy: Ignore` lets through.
+    """
+    if isinstance(error, model.Refused):
+        return error.check
+    return model.Check("malformed", f"{label} cannot be read: {type(error).__name__}: {error}")
+
+
+def _candidates(signatures: SignatureSet) -> list[_Candidate]:
+    found: list[_Candidate] = []
+    # Bundles first: cosign v3 writes them by default, so they usually decide.
+    for index, manifest in enumerate(signatures.bundle_manifests):
+        label = f"referrer manifest #{index}"
+        try:
+            refs = bundle.parse_referrer_manifest(manifest)
+        except Exception as e:
+            found.append(_Candidate("bundle", label, broken=_unreadable(e, label)))
+            continue
+        for ref in refs:
+            try:
+                parsed = bundle.read_bundle(ref, signatures.blobs)
+            except Exception as e:
+                found.append(_Candidate("bundle", ref.label, broken=_unreadable(e, ref.label)))
+            else:
+                found.append(_Candidate("bundle", ref.label, bundle=parsed))
+    for index, manifest in enumerate(signatures.legacy_manifests):
+        label = f"legacy signature manifest #{index}"
+        try:
+            layers = legacy.parse_signature_manifest(manifest)
+        except Exception as e:
+            found.append(_Candidate("legacy", label, broken=_unreadable(e, label)))
+            continue
+        for layer in layers:
+            try:
+                payload = legacy.read_payload(layer, signatures.blobs)
+            except Exception as e:
+                broken = _unreadable(e, layer.label)
+                found.append(_Candidate("legacy", layer.label, legacy=layer, broken=broken))
+            else:
+                found.append(_Candidate("legacy", layer.label, legacy=layer, payload=payload))
+    return found
+
+
+def _check(
+    candidate: _Candidate, digest: registry_model.Digest, authority: Authority
+) -> model.Check:
+    try:
+        return _check_unguarded(candidate, digest, authority)
+    except Exception as e:  # see `_unreadable`: refuse this signature, never escape
+        return _unreadable(e, candidate.label)
+
+
+def _check_unguarded(
+    candidate: _Candidate, digest: registry_model.Digest, authority: Authority
+) -> model.Check:
+    if candidate.broken is not None:
+        return candidate.broken
+    if candidate.bundle is not None:
+        if isinstance(authority, KeyAuthority):
+            return bundle.verify_with_key(
+                candidate.bundle, digest, authority.key, authority=authority.name
+            )
+        return keyless.verify_bundle(
+            candidate.bundle,
+            digest,
+            authority.identity,
+            authority.trusted_root,
+            authority=authority.name,
+        )
+    assert candidate.legacy is not None and candidate.payload is not None
+    if isinstance(authority, KeyAuthority):
+        return legacy.verify_with_key(
+            candidate.legacy, candidate.payload, digest, authority.key, authority=authority.name
+        )
+    return keyless.verify_legacy(
+        candidate.legacy,
+        candidate.payload,
+        digest,
+        authority.identity,
+        authority.trusted_root,
+        authority=authority.name,
+    )
+
+
+def verify(
+    digest: registry_model.Digest,
+    signatures: SignatureSet,
+    authorities: Sequence[Authority],
+    threshold: int,
+) -> VerificationResult:
+    """Check every authority against the signatures found for `digest`."""
+    if threshold < 1:
+        raise ValueError(f"threshold must be at least 1, not {threshold}")
+    candidates = _candidates(signatures)
+    attempts: list[Attempt] = []
+    outcomes: list[AuthorityOutcome] = []
+    for authority in authorities:
+        best: tuple[model.Check, _Candidate] | None = None
+        for candidate in candidates:
+            check = _check(candidate, digest, authority)
+            attempts.append(
+                Attempt(
+                    authority.name, candidate.format, candidate.label, check.result, check.reason
+                )
+            )
+            if best is None or check.progress > best[0].progress:
+                best = (check, candidate)
+            if check.verified:
+                break  # one signature is enough for this authority
+        if best is None:
+            outcomes.append(AuthorityOutcome(authority.name, authority.kind, False, NO_SIGNATURE))
+            continue
+        check, candidate = best
+        outcomes.append(
+            AuthorityOutcome(
+                authority.name, authority.kind, check.verified, check.reason, candidate.format
+            )
+        )
+    return VerificationResult(
+        digest=digest,
+        threshold=threshold,
+        outcomes=tuple(outcomes),
+        attempts=tuple(attempts),
+        signatures_found=len(candidates),
+    )
