@@ -95,10 +95,21 @@ build_etcd() {
   have etcd "$v"
 }
 
+build_helper() {
+  # The static helper PrePull copies into pre-pull pods (and tests put into scratch images).
+  local src=$here/static-helper/imageward-helper.c
+  local v; v=$(sha256sum "$src" | cut -c1-12)
+  have imageward-helper "$v" && { log "imageward-helper $v cached"; return; }
+  log "building imageward-helper $v (static, gcc)"
+  cc -static -Os -s -o "$bin/imageward-helper-$v" "$src"
+  have imageward-helper "$v"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(etcd kubernetes kwok cosign helm crane)
+[ ${#targets[@]} -eq 0 ] && targets=(helper etcd kubernetes kwok cosign helm crane)
 for t in "${targets[@]}"; do
   case $t in
+    helper) build_helper ;;
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imageward.localcluster import controlplane
+from imageward.localcluster import containerd, controlplane, cosign, registries
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,21 @@ def namespace(cluster: controlplane.ControlPlane) -> Iterator[str]:
     cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def registry_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registries]:
+    """The three real registry variants: anonymous, htpasswd (Basic) and token (Bearer)."""
+    with registries.start_all(workdir=tmp_path_factory.mktemp("registries")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def containerd_daemon() -> Iterator[containerd.Containerd]:
+    with containerd.Containerd() as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="session")
+def cosign_tool(tmp_path_factory: pytest.TempPathFactory) -> cosign.Cosign:
+    return cosign.Cosign(tmp_path_factory.mktemp("cosign"))

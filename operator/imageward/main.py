@@ -16,6 +16,13 @@ logger = logging.getLogger(__name__)
 SETTINGS = settings.Settings()
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # Kopf's own readers: in-cluster ServiceAccount first, then KUBECONFIG (read when
+    # called, unlike the kubernetes client which fixes its default path at import).
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("settings", SETTINGS)

@@ -1,0 +1,166 @@
+"""`imageward dev`: the embedded local setup on a fresh machine.
+
+Starts the real control plane (etcd, kube-apiserver & co., kwok nodes), a local registry
+with demo images (one of them signed with real cosign when it is built), the CRDs, the
+operator and the sample policies; prints what to try; stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+from imageward.localcluster import controlplane, cosign, images, processes, registries, tools
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+READY_LINE = "imageward dev is ready"
+
+
+def _default_state_dir() -> pathlib.Path:
+    return pathlib.Path(
+        os.environ.get("IMAGEWARD_DEV_DIR") or pathlib.Path.home() / ".imageward" / "dev"
+    )
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    """An Event set by SIGINT or SIGTERM, with the previous handlers restored afterwards."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _push_demo_images(
+    registry: registries.Registry, state_dir: pathlib.Path
+) -> tuple[dict[str, str], str | None]:
+    """Push the demo images; sign one with real cosign when it is available."""
+    client = registry.client()
+    demo = {
+        "demo/web:1.0": images.nonroot_image("web"),
+        "demo/root:1.0": images.root_image("root"),
+        "demo/big:1.0": images.large_image("big", size=24 * 1024 * 1024),
+        "demo/multiarch:1.0": images.multiarch_index("multiarch"),
+    }
+    pushed: dict[str, str] = {}
+    for name, manifest in demo.items():
+        repository, tag = name.split(":")
+        result = client.push(repository, manifest, tag=tag)
+        pushed[f"{registry.host}/{name}"] = result.digest
+    public_key = None
+    try:
+        signer = cosign.Cosign(state_dir / "cosign")
+        keys = signer.generate_key_pair("demo")
+        web = f"{registry.host}/demo/web"
+        signer.sign(f"{web}@{pushed[web + ':1.0']}", keys)
+        public_key = keys.public_pem
+    except (tools.ToolMissingError, cosign.CosignError) as e:
+        _say(f"  (demo image not signed: {e})")
+    return pushed, public_key
+
+
+def _start_operator(
+    plane: controlplane.ControlPlane, registry: registries.Registry, state_dir: pathlib.Path
+) -> tuple[processes.ManagedProcess, int]:
+    metrics_port = processes.free_port()
+    env = dict(
+        os.environ,
+        KUBECONFIG=str(plane.kubeconfig),
+        IMAGEWARD_INSECURE_REGISTRIES=registry.host,
+        IMAGEWARD_METRICS_PORT=str(metrics_port),
+        IMAGEWARD_WEBHOOK_HOST="127.0.0.1",
+        IMAGEWARD_WEBHOOK_PORT=str(processes.free_port()),
+        IMAGEWARD_NAMESPACE="imageward-system",
+    )
+    operator = processes.ManagedProcess(
+        "operator",
+        [sys.executable, "-m", "imageward", "run", "--standalone"],
+        log_dir=state_dir / "logs",
+        env=env,
+    )
+    operator.start()
+    processes.wait_for_http(
+        f"http://127.0.0.1:{metrics_port}/metrics", timeout=60, expect_status=200, process=operator
+    )
+    return operator, metrics_port
+
+
+def _apply_directory(plane: controlplane.ControlPlane, directory: pathlib.Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    files = sorted(directory.glob("*.yaml"))
+    for path in files:
+        plane.kubectl("apply", "--server-side", "-f", str(path))
+    return [path.name for path in files]
+
+
+def run(*, nodes: int, state_dir: str | None) -> int:
+    state = pathlib.Path(state_dir) if state_dir else _default_state_dir()
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    started = time.monotonic()
+    with _stop_signals() as stop, contextlib.ExitStack() as stack:
+        _say(f"Starting the local control plane with {nodes} kwok node(s)...")
+        plane = stack.enter_context(
+            controlplane.ControlPlane(nodes=nodes, workdir=state / "cluster")
+        )
+        kubeconfig = state / "kubeconfig"
+        shutil.copy(plane.kubeconfig, kubeconfig)
+        _say(f"  kube-apiserver {plane.server}")
+
+        registry = stack.enter_context(registries.start_anonymous(workdir=state / "registry"))
+        _say(f"  registry       http://{registry.host}")
+        pushed, public_key = _push_demo_images(registry, state)
+
+        crds = _apply_directory(plane, REPO_ROOT / "crds")
+        for crd in crds:
+            plane.kubectl(
+                "wait", "--for=condition=Established", "-f", str(REPO_ROOT / "crds" / crd)
+            )
+        plane.create_namespace("imageward-system")
+        plane.create_namespace("demo")
+        operator, metrics_port = _start_operator(plane, registry, state)
+        stack.callback(operator.stop)
+        _say(f"  operator       metrics http://127.0.0.1:{metrics_port}/metrics")
+        samples = _apply_directory(plane, REPO_ROOT / "examples" / "dev")
+
+        _say()
+        _say(f"{READY_LINE} ({time.monotonic() - started:.1f}s). In another shell:")
+        _say(f"  export KUBECONFIG={kubeconfig}")
+        _say("  kubectl get nodes")
+        _say("  kubectl get imagepolicies,prepulls -A")
+        for image, digest in pushed.items():
+            _say(f"  image {image}  ({digest[:19]}…)")
+        if public_key:
+            _say(f"  demo/web:1.0 is signed; its public key: {state / 'cosign' / 'demo.pub'}")
+        if samples:
+            _say(f"  sample policies applied: {', '.join(samples)}")
+        _say(f"  logs: {state / 'logs'} and {state / 'cluster' / 'logs'}")
+        _say("Press Ctrl-C to stop everything.")
+        while not stop.wait(0.5):
+            if not operator.alive:
+                _say(f"the operator exited ({operator.returncode}); log tail:")
+                _say(operator.log_tail())
+                return 1
+        _say("Stopping...")
+    _say("Stopped.")
+    return 0
