@@ -52,6 +52,17 @@ class RegistryError(ImagewardError):
         status = f" (HTTP {self.status})" if self.status is not None else ""
         return f"{self.where}: {self.kind}{status}: {self.message}"
 
+    def clone(self) -> RegistryError:
+        """A fresh error with the same facts (a cached error raised again gets no old traceback)."""
+        return type(self)(
+            self.message,
+            registry=self.registry,
+            repository=self.repository,
+            reference=self.reference,
+            status=self.status,
+            retry_after=self.retry_after,
+        )
+
 
 class NotFoundError(RegistryError):
     kind = "not found"
@@ -77,12 +88,27 @@ class BadResponseError(RegistryError):
     kind = "bad response"
 
 
+class ServerError(BadResponseError):
+    """5xx answers (after retries): the registry's fault, worth trying again later."""
+
+    kind = "server error"
+
+
 class DigestMismatchError(RegistryError):
     kind = "digest mismatch"
 
 
 class TooLargeError(RegistryError):
     kind = "too large"
+
+
+class CredentialsError(ImagewardError):
+    """A docker config or pull Secret that cannot be read; names where it came from."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"credentials from {source}: {reason}")
 
 
 class InvalidReferenceError(ImagewardError):
@@ -105,3 +131,28 @@ class PolicyError(ImagewardError):
 
 class SignatureError(ImagewardError):
     """A signature that could not be read or does not verify; data for a Violation."""
+
+
+class MalformedObjectError(ImagewardError):
+    """A Kubernetes object whose fields have the wrong shape.
+
+    Mutating admission sees objects before the apiserver validates them, so a container
+    list that is not a list or an image that is not a string reaches us as data; this
+    names the kind, the field path (`spec.template.spec.containers[0].image`, as
+    kubectl prints paths) and what is wrong, instead of a TypeError.
+    """
+
+    def __init__(self, kind: str, path: str, reason: str) -> None:
+        self.kind = kind
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{kind} {path}: {reason}" if path else f"{kind}: {reason}")
+
+
+class MalformedReviewError(ImagewardError):
+    """An AdmissionReview body that does not have the shape the apiserver sends."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"malformed AdmissionReview: {path}: {reason}")

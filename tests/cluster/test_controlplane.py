@@ -10,7 +10,8 @@ import uuid
 import pytest
 from kopf.testing import KopfRunner
 
-from imageward.localcluster import controlplane, pki, processes
+from imageward import pki
+from imageward.localcluster import controlplane, processes
 from tests import utils
 
 pytestmark = pytest.mark.cluster

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from imageward.localcluster import pki, processes, tools
+from imageward import pki
+from imageward.localcluster import processes, tools
 
 logger = logging.getLogger(__name__)
 

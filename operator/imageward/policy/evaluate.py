@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from imageward import constants, errors
-from imageward.policy import _reference, globs, model, quantities, selectors
+from imageward.policy import globs, model, quantities, selectors
 from imageward.registry import model as registry_model
+from imageward.registry import reference as registry_reference
 
 SHORT_DIGEST_HEX = 12
 
@@ -165,7 +166,7 @@ def _as_reference(
 ) -> registry_model.ImageReference:
     if isinstance(image, registry_model.ImageReference):
         return image
-    return _reference.parse_reference(image)
+    return registry_reference.parse_reference(image)
 
 
 def evaluate_match(
@@ -234,7 +235,7 @@ def evaluate_static(
     rules = policy.rules
     violations: list[Violation] = []
     digest = reference.digest
-    host = _reference.build_canonical_host(reference.registry)
+    host = registry_reference.build_canonical_host(reference.registry)
     if rules.allowed_registries is not None and not any(
         globs.evaluate_host_pattern(pattern, host) for pattern in rules.allowed_registries
     ):
@@ -259,7 +260,7 @@ def evaluate_static(
     if forbidden:
         implied = (
             " (implied: no tag given)"
-            if reference.original and not _reference.has_explicit_tag(reference.original)
+            if reference.original and not registry_reference.has_explicit_tag(reference.original)
             else ""
         )
         listed = [pattern.text for pattern in rules.forbidden_tags]

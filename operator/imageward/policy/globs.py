@@ -34,8 +34,8 @@ import dataclasses
 import re
 
 from imageward import errors
-from imageward.policy import _reference
 from imageward.registry import model as registry_model
+from imageward.registry import reference as registry_reference
 
 MAX_PATTERN_LENGTH = 512
 
@@ -103,7 +103,7 @@ def _validate_host_glob(pattern: str, host: str) -> None:
         raise PatternError(pattern, "** must be a whole path segment")
     name, colon, port = host.partition(":") if not host.startswith("[") else (host, "", "")
     candidate = _substitute_wildcards(name) + (colon + _substitute_wildcards(port, "0"))
-    if not _reference.HOST_RE.fullmatch(candidate):
+    if not registry_reference.HOST_RE.fullmatch(candidate):
         raise PatternError(pattern, f"invalid registry host {host!r}")
 
 
@@ -115,7 +115,7 @@ def _validate_path_glob(pattern: str, segments: list[str]) -> None:
             raise PatternError(pattern, "** must be a whole path segment")
         if segment != segment.lower():
             raise PatternError(pattern, "repository paths are lowercase")
-        if not _reference.PATH_COMPONENT_RE.fullmatch(_substitute_wildcards(segment)):
+        if not registry_reference.PATH_COMPONENT_RE.fullmatch(_substitute_wildcards(segment)):
             raise PatternError(pattern, f"invalid repository path segment {segment!r}")
 
 
@@ -153,7 +153,7 @@ def parse_tag_pattern(text: str) -> TagPattern:
     _check_text(text, "tag pattern")
     if "/" in text or ":" in text or "@" in text:
         raise PatternError(text, "a tag pattern cannot contain '/', ':' or '@'")
-    if not _reference.TAG_RE.fullmatch(_substitute_wildcards(text)):
+    if not registry_reference.TAG_RE.fullmatch(_substitute_wildcards(text)):
         raise PatternError(text, "not a valid tag (letters, digits, '_', '.', '-')")
     return TagPattern(text=text, regex=re.compile(_build_segment_regex(text)))
 
@@ -163,7 +163,7 @@ def parse_host_pattern(text: str) -> HostPattern:
     _check_text(text, "registry")
     if "/" in text or "@" in text:
         raise PatternError(text, "a registry is a host[:port], without path")
-    normalised = _reference.build_canonical_host(text)
+    normalised = registry_reference.build_canonical_host(text)
     _validate_host_glob(text, normalised)
     return HostPattern(
         text=text, normalised=normalised, regex=re.compile(_build_segment_regex(normalised))
@@ -176,10 +176,10 @@ def parse_image_pattern(text: str) -> ImagePattern:
     name_and_tag, at, digest_text = text.partition("@")
     digest: registry_model.Digest | None = None
     if at:
-        if not _reference.DIGEST_RE.fullmatch(digest_text):
+        if not registry_reference.DIGEST_RE.fullmatch(digest_text):
             raise PatternError(text, "the digest after '@' must be a literal sha256:<64 hex>")
         digest = registry_model.Digest(digest_text)
-    name, tag_text = _reference.split_tag(name_and_tag)
+    name, tag_text = registry_reference.split_tag(name_and_tag)
     tag: TagPattern | None = None
     if tag_text is not None:
         try:
@@ -198,8 +198,8 @@ def parse_image_pattern(text: str) -> ImagePattern:
         host_segments: list[str] = []
         path_segments = segments
     else:
-        host, path = _reference.split_domain(name)
-        host = _reference.build_canonical_host(host)
+        host, path = registry_reference.split_domain(name)
+        host = registry_reference.build_canonical_host(host)
         _validate_host_glob(text, host)
         host_segments = [host]
         path_segments = path.split("/")
@@ -224,7 +224,7 @@ def evaluate_tag_pattern(pattern: TagPattern, tag: str | None) -> bool:
 
 
 def evaluate_host_pattern(pattern: HostPattern, host: str) -> bool:
-    return pattern.regex.fullmatch(_reference.build_canonical_host(host)) is not None
+    return pattern.regex.fullmatch(registry_reference.build_canonical_host(host)) is not None
 
 
 def evaluate_image_pattern(
@@ -242,7 +242,7 @@ def evaluate_image_pattern(
     cases: True to include (match.images: check when unsure), False to exclude only when
     sure (excludeImages).
     """
-    name = f"{_reference.build_canonical_host(reference.registry)}/{reference.repository}"
+    name = f"{registry_reference.build_canonical_host(reference.registry)}/{reference.repository}"
     if pattern.name.fullmatch(name) is None:
         return False
     if pattern.tag is not None:

@@ -48,6 +48,10 @@ class ImageReference:
     def with_digest(self, digest: Digest) -> ImageReference:
         return dataclasses.replace(self, digest=digest)
 
+    def with_tag(self, tag: str) -> ImageReference:
+        """The same repository at another tag (and no digest): `sha256-<hex>.sig` and the like."""
+        return dataclasses.replace(self, tag=tag, digest=None, original="")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Platform:
@@ -76,6 +80,7 @@ class ImageConfig:
     architecture: str | None
     created: str | None
     labels: tuple[tuple[str, str], ...] = ()
+    variant: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ from typing import Any
 import pytest
 
 from imageward import constants, errors
-from imageward.policy import _reference, evaluate, model
+from imageward.policy import evaluate, model
 from imageward.registry import model as registry_model
+from imageward.registry import reference as registry_reference
 
 DIGEST = registry_model.Digest("sha256:9f2c1a7b3d4e" + "0" * 52)
 SHORT = "sha256:9f2c1a7b3d4e…"
@@ -22,7 +23,7 @@ def policy(rules: dict[str, Any] | None = None, **spec: Any) -> model.ImagePolic
 
 
 def ref(text: str) -> registry_model.ImageReference:
-    return _reference.parse_reference(text)
+    return registry_reference.parse_reference(text)
 
 
 def layer_digest(index: int) -> registry_model.Digest:

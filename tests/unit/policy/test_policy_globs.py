@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from imageward import errors
-from imageward.policy import _reference, globs
+from imageward.policy import globs
+from imageward.registry import reference as registry_reference
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -11,7 +12,7 @@ DIGEST = "sha256:" + "ab" * 32
 def matches(pattern: str, image: str, *, when_unknown: bool = False) -> bool:
     return globs.evaluate_image_pattern(
         globs.parse_image_pattern(pattern),
-        _reference.parse_reference(image),
+        registry_reference.parse_reference(image),
         when_unknown=when_unknown,
     )
 
@@ -174,7 +175,7 @@ def test_upper_case_repository_reference_is_invalid() -> None:
     pattern = globs.parse_image_pattern("ghcr.io/acme/**")
     with pytest.raises(errors.InvalidReferenceError, match="must be lowercase"):
         globs.evaluate_image_pattern(
-            pattern, _reference.parse_reference("ghcr.io/ACME/x"), when_unknown=True
+            pattern, registry_reference.parse_reference("ghcr.io/ACME/x"), when_unknown=True
         )
 
 

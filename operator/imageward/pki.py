@@ -1,4 +1,4 @@
-"""Certificates for the local control plane and for webhook servers, made with `cryptography`.
+"""Certificates for the webhook server and the local control plane, made with `cryptography`.
 
 Kopf's own self-signed certificate generation fails against OpenSSL 3 (facts.md), and the
 apiserver needs a CA it trusts for client certificates anyway, so one small CA does both.

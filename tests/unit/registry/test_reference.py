@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from imageward import errors
-from imageward.policy import _reference
+from imageward.registry import reference
 
 DIGEST = "sha256:" + "0f" * 32
 
@@ -28,14 +28,14 @@ DIGEST = "sha256:" + "0f" * 32
 def test_parse_reference(
     text: str, registry: str, repository: str, tag: str | None, digest: str | None
 ) -> None:
-    reference = _reference.parse_reference(text)
-    assert (reference.registry, reference.repository, reference.tag, reference.digest) == (
+    parsed = reference.parse_reference(text)
+    assert (parsed.registry, parsed.repository, parsed.tag, parsed.digest) == (
         registry,
         repository,
         tag,
         digest,
     )
-    assert reference.original == text
+    assert parsed.original == text
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_parse_reference(
 )
 def test_invalid_references(text: str, reason: str) -> None:
     with pytest.raises(errors.InvalidReferenceError) as excinfo:
-        _reference.parse_reference(text)
+        reference.parse_reference(text)
     assert excinfo.value.reason == reason
 
 
@@ -71,4 +71,4 @@ def test_invalid_references(text: str, reason: str) -> None:
     [("nginx", False), ("nginx:1", True), ("localhost:5000/x", False), (f"x@{DIGEST}", False)],
 )
 def test_has_explicit_tag(text: str, expected: bool) -> None:
-    assert _reference.has_explicit_tag(text) is expected
+    assert reference.has_explicit_tag(text) is expected

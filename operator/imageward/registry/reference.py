@@ -1,11 +1,11 @@
-"""Private image-reference normaliser used for policy matching.
+"""Image references: parse and normalise them the way containerd and kubelet do.
 
-The registry team owns the real parser (`imageward.registry.reference`); until it lands,
-policy matching needs one that follows the same grammar (distribution/reference, as
-containerd and kubelet apply it), so it lives here, private. Replace the callers'
-`_reference.parse_reference` with the registry parser once it exists; keep
-`build_canonical_host`, which is a matching concern (aliases of one registry must match
-the same patterns).
+Grammar from distribution/reference (`regexp.go`, `normalize.go`):
+`[host[:port]/]path[:tag][@digest]`.
+Normalisation: a first path component is a host only when it contains `.` or `:` or is
+`localhost` (Docker's rule), Docker Hub gets `docker.io` and, for one-component paths,
+`library/`; hosts are lower-cased, `:443` is dropped and Docker Hub's aliases fold into
+`docker.io`, so every spelling of one image yields one `ImageReference`.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from __future__ import annotations
 import re
 
 from imageward import errors
-from imageward.registry import model as registry_model
+from imageward.registry import model
 
-DOCKER_HUB = registry_model.DEFAULT_REGISTRY
+DOCKER_HUB = model.DEFAULT_REGISTRY
 
-# Hosts that reach Docker Hub: a pattern or allow-list entry for docker.io must cover
-# them, or `index.docker.io/library/nginx` would escape a `docker.io/**` policy.
+#: Where Docker Hub's registry API actually answers (`docker.io` itself redirects to a website).
+DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
+
+# Hosts that reach Docker Hub: `index.docker.io/library/nginx` must be the same image as
+# `nginx`, or it would escape a `docker.io/**` policy and miss docker.io credentials.
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
-# Grammar from distribution/reference (regexp.go).
 _DOMAIN_COMPONENT = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])"
 _IPV6 = r"\[[a-f0-9:]+\]"
 HOST_RE = re.compile(rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?")
@@ -34,7 +36,7 @@ MAX_NAME_LENGTH = 255
 
 
 def build_canonical_host(host: str) -> str:
-    """The registry host as matching compares it: lower case, aliases folded.
+    """The registry host as matching and caching compare it: lower case, aliases folded.
 
     Hosts are case-insensitive (DNS); `:443` is the HTTPS default so `ghcr.io:443` is
     `ghcr.io`; Docker Hub's aliases all become `docker.io`.
@@ -45,6 +47,11 @@ def build_canonical_host(host: str) -> str:
     if host in _DOCKER_HUB_ALIASES:
         return DOCKER_HUB
     return host
+
+
+def build_endpoint_host(registry: str) -> str:
+    """The host that serves the registry API for a canonical registry name."""
+    return DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
 
 
 def is_domain(component: str) -> bool:
@@ -90,7 +97,7 @@ def validate_path(reference: str, path: str) -> None:
             )
 
 
-def parse_reference(text: str) -> registry_model.ImageReference:
+def parse_reference(text: str) -> model.ImageReference:
     """Parse and normalise `[host[:port]/]path[:tag][@digest]`.
 
     Raises errors.InvalidReferenceError. The tag defaults to `latest` only when neither
@@ -101,13 +108,13 @@ def parse_reference(text: str) -> registry_model.ImageReference:
     if text != text.strip() or any(c.isspace() for c in text):
         raise errors.InvalidReferenceError(text, "contains whitespace")
     name_and_tag, at, digest_text = text.partition("@")
-    digest: registry_model.Digest | None = None
+    digest: model.Digest | None = None
     if at:
         if not DIGEST_RE.fullmatch(digest_text):
             raise errors.InvalidReferenceError(
                 text, "invalid digest (expected sha256:<64 hex> or sha512:<128 hex>)"
             )
-        digest = registry_model.Digest(digest_text)
+        digest = model.Digest(digest_text)
     name, tag = split_tag(name_and_tag)
     if tag is not None and not TAG_RE.fullmatch(tag):
         raise errors.InvalidReferenceError(text, f"invalid tag {tag!r}")
@@ -124,7 +131,7 @@ def parse_reference(text: str) -> registry_model.ImageReference:
         )
     if tag is None and digest is None:
         tag = "latest"
-    return registry_model.ImageReference(
+    return model.ImageReference(
         registry=host, repository=path, tag=tag, digest=digest, original=text
     )
 
@@ -133,3 +140,24 @@ def has_explicit_tag(text: str) -> bool:
     """Whether the reference as written names a tag (else `latest` was implied)."""
     name_and_tag = text.partition("@")[0]
     return split_tag(name_and_tag)[1] is not None
+
+
+def parse_digest(text: str) -> model.Digest:
+    """A digest as registries write it; raises ValueError for anything else."""
+    if not DIGEST_RE.fullmatch(text):
+        raise ValueError(f"invalid digest {text[:80]!r}")
+    return model.Digest(text)
+
+
+def build_referrers_tag(digest: model.Digest) -> str:
+    """The OCI 1.1 referrers fallback tag of a digest: `sha256-<hex>`.
+
+    Cut to 128 characters, the longest tag there is (distribution-spec, so sha512 fits).
+    """
+    algorithm, _, hex_digest = digest.partition(":")
+    return f"{algorithm}-{hex_digest}"[:128]
+
+
+def build_signature_tag(digest: model.Digest) -> str:
+    """The tag of cosign's legacy signature manifest: `sha256-<hex>.sig`."""
+    return build_referrers_tag(digest) + ".sig"

@@ -1,0 +1,155 @@
+"""Distribution API routes and the small parts of HTTP answers the client reads. No I/O.
+
+Endpoints: the registry itself, after its mirrors (containerd's `hosts.toml` order);
+plain HTTP only for hosts listed as insecure. Mirror requests carry `?ns=<registry>`,
+as containerd sends them, so one mirror can serve several upstreams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import json
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from imageward.registry import model, reference
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where to send API requests for one registry: `<scheme>://<host><prefix>/v2/…`."""
+
+    host: str
+    scheme: str = "https"
+    prefix: str = ""
+    mirror_of: str | None = None
+    """The canonical registry this endpoint mirrors (None: the registry itself)."""
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}{self.prefix}"
+
+    @property
+    def plain_http(self) -> bool:
+        return self.scheme == "http"
+
+
+def _is_insecure(host: str, insecure: Iterable[str]) -> bool:
+    canonical = reference.build_canonical_host(host)
+    return any(reference.build_canonical_host(item) == canonical for item in insecure)
+
+
+def parse_mirror(text: str, *, registry: str, insecure: Sequence[str]) -> Endpoint:
+    """A mirror as configured: `host[:port]`, or a URL `http(s)://host[:port][/prefix]`."""
+    if "://" in text:
+        parts = urllib.parse.urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"mirror {text!r} is not an http(s) URL")
+        prefix = parts.path.rstrip("/")
+        if prefix.endswith("/v2"):
+            prefix = prefix[: -len("/v2")]
+        return Endpoint(parts.netloc.lower(), parts.scheme, prefix, mirror_of=registry)
+    scheme = "http" if _is_insecure(text, insecure) else "https"
+    return Endpoint(text.lower().rstrip("/"), scheme, mirror_of=registry)
+
+
+def build_endpoints(
+    registry: str,
+    *,
+    insecure: Sequence[str] = (),
+    mirrors: Sequence[tuple[str, str]] = (),
+) -> tuple[Endpoint, ...]:
+    """The endpoints to try for a canonical registry: its mirrors in order, then itself."""
+    found: list[Endpoint] = []
+    for source, mirror in mirrors:
+        if reference.build_canonical_host(source) == registry:
+            found.append(parse_mirror(mirror, registry=registry, insecure=insecure))
+    host = reference.build_endpoint_host(registry)
+    scheme = "http" if _is_insecure(registry, insecure) else "https"
+    found.append(Endpoint(host, scheme))
+    return tuple(found)
+
+
+def _query(endpoint: Endpoint, extra: Sequence[tuple[str, str]] = ()) -> str:
+    items = list(extra)
+    if endpoint.mirror_of is not None:
+        items.append(("ns", endpoint.mirror_of))
+    return "?" + urllib.parse.urlencode(items) if items else ""
+
+
+def build_manifest_url(endpoint: Endpoint, repository: str, ref: str) -> str:
+    return f"{endpoint.base_url}/v2/{repository}/manifests/{ref}{_query(endpoint)}"
+
+
+def build_blob_url(endpoint: Endpoint, repository: str, digest: model.Digest) -> str:
+    return f"{endpoint.base_url}/v2/{repository}/blobs/{digest}{_query(endpoint)}"
+
+
+def build_referrers_url(
+    endpoint: Endpoint, repository: str, digest: model.Digest, *, artifact_type: str | None
+) -> str:
+    extra = [("artifactType", artifact_type)] if artifact_type else []
+    return f"{endpoint.base_url}/v2/{repository}/referrers/{digest}{_query(endpoint, extra)}"
+
+
+def build_origin(url: str) -> tuple[str, str]:
+    """(scheme, host[:port]) of a URL: credentials are only ever sent back to the same one."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def build_redirect_url(current: str, location: str) -> str:
+    return urllib.parse.urljoin(current, location)
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date.
+
+    `now` is the wall-clock time (seconds since the epoch) the date is relative to.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_error_body(body: bytes, *, limit: int = 300) -> str:
+    """What a registry said in an error answer: `CODE: message` entries, else the text."""
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, Mapping) and isinstance(document.get("errors"), list):
+        parts = []
+        for item in document["errors"][:5]:
+            if isinstance(item, Mapping):
+                code, message = item.get("code"), item.get("message")
+                text = ": ".join(str(x) for x in (code, message) if x)
+                if text:
+                    parts.append(text)
+        if parts:
+            return "; ".join(parts)[:limit]
+    text = body[:limit].decode("utf-8", "replace").strip()
+    return re.sub(r"\s+", " ", text)
+
+
+_LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
+
+
+def parse_next_link(header: str | None) -> str | None:
+    """The `rel="next"` target of a `Link` header (paginated referrers)."""
+    if not header:
+        return None
+    match = _LINK_RE.search(header)
+    return match.group(1) if match else None

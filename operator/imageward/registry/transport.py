@@ -1,0 +1,226 @@
+"""The registry client's only I/O: one aiohttp session, one request at a time, bounded.
+
+Thin on purpose: it sends what the client built and returns status, headers and a
+body read in chunks under a byte cap (and hashed on the way when asked). It never
+follows redirects (the client does, so credentials never reach another host), never
+retries (the client does, under its deadline) and knows nothing of auth or manifests.
+Every request is recorded in `imageward_registry_requests_total` and
+`imageward_registry_request_duration_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import multidict
+import yarl
+
+from imageward import metrics
+from imageward.registry import manifests, model
+
+USER_AGENT = "imageward/0.1 (+https://imageward.io)"
+_CHUNK = 64 * 1024
+
+
+class TransportError(Exception):
+    """A request that got no usable answer; the client adds registry and reference."""
+
+    retryable = True
+    code = "error"  # the `code` label of the request metric
+
+
+class ConnectError(TransportError):
+    """No connection, or the connection broke before the answer was complete."""
+
+
+class TLSError(TransportError):
+    """The registry's certificate is not trusted; trying again will not change that."""
+
+    retryable = False
+
+
+class RequestTimeout(TransportError):
+    """No complete answer within the per-request timeout."""
+
+    code = "timeout"
+
+
+class BodyTooLarge(TransportError):
+    """The answer is larger than the caller allows; nothing past the cap was read."""
+
+    retryable = False
+    code = "too_large"
+
+    def __init__(self, message: str, *, size: int | None, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    url: str
+    headers: multidict.CIMultiDictProxy[str]
+    body: bytes = dataclasses.field(repr=False)
+    digest: model.Digest | None = None
+    """The body's digest, when the request asked for it to be hashed while streaming."""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def header_all(self, name: str) -> list[str]:
+        return self.headers.getall(name, [])
+
+
+def build_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The system trust store plus the extra CAs of `ca_bundle` (a private registry's CA)."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+class Transport:
+    """One aiohttp session for all registries; create inside the event loop, `close()` it."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 64,
+        ca_bundle: str | None = None,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self._max_concurrency = max_concurrency
+        self._ssl = build_ssl_context(ca_bundle)
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the registry transport is closed")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_concurrency, ssl=self._ssl, ttl_dns_cache=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # Deadlines are ours (asyncio.timeout per request and per lookup).
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Cookies from one registry have no business in requests to another.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": self._user_agent},
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        time_limit: float,
+        max_bytes: int,
+        kind: str,
+        registry: str,
+        body: bytes | None = None,
+        hash_as: model.Digest | None = None,
+    ) -> Response:
+        """Send one request; read at most `max_bytes` of body within `time_limit` seconds.
+
+        `hash_as`: hash the body while it streams with that digest's algorithm (the
+        response's `digest`). Raises TransportError subclasses; an HTTP error status is
+        not an exception here.
+        """
+        started = time.perf_counter()
+        code: str = "error"
+        received = 0
+        expected: int | None = None
+        try:
+            async with asyncio.timeout(time_limit):
+                session = self._get_session()
+                async with session.request(
+                    method,
+                    yarl.URL(url, encoded=True),
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                ) as response:
+                    code = str(response.status)
+                    expected = response.content_length
+                    if expected is not None and expected > max_bytes:
+                        raise BodyTooLarge(
+                            f"answer is {expected} bytes, over the limit of {max_bytes}",
+                            size=expected,
+                            limit=max_bytes,
+                        )
+                    hasher: Any = manifests.build_hasher(hash_as) if hash_as else None
+                    chunks: list[bytes] = []
+                    if method != "HEAD":
+                        async for chunk in response.content.iter_chunked(_CHUNK):
+                            received += len(chunk)
+                            if received > max_bytes:
+                                raise BodyTooLarge(
+                                    f"answer exceeds the limit of {max_bytes} bytes "
+                                    "(no Content-Length, cut while streaming)",
+                                    size=None,
+                                    limit=max_bytes,
+                                )
+                            if hasher is not None:
+                                hasher.update(chunk)
+                            chunks.append(chunk)
+                    digest = None
+                    if hasher is not None and hash_as is not None:
+                        algorithm = hash_as.partition(":")[0]
+                        digest = model.Digest(f"{algorithm}:{hasher.hexdigest()}")
+                    return Response(
+                        status=response.status,
+                        url=url,
+                        headers=response.headers,
+                        body=b"".join(chunks),
+                        digest=digest,
+                    )
+        except TimeoutError as e:
+            # A status code means the headers came and the body did not (a trickle).
+            detail = (
+                f" (headers came, body {received} of {expected or '?'} bytes)"
+                if code != "error"
+                else ""
+            )
+            code = RequestTimeout.code
+            raise RequestTimeout(
+                f"{method} {_short(url)}: no complete answer within {time_limit:.2f}s{detail}"
+            ) from e
+        except BodyTooLarge as e:
+            code = BodyTooLarge.code
+            raise BodyTooLarge(f"{method} {_short(url)}: {e}", size=e.size, limit=e.limit) from None
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
+            raise TLSError(f"{method} {_short(url)}: TLS failed: {e}") from e
+        except aiohttp.ClientPayloadError as e:
+            raise ConnectError(
+                f"{method} {_short(url)}: the answer broke off after {received} bytes ({e})"
+            ) from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise ConnectError(f"{method} {_short(url)}: {type(e).__name__}: {e}") from e
+        finally:
+            metrics.observe_registry_request(registry, kind, code, time.perf_counter() - started)
+
+
+def _short(url: str, limit: int = 160) -> str:
+    """A URL for messages: without its query (signed blob URLs carry credentials there)."""
+    text = url.split("?", 1)[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
