@@ -63,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(handler=_cmd_dev)
 
+    from imageward.commands import check
+
+    check_parser = sub.add_parser(
+        "check", help="evaluate images against ImagePolicy files, no cluster needed"
+    )
+    check.add_arguments(check_parser)
+    check_parser.set_defaults(handler=check.run)
+
     for name, text in (
-        ("check", "evaluate images against ImagePolicy files, no cluster needed"),
         ("plan", "print the layer plan for a set of images"),
         ("agent", "the node agent of PrePull Layers mode"),
     ):

@@ -1,0 +1,1 @@
+"""One module per `imageward` subcommand; `cli.py` parses arguments and dispatches."""

@@ -1,0 +1,119 @@
+"""Registry facts and cosign signatures for the checker, through the one registry client.
+
+Signatures are looked up in both on-registry formats at once: the legacy
+`sha256-<hex>.sig` tag and Sigstore bundles found through the referrers API (or its
+`sha256-<hex>` tag fallback). A format that is simply absent is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+
+from imageward import errors, settings
+from imageward.registry import auth, client, manifests, model
+from imageward.signatures import verify as signatures_verify
+
+BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+_MAX_SIGNATURE_BLOB = 1024 * 1024  # a bundle or a simplesigning payload is a few KiB
+_MAX_SIGNATURE_MANIFESTS = 16  # a flood of referrers must not turn into a flood of fetches
+
+
+class RegistryImageSource:
+    def __init__(
+        self,
+        config: settings.RegistrySettings,
+        *,
+        registry_client: client.RegistryClient | None = None,
+    ) -> None:
+        self.client = registry_client or client.RegistryClient(config)
+
+    async def __aenter__(self) -> RegistryImageSource:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.client.close()
+
+    async def fetch_facts(
+        self,
+        reference: model.ImageReference,
+        *,
+        platform: model.Platform | None,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> model.ImageFacts:
+        return await self.client.fetch_facts(reference, platform=platform, credentials=credentials)
+
+    async def fetch_signatures(
+        self,
+        reference: model.ImageReference,
+        digest: model.Digest,
+        *,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> signatures_verify.SignatureSet:
+        legacy, bundles = await asyncio.gather(
+            self._fetch_legacy(reference, digest, credentials),
+            self._fetch_bundles(reference, digest, credentials),
+        )
+        blobs = {**legacy[1], **bundles[1]}
+        return signatures_verify.SignatureSet(
+            legacy_manifests=legacy[0], bundle_manifests=bundles[0], blobs=blobs
+        )
+
+    async def _fetch_layers(
+        self,
+        reference: model.ImageReference,
+        fetched: manifests.FetchedManifest,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> dict[str, bytes]:
+        if not isinstance(fetched.content, manifests.ImageManifest):
+            return {}
+        layers = fetched.content.layers[:_MAX_SIGNATURE_MANIFESTS]
+        bodies = await asyncio.gather(
+            *(
+                self.client.fetch_blob(
+                    reference,
+                    layer.digest,
+                    max_bytes=_MAX_SIGNATURE_BLOB,
+                    credentials=credentials,
+                )
+                for layer in layers
+            )
+        )
+        return {layer.digest: body for layer, body in zip(layers, bodies, strict=True)}
+
+    async def _fetch_legacy(
+        self,
+        reference: model.ImageReference,
+        digest: model.Digest,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
+        algorithm, _, hex_digest = digest.partition(":")
+        tag_ref = dataclasses.replace(reference, tag=f"{algorithm}-{hex_digest}.sig", digest=None)
+        try:
+            fetched = await self.client.fetch_manifest(tag_ref, credentials=credentials)
+        except errors.NotFoundError:
+            return (), {}
+        return (fetched.body,), await self._fetch_layers(tag_ref, fetched, credentials)
+
+    async def _fetch_bundles(
+        self,
+        reference: model.ImageReference,
+        digest: model.Digest,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
+        descriptors = await self.client.fetch_referrers(
+            reference, digest, artifact_type=BUNDLE_ARTIFACT_TYPE, credentials=credentials
+        )
+        chosen = descriptors[:_MAX_SIGNATURE_MANIFESTS]
+
+        async def one(descriptor: manifests.Descriptor) -> tuple[bytes, dict[str, bytes]]:
+            ref = dataclasses.replace(reference, tag=None, digest=descriptor.digest)
+            fetched = await self.client.fetch_manifest(ref, credentials=credentials)
+            return fetched.body, await self._fetch_layers(ref, fetched, credentials)
+
+        results = await asyncio.gather(*(one(d) for d in chosen))
+        blobs: dict[str, bytes] = {}
+        for _, found in results:
+            blobs.update(found)
+        return tuple(body for body, _ in results), blobs

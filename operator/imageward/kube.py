@@ -1,0 +1,153 @@
+"""The one place imageward talks to the Kubernetes API outside Kopf's own machinery.
+
+A thin async layer over the official client: every call runs in a worker thread and
+returns plain dicts (the shapes the pure modules read), 404 becomes None, and errors carry
+the verb and object they were about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+
+from imageward import errors
+
+_SERVICE_ACCOUNT_DIR = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubeError(errors.ImagewardError):
+    def __init__(self, action: str, status: int | None, reason: str) -> None:
+        self.action = action
+        self.status = status
+        super().__init__(f"{action}: HTTP {status}: {reason}" if status else f"{action}: {reason}")
+
+
+def build_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else KUBECONFIG (read now, not at import)."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is None and (_SERVICE_ACCOUNT_DIR / "token").exists():
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        path = (
+            kubeconfig or os.environ.get("KUBECONFIG") or str(pathlib.Path.home() / ".kube/config")
+        )
+        kubernetes.config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Kube:
+    """Async helpers over one ApiClient; safe to share between handlers."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def close(self) -> None:
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one client call in a thread; decode the JSON body; 404 -> None."""
+
+        def call() -> Any:
+            response = fn(*args, _preload_content=False, **kwargs)
+            try:
+                data = response.data
+            finally:
+                response.release_conn()
+            return json.loads(data) if data else None
+
+        try:
+            return await asyncio.to_thread(call)
+        except kubernetes.client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise KubeError(action, e.status, _reason(e)) from e
+        except (OSError, ValueError) as e:
+            raise KubeError(action, None, str(e)) from e
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace
+        )
+        return result
+
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get ConfigMap {namespace}/{name}",
+            self.core.read_namespaced_config_map,
+            name,
+            namespace,
+        )
+        return result
+
+    async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get ServiceAccount {namespace}/{name}",
+            self.core.read_namespaced_service_account,
+            name,
+            namespace,
+        )
+        return result
+
+    async def read_namespace(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get Namespace {name}", self.core.read_namespace, name
+        )
+        return result
+
+    async def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
+        await self._call(
+            f"create Event in {namespace}", self.core.create_namespaced_event, namespace, event
+        )
+
+    async def read_webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
+        fn = (
+            self.admission.read_validating_webhook_configuration
+            if kind == "ValidatingWebhookConfiguration"
+            else self.admission.read_mutating_webhook_configuration
+        )
+        result: dict[str, Any] | None = await self._call(f"get {kind} {name}", fn, name)
+        return result
+
+    async def create_webhook_configuration(self, kind: str, body: Mapping[str, Any]) -> None:
+        fn = (
+            self.admission.create_validating_webhook_configuration
+            if kind == "ValidatingWebhookConfiguration"
+            else self.admission.create_mutating_webhook_configuration
+        )
+        await self._call(f"create {kind} {body['metadata']['name']}", fn, body)
+
+    async def patch_webhook_configuration(
+        self, kind: str, name: str, patch: list[dict[str, Any]]
+    ) -> None:
+        fn = (
+            self.admission.patch_validating_webhook_configuration
+            if kind == "ValidatingWebhookConfiguration"
+            else self.admission.patch_mutating_webhook_configuration
+        )
+        await self._call(f"patch {kind} {name}", fn, name, patch)
+
+    async def delete_webhook_configuration(self, kind: str, name: str) -> None:
+        fn = (
+            self.admission.delete_validating_webhook_configuration
+            if kind == "ValidatingWebhookConfiguration"
+            else self.admission.delete_mutating_webhook_configuration
+        )
+        await self._call(f"delete {kind} {name}", fn, name)
+
+
+def _reason(error: kubernetes.client.ApiException) -> str:
+    try:
+        body = json.loads(error.body or "")
+    except ValueError:
+        return str(error.reason)
+    return str(body.get("message") or error.reason)

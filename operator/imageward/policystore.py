@@ -1,0 +1,209 @@
+"""ImagePolicies as the checker uses them: parsed, with key material resolved.
+
+A policy is loaded once per change (and re-resolved periodically so a rotated Secret is
+picked up) and kept in a `PolicyStore`; admission reads a snapshot without any I/O.
+A policy that cannot be used keeps its match scope (or `**` when even that is broken)
+and its reason, so the images it covers are refused with that reason (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from imageward import errors
+from imageward.policy import globs, model
+from imageward.signatures import keyless, keys
+from imageward.signatures import model as signatures_model
+from imageward.signatures import verify as signatures_verify
+
+#: Reads `data[key]` of a Secret (base64-decoded) or ConfigMap; None when it does not exist.
+SecretReader = Callable[[model.SecretKeyRef], Awaitable[bytes | None]]
+ConfigMapReader = Callable[[model.ConfigMapKeyRef], Awaitable[str | None]]
+
+_MATCH_EVERYTHING = model.Match(images=(globs.parse_image_pattern("**"),))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    name: str
+    generation: int
+    match: model.Match
+    policy: model.ImagePolicy | None  # None: unusable, see `error`
+    error: errors.PolicyError | None = None
+    authorities: tuple[signatures_verify.Authority, ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        return self.policy is not None
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason if self.error else ""
+
+
+def _unusable(obj: Mapping[str, Any], error: errors.PolicyError) -> LoadedPolicy:
+    try:
+        match = model.parse_match(obj)
+    except errors.PolicyError:
+        match = _MATCH_EVERYTHING  # cannot tell what it covers: cover everything
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    generation = metadata.get("generation") if isinstance(metadata, Mapping) else None
+    return LoadedPolicy(
+        name=error.policy,
+        generation=generation if isinstance(generation, int) else 0,
+        match=match,
+        policy=None,
+        error=error,
+    )
+
+
+async def load_policy(
+    obj: Mapping[str, Any],
+    *,
+    read_secret: SecretReader | None = None,
+    read_config_map: ConfigMapReader | None = None,
+) -> LoadedPolicy:
+    """Parse `obj` and resolve every authority's key material; never raises."""
+    try:
+        policy = model.parse_policy(obj)
+    except errors.PolicyError as e:
+        return _unusable(obj, e)
+    try:
+        authorities = await _resolve_authorities(policy, read_secret, read_config_map)
+    except errors.PolicyError as e:
+        return dataclasses.replace(
+            _unusable(obj, e), match=policy.match, generation=policy.generation
+        )
+    return LoadedPolicy(
+        name=policy.name,
+        generation=policy.generation,
+        match=policy.match,
+        policy=policy,
+        authorities=authorities,
+    )
+
+
+async def _resolve_authorities(
+    policy: model.ImagePolicy,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> tuple[signatures_verify.Authority, ...]:
+    signatures = policy.rules.signatures
+    if signatures is None:
+        return ()
+    resolved: list[signatures_verify.Authority] = []
+    for authority in signatures.authorities:
+        try:
+            if authority.key is not None:
+                pem = await _key_pem(authority.name, authority.key, read_secret)
+                resolved.append(
+                    signatures_verify.KeyAuthority(
+                        name=authority.name,
+                        key=keys.parse_public_key(pem, authority=authority.name),
+                    )
+                )
+            elif authority.keyless is not None:
+                spec = authority.keyless
+                identity = keyless.parse_identity(
+                    authority=authority.name,
+                    issuer=spec.issuer,
+                    issuer_regexp=spec.issuer_regexp,
+                    subject=spec.subject,
+                    subject_regexp=spec.subject_regexp,
+                )
+                root_json = await _trusted_root(authority.name, spec, read_config_map)
+                resolved.append(
+                    signatures_verify.KeylessAuthority(
+                        name=authority.name,
+                        identity=identity,
+                        trusted_root=keyless.parse_trusted_root(
+                            root_json, authority=authority.name
+                        ),
+                    )
+                )
+        except signatures_model.AuthorityError as e:
+            raise errors.PolicyError(policy.name, str(e)) from e
+    return tuple(resolved)
+
+
+async def _key_pem(
+    authority: str, key: model.KeyAuthority, read_secret: SecretReader | None
+) -> bytes | str:
+    if key.pem is not None:
+        return key.pem
+    ref = key.secret_ref
+    assert ref is not None  # parse_policy guarantees one of pem / secretRef
+    where = f"Secret {ref.namespace}/{ref.name} key {ref.key}"
+    if read_secret is None:
+        raise signatures_model.AuthorityError(
+            authority, f"{where} cannot be read here (no cluster)"
+        )
+    try:
+        value = await read_secret(ref)
+    except errors.ImagewardError as e:
+        raise signatures_model.AuthorityError(authority, f"{where}: {e}") from e
+    if value is None:
+        raise signatures_model.AuthorityError(authority, f"{where} not found")
+    return value
+
+
+async def _trusted_root(
+    authority: str, spec: model.KeylessAuthority, read_config_map: ConfigMapReader | None
+) -> str:
+    ref = spec.trusted_root
+    if ref is None:
+        raise signatures_model.AuthorityError(
+            authority, "keyless needs trustedRoot.configMapRef (no network to fetch Sigstore's)"
+        )
+    where = f"ConfigMap {ref.namespace}/{ref.name} key {ref.key}"
+    if read_config_map is None:
+        raise signatures_model.AuthorityError(
+            authority, f"{where} cannot be read here (no cluster)"
+        )
+    try:
+        value = await read_config_map(ref)
+    except errors.ImagewardError as e:
+        raise signatures_model.AuthorityError(authority, f"{where}: {e}") from e
+    if value is None:
+        raise signatures_model.AuthorityError(authority, f"{where} not found")
+    return value
+
+
+def decode_secret_value(secret: Mapping[str, Any] | None, key: str) -> bytes | None:
+    if not secret:
+        return None
+    data = secret.get("data") or {}
+    if key not in data:
+        return None
+    try:
+        return base64.b64decode(data[key], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class PolicyStore:
+    """The current policies by name; admission takes an immutable snapshot."""
+
+    def __init__(self, policies: Iterable[LoadedPolicy] = ()) -> None:
+        self._policies: dict[str, LoadedPolicy] = {p.name: p for p in policies}
+        self._snapshot: tuple[LoadedPolicy, ...] | None = None
+
+    def put(self, policy: LoadedPolicy) -> None:
+        self._policies[policy.name] = policy
+        self._snapshot = None
+
+    def remove(self, name: str) -> None:
+        self._policies.pop(name, None)
+        self._snapshot = None
+
+    def get(self, name: str) -> LoadedPolicy | None:
+        return self._policies.get(name)
+
+    def snapshot(self) -> tuple[LoadedPolicy, ...]:
+        if self._snapshot is None:
+            self._snapshot = tuple(sorted(self._policies.values(), key=lambda p: p.name))
+        return self._snapshot
