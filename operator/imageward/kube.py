@@ -80,6 +80,31 @@ class Kube:
         )
         return result
 
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create a Secret; False when one of that name exists already (another replica)."""
+        try:
+            await self._call(
+                f"create Secret {namespace}/{body['metadata']['name']}",
+                self.core.create_namespaced_secret,
+                namespace,
+                body,
+            )
+        except KubeError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def replace_secret(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """Replace a Secret; the body's resourceVersion makes a concurrent change fail (409)."""
+        await self._call(
+            f"replace Secret {namespace}/{name}",
+            self.core.replace_namespaced_secret,
+            name,
+            namespace,
+            body,
+        )
+
     async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self._call(
             f"get ConfigMap {namespace}/{name}",

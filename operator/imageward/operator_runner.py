@@ -19,9 +19,8 @@ def run(*, standalone: bool, liveness: str | None, verbose: bool) -> int:
         logger.error("%s", e)
         return 2
     # Importing the handlers module registers every @kopf.on handler.
-    from imageward import main
+    from imageward import main  # noqa: F401
 
-    main.SETTINGS = config
     kopf.configure(verbose=verbose)
     asyncio.run(
         kopf.operator(

@@ -70,6 +70,35 @@ class AdmissionSettings:
     excluded_namespaces: tuple[str, ...] = ("kube-system",)
     """Namespaces never checked, besides the operator's own."""
 
+    validating_configuration: str = "imageward"
+    """ValidatingWebhookConfiguration whose caBundle the operator keeps current."""
+
+    mutating_configuration: str = "imageward"
+    """MutatingWebhookConfiguration (digest pinning) whose caBundle the operator keeps current."""
+
+    service: str | None = None
+    """Service in front of the webhook (in-cluster); None: the apiserver calls `url`."""
+
+    url: str | None = None
+    """Base URL the apiserver calls when there is no Service (local clusters, tests)."""
+
+    tls_secret: str | None = None
+    """Secret (operator namespace) holding the CA and serving certificate replicas share;
+    None keeps them in memory (one replica)."""
+
+    cert_dir: str | None = None
+    """Directory with tls.crt/tls.key/ca.crt made by someone else (cert-manager); the
+    operator then only serves them and does not patch caBundle."""
+
+    create_configurations: bool = True
+    """Create missing webhook configurations (dev, tests); the chart renders its own."""
+
+    failure_policy: str = "Fail"
+    """failurePolicy of webhook configurations the operator creates."""
+
+    tls_check_interval: float = 3600.0
+    """Seconds between checks whether the serving certificate needs renewing."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
@@ -78,6 +107,9 @@ class Settings:
 
     metrics_port: int = 8080
     """Port of the Prometheus /metrics endpoint (0 disables it)."""
+
+    docker_config: str | None = None
+    """The operator's own registry credentials (a docker config.json), tried last."""
 
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
@@ -97,6 +129,21 @@ def _parse_pairs(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_failure_policy(text: str) -> str:
+    if text not in ("Fail", "Ignore"):
+        raise ValueError("expected Fail or Ignore")
+    return text
+
+
 # variable suffix -> (group or "", field, parser)
 _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "NAMESPACE": ("", "namespace", str),
@@ -114,6 +161,16 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "WEBHOOK_TIMEOUT": ("admission", "webhook_timeout", int),
     "ADMISSION_DEADLINE": ("admission", "deadline", float),
     "EXCLUDED_NAMESPACES": ("admission", "excluded_namespaces", _parse_list),
+    "DOCKER_CONFIG": ("", "docker_config", str),
+    "VALIDATING_WEBHOOK": ("admission", "validating_configuration", str),
+    "MUTATING_WEBHOOK": ("admission", "mutating_configuration", str),
+    "WEBHOOK_SERVICE": ("admission", "service", str),
+    "WEBHOOK_URL": ("admission", "url", str),
+    "TLS_SECRET": ("admission", "tls_secret", str),
+    "CERT_DIR": ("admission", "cert_dir", str),
+    "CREATE_WEBHOOK_CONFIGURATIONS": ("admission", "create_configurations", _parse_bool),
+    "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
+    "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
 }
 
 

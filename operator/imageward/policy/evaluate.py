@@ -598,7 +598,8 @@ def combine(policy_results: Iterable[PolicyResult]) -> Decision:
                 and result.failure_policy is model.FailurePolicy.IGNORE
             ):
                 warned.append(violation)
-                warnings.append(f"{violation.message} (allowed by failurePolicy Ignore)")
+                # First, so the apiserver's 256-character cut never hides why it was allowed.
+                warnings.append(f"allowed by failurePolicy Ignore: {violation.message}")
             else:
                 denied.append(violation)
     return Decision(

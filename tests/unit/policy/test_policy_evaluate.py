@@ -605,7 +605,7 @@ def test_audit_allows_and_reports() -> None:
 def test_failure_policy_ignore_turns_lookups_into_warnings() -> None:
     decision = evaluate.combine([result(constants.RULE_LOOKUP, failure="Ignore")])
     assert decision.allowed
-    assert decision.warnings == ("enforce-ignore: x (allowed by failurePolicy Ignore)",)
+    assert decision.warnings == ("allowed by failurePolicy Ignore: enforce-ignore: x",)
     # ... but only lookups: a measured violation still denies.
     assert not evaluate.combine([result(failure="Ignore")]).allowed
     assert not evaluate.combine([result(constants.RULE_LOOKUP)]).allowed

@@ -1,0 +1,213 @@
+"""The operator's long-lived state and the effectful services handlers call.
+
+Built once at start-up from Settings; `main.py` handlers stay thin by delegating here.
+Pure decisions live in `policy/`, `admission/`, `signatures/`, `prepull/`; this module
+only fetches what they need (policies' key material, pull secrets, namespace labels)
+with short-lived caches, and posts Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cachetools
+
+from imageward import checker, constants, errors, imagesource, kube, policystore, settings
+from imageward.admission import workloads
+from imageward.policy import model as policy_model
+from imageward.registry import auth as registry_auth
+
+logger = logging.getLogger(__name__)
+
+_LOOKUP_TTL = 30.0  # seconds a Secret, ServiceAccount or Namespace read is reused
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: settings.Settings,
+        kube_api: kube.Kube,
+        source: imagesource.RegistryImageSource,
+        operator_credentials: Sequence[registry_auth.DockerConfig] = (),
+    ) -> None:
+        self.settings = config
+        self.kube = kube_api
+        self.source = source
+        self.store = policystore.PolicyStore()
+        self.operator_credentials = tuple(operator_credentials)
+        self._lookups: cachetools.TTLCache[tuple[str, ...], Any] = cachetools.TTLCache(
+            maxsize=4096, ttl=_LOOKUP_TTL
+        )
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def build(cls, config: settings.Settings) -> Runtime:
+        credentials: list[registry_auth.DockerConfig] = []
+        if config.docker_config:
+            path = pathlib.Path(config.docker_config)
+            credentials.append(
+                registry_auth.parse_docker_config(path.read_bytes(), source=str(path))
+            )
+        return cls(
+            config,
+            kube.Kube(kube.build_api_client()),
+            imagesource.RegistryImageSource(config.registry),
+            credentials,
+        )
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.source.client.close()
+        self.kube.close()
+
+    # -- policies ---------------------------------------------------------------------------
+
+    async def _read_secret_key(self, ref: policy_model.SecretKeyRef) -> bytes | None:
+        secret = await self.kube.read_secret(ref.namespace, ref.name)
+        return policystore.decode_secret_value(secret, ref.key)
+
+    async def _read_config_map_key(self, ref: policy_model.ConfigMapKeyRef) -> str | None:
+        config_map = await self.kube.read_config_map(ref.namespace, ref.name)
+        if not config_map:
+            return None
+        value = (config_map.get("data") or {}).get(ref.key)
+        return value if isinstance(value, str) else None
+
+    async def load_policy(self, body: Mapping[str, Any]) -> policystore.LoadedPolicy:
+        loaded = await policystore.load_policy(
+            body, read_secret=self._read_secret_key, read_config_map=self._read_config_map_key
+        )
+        self.store.put(loaded)
+        return loaded
+
+    async def load_all_policies(self) -> int:
+        """Load every ImagePolicy before the webhook serves, so a restart never fails open."""
+        listing = await self.kube._call(
+            "list ImagePolicies",
+            self.kube.custom.list_cluster_custom_object,
+            constants.GROUP,
+            constants.VERSION,
+            constants.IMAGEPOLICY_PLURAL,
+        )
+        items = (listing or {}).get("items") or []
+        for item in items:
+            await self.load_policy(item)
+        return len(items)
+
+    # -- admission inputs --------------------------------------------------------------------
+
+    async def _cached(self, key: tuple[str, ...], fetch: Any) -> Any:
+        if key in self._lookups:
+            return self._lookups[key]
+        value = await fetch()
+        self._lookups[key] = value
+        return value
+
+    async def namespace_labels(self, namespace: str | None) -> dict[str, str]:
+        if not namespace:
+            return {}
+        body = await self._cached(("ns", namespace), lambda: self.kube.read_namespace(namespace))
+        labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+        return dict(labels)
+
+    async def _pull_secret(self, namespace: str, name: str) -> registry_auth.DockerConfig | None:
+        async def fetch() -> registry_auth.DockerConfig | None:
+            secret = await self.kube.read_secret(namespace, name)
+            if secret is None:
+                return None
+            try:
+                return registry_auth.parse_pull_secret(secret)
+            except errors.ImagewardError as e:
+                logger.warning("pull secret %s/%s is unusable: %s", namespace, name, e)
+                return None
+
+        result: registry_auth.DockerConfig | None = await self._cached(
+            ("secret", namespace, name), fetch
+        )
+        return result
+
+    async def credentials_for(self, view: workloads.PodView) -> list[registry_auth.DockerConfig]:
+        """The pod's imagePullSecrets, then its ServiceAccount's, then the operator's."""
+        namespace = view.namespace or ""
+        names = list(view.image_pull_secrets)
+        if namespace:
+            account = await self._cached(
+                ("sa", namespace, view.service_account),
+                lambda: self.kube.read_service_account(namespace, view.service_account),
+            )
+            for entry in (account or {}).get("imagePullSecrets") or []:
+                name = entry.get("name") if isinstance(entry, Mapping) else None
+                if isinstance(name, str) and name not in names:
+                    names.append(name)
+        found = [await self._pull_secret(namespace, name) for name in names] if namespace else []
+        return [c for c in found if c is not None] + list(self.operator_credentials)
+
+    async def check_view(
+        self, view: workloads.PodView, *, deadline: float | None = None
+    ) -> checker.Outcome:
+        started = time.monotonic()
+        budget = self.settings.admission.deadline if deadline is None else deadline
+        namespace_labels, credentials = await asyncio.gather(
+            self.namespace_labels(view.namespace), self.credentials_for(view)
+        )
+        remaining = max(0.1, budget - (time.monotonic() - started))
+        return await checker.check_images(
+            view.images,
+            self.store.snapshot(),
+            checker.Context(
+                namespace_labels=namespace_labels,
+                pod_labels=view.pod_labels,
+                platform=workloads.parse_platform(view),
+                credentials=credentials,
+            ),
+            source=self.source,
+            deadline=remaining,
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    def post_event(
+        self,
+        *,
+        namespace: str,
+        involved: Mapping[str, Any],
+        reason: str,
+        message: str,
+        type_: str = "Warning",
+    ) -> None:
+        """Post an Event without delaying the caller; failures are logged, never raised."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": "imageward-", "namespace": namespace},
+            "involvedObject": dict(involved),
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "imageward"},
+            "reportingComponent": "imageward.io/operator",
+            "reportingInstance": "imageward",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+
+        async def send() -> None:
+            try:
+                await self.kube.create_event(namespace, event)
+            except kube.KubeError as e:
+                logger.warning("could not post Event %s: %s", reason, e)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

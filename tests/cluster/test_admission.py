@@ -1,0 +1,482 @@
+"""ImagePolicy admission end to end: the operator runs as `imageward run`, the real
+apiserver calls its webhooks, images live in real registries and are signed by real
+cosign. Every assertion is about what a user sees: kubectl's answer, the created object,
+an Event, the policy's status."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from imageward.localcluster import controlplane, cosign, images, processes, registries
+from tests import utils
+from tests.conftest import RunningOperator
+
+pytestmark = pytest.mark.cluster
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+class Policies:
+    """Creates ImagePolicies for one test and deletes them afterwards."""
+
+    def __init__(self, cluster: controlplane.ControlPlane) -> None:
+        self.cluster = cluster
+        self.names: list[str] = []
+
+    def apply(
+        self, images_: list[str], rules: dict[str, Any], *, ready: str = "True", **spec: Any
+    ) -> str:
+        name = f"p-{_uid()}"
+        body = {
+            "apiVersion": "imageward.io/v1alpha1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": name},
+            "spec": {"match": {"images": images_}, "rules": rules, **spec},
+        }
+        self.names.append(name)
+        self.cluster.apply(body)
+        self.wait_ready(name, ready)
+        return name
+
+    def wait_ready(self, name: str, expected: str) -> dict[str, Any]:
+        def condition() -> dict[str, Any] | None:
+            status = self.cluster.get_json("imagepolicy", name).get("status") or {}
+            for c in status.get("conditions") or []:
+                if c["type"] == "Ready" and c["status"] == expected:
+                    return dict(c)
+            return None
+
+        return utils.wait_for(f"ImagePolicy {name} Ready={expected}", condition, timeout=30)
+
+    def delete_all(self) -> None:
+        for name in self.names:
+            self.cluster.kubectl("delete", "imagepolicy", name, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def policies(
+    cluster: controlplane.ControlPlane, imageward_operator: RunningOperator
+) -> Iterator[Policies]:
+    made = Policies(cluster)
+    yield made
+    made.delete_all()
+
+
+@pytest.fixture
+def anonymous(registry_set: registries.Registries) -> registries.Registry:
+    return registry_set.anonymous
+
+
+def _pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": image}], **spec},
+    }
+
+
+def _create(cluster: controlplane.ControlPlane, namespace: str, obj: dict[str, Any]) -> Any:
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False)
+
+
+def _push(registry: registries.Registry, manifest: images.Manifest) -> tuple[str, str]:
+    """Push to a fresh repository; returns (image reference with tag, digest)."""
+    repository = f"adm/{_uid()}"
+    pushed = registry.client().push(repository, manifest, tag="1.0")
+    return f"{registry.host}/{repository}:1.0", pushed.digest
+
+
+# -- size, layers, root user ------------------------------------------------------------
+
+
+def test_pod_over_size_limit_is_refused_with_the_measured_value(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    big, digest = _push(anonymous, images.large_image(f"big-{_uid()}", size=3 * 1024 * 1024))
+    small, _ = _push(anonymous, images.nonroot_image(f"small-{_uid()}"))
+    name = policies.apply([f"{anonymous.host}/adm/**"], {"maxCompressedSize": "1Mi"})
+
+    refused = _create(cluster, namespace, _pod("big", big))
+    assert refused.returncode != 0
+    assert f"ImagePolicy {name}: {big} (sha256:{digest[7:19]}…)" in refused.stderr
+    assert "compressed, over maxCompressedSize 1Mi" in refused.stderr
+    assert 'admission webhook "validate.imageward.io" denied the request' in refused.stderr
+
+    allowed = _create(cluster, namespace, _pod("small", small))
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_deployment_is_refused_at_apply_time(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    root, _ = _push(anonymous, images.root_image(f"root-{_uid()}"))
+    policies.apply([f"{anonymous.host}/adm/**"], {"forbidRootUser": True})
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "initContainers": [{"name": "init", "image": root}],
+                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+                },
+            },
+        },
+    }
+    refused = _create(cluster, namespace, deployment)
+    assert refused.returncode != 0
+    assert "runs as root" in refused.stderr and "forbidRootUser" in refused.stderr
+    assert cluster.kubectl("get", "deployment", "web", "-n", namespace, check=False).returncode != 0
+
+
+def test_warn_mode_warns_and_audit_mode_leaves_an_event(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    many, _ = _push(anonymous, images.many_layer_image(f"many-{_uid()}", count=12))
+    policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 5}, mode="Warn")
+    warned = _create(cluster, namespace, _pod("warned", many))
+    assert warned.returncode == 0, warned.stderr
+    assert "Warning:" in warned.stderr and "has 12 layers, over maxLayers 5" in warned.stderr
+
+    audit = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 3}, mode="Audit")
+    audited = _create(cluster, namespace, _pod("audited", many))
+    assert audited.returncode == 0, audited.stderr
+
+    def audit_event() -> list[dict[str, Any]]:
+        events = cluster.get_json("events", "-n", namespace)["items"]
+        return [
+            e
+            for e in events
+            if e["reason"] == "ImagePolicyAudit"
+            and e["involvedObject"]["name"] == "audited"
+            and f"ImagePolicy {audit}" in e["message"]
+        ]
+
+    event = utils.wait_for("an ImagePolicyAudit Event on the pod", audit_event, timeout=20)[0]
+    assert "has 12 layers, over maxLayers 3" in event["message"]
+
+
+def test_dry_run_is_answered_without_side_effects(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    many, _ = _push(anonymous, images.many_layer_image(f"dry-{_uid()}", count=6))
+    policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2}, mode="Audit")
+    result = cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps(_pod("dry", many)),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    refused = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2})
+    denied = cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps(_pod("dry", many)),
+        check=False,
+    )
+    assert f"ImagePolicy {refused}" in denied.stderr
+    events = cluster.get_json("events", "-n", namespace)["items"]
+    assert not [e for e in events if e["reason"].startswith("ImagePolicy")]
+
+
+# -- multi-arch -------------------------------------------------------------------------
+
+
+def test_multiarch_platform_from_node_selector(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    amd = images.small_image(f"amd-{_uid()}", platform=images.LINUX_AMD64, user="65532")
+    arm = images.small_image(f"arm-{_uid()}", platform=images.LINUX_ARM64, user="root")
+    index = images.build_index([amd, arm], attestations=True)
+    repository = f"adm/{_uid()}"
+    client = anonymous.client()
+    for child in (amd, arm):
+        client.push(repository, child)
+    client.push(repository, index, tag="1.0")
+    image = f"{anonymous.host}/{repository}:1.0"
+    policies.apply([f"{anonymous.host}/adm/**"], {"forbidRootUser": True})
+
+    on_amd = _create(
+        cluster, namespace, _pod("amd", image, nodeSelector={"kubernetes.io/arch": "amd64"})
+    )
+    assert on_amd.returncode == 0, on_amd.stderr
+    on_arm = _create(
+        cluster, namespace, _pod("arm", image, nodeSelector={"kubernetes.io/arch": "arm64"})
+    )
+    assert on_arm.returncode != 0 and "linux/arm64" in on_arm.stderr
+    anywhere = _create(cluster, namespace, _pod("anywhere", image))
+    assert anywhere.returncode != 0 and "runs as root" in anywhere.stderr
+
+
+# -- signatures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def release_key(cosign_tool: cosign.Cosign) -> cosign.KeyPair:
+    return cosign_tool.generate_key_pair(f"release-{_uid()}")
+
+
+@pytest.fixture(scope="module")
+def other_key(cosign_tool: cosign.Cosign) -> cosign.KeyPair:
+    return cosign_tool.generate_key_pair(f"other-{_uid()}")
+
+
+def _signed_policy(policies: Policies, registry: registries.Registry, key: cosign.KeyPair) -> str:
+    return policies.apply(
+        [f"{registry.host}/adm/**"],
+        {"signatures": {"authorities": [{"name": "release", "key": {"pem": key.public_pem}}]}},
+    )
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["bundle", "legacy"])
+def test_signed_images_are_admitted_unsigned_and_wrong_key_refused(
+    legacy: bool,
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+    cosign_tool: cosign.Cosign,
+    release_key: cosign.KeyPair,
+    other_key: cosign.KeyPair,
+) -> None:
+    signed, signed_digest = _push(anonymous, images.nonroot_image(f"signed-{_uid()}"))
+    cosign_tool.sign(f"{signed.rsplit(':', 1)[0]}@{signed_digest}", release_key, legacy=legacy)
+    unsigned, _ = _push(anonymous, images.nonroot_image(f"unsigned-{_uid()}"))
+    foreign, foreign_digest = _push(anonymous, images.nonroot_image(f"foreign-{_uid()}"))
+    cosign_tool.sign(f"{foreign.rsplit(':', 1)[0]}@{foreign_digest}", other_key, legacy=legacy)
+    name = _signed_policy(policies, anonymous, release_key)
+
+    ok = _create(cluster, namespace, _pod("signed", signed))
+    assert ok.returncode == 0, ok.stderr
+    missing = _create(cluster, namespace, _pod("unsigned", unsigned))
+    assert (
+        f"ImagePolicy {name}" in missing.stderr and "release: no signature found" in missing.stderr
+    )
+    wrong = _create(cluster, namespace, _pod("foreign", foreign))
+    assert wrong.returncode != 0
+    assert "does not verify with key release" in wrong.stderr
+
+
+def test_signature_copied_from_another_image_is_refused(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+    cosign_tool: cosign.Cosign,
+    release_key: cosign.KeyPair,
+) -> None:
+    client = anonymous.client()
+    repository = f"adm/{_uid()}"
+    good = client.push(repository, images.nonroot_image(f"good-{_uid()}"), tag="good")
+    evil = client.push(repository, images.nonroot_image(f"evil-{_uid()}"), tag="evil")
+    cosign_tool.sign(f"{anonymous.host}/{repository}@{good.digest}", release_key, legacy=True)
+    # The attacker copies the valid signature manifest to the tag cosign looks up for evil.
+    good_sig = client.get_manifest(repository, f"sha256-{good.digest[7:]}.sig")
+    client.push_manifest(
+        repository, f"sha256-{evil.digest[7:]}.sig", good_sig.body, good_sig.media_type
+    )
+    _signed_policy(policies, anonymous, release_key)
+    refused = _create(cluster, namespace, _pod("evil", f"{anonymous.host}/{repository}:evil"))
+    assert refused.returncode != 0
+    assert "names another digest" in refused.stderr
+
+
+# -- lookups and failure policy -----------------------------------------------------------
+
+
+def test_unreachable_registry_fail_refuses_and_ignore_warns(
+    cluster: controlplane.ControlPlane, namespace: str, policies: Policies
+) -> None:
+    unreachable = f"127.0.0.1:{_closed_port()}"
+    image = f"{unreachable}/team/app:1.0"
+    fail = policies.apply([f"{unreachable}/**"], {"maxLayers": 10}, failurePolicy="Fail")
+    refused = _create(cluster, namespace, _pod("down", image))
+    assert refused.returncode != 0
+    assert f"ImagePolicy {fail}: {image}" in refused.stderr and "lookup failed" in refused.stderr
+    cluster.kubectl("delete", "imagepolicy", fail)
+    policies.apply([f"{unreachable}/**"], {"maxLayers": 10}, failurePolicy="Ignore")
+    admitted = _create(cluster, namespace, _pod("down", image))
+    assert admitted.returncode == 0, admitted.stderr
+    assert "Warning: allowed by failurePolicy Ignore: ImagePolicy" in admitted.stderr
+
+
+def _closed_port() -> int:
+    return processes.free_port()  # nothing listens there
+
+
+def test_pull_secret_of_the_pod_is_used(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    registry_set: registries.Registries,
+) -> None:
+    private = registry_set.htpasswd
+    image, _ = _push(private, images.nonroot_image(f"private-{_uid()}"))
+    policies.apply([f"{private.host}/adm/**"], {"maxLayers": 10})
+    without = _create(cluster, namespace, _pod("nosecret", image))
+    assert without.returncode != 0 and "unauthorized" in without.stderr.lower()
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "pull", "namespace": namespace},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {
+                ".dockerconfigjson": base64.b64encode(
+                    json.dumps(private.docker_config()).encode()
+                ).decode()
+            },
+        }
+    )
+    with_secret = _create(
+        cluster, namespace, _pod("secret", image, imagePullSecrets=[{"name": "pull"}])
+    )
+    assert with_secret.returncode == 0, with_secret.stderr
+
+
+# -- digest pinning, invalid policies, policy changes ---------------------------------------
+
+
+def test_pin_digest_is_visible_on_the_created_pod(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    image, digest = _push(anonymous, images.nonroot_image(f"pin-{_uid()}"))
+    policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 10}, pinDigest=True)
+    created = _create(cluster, namespace, _pod("pinned", image))
+    assert created.returncode == 0, created.stderr
+    pod = cluster.get_json("pod", "pinned", "-n", namespace)
+    assert pod["spec"]["containers"][0]["image"] == f"{image}@{digest}"
+
+
+def test_invalid_policy_is_not_ready_and_fails_closed(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    image, _ = _push(anonymous, images.nonroot_image(f"closed-{_uid()}"))
+    name = policies.apply(
+        [f"{anonymous.host}/adm/**"],
+        {"signatures": {"authorities": [{"name": "broken", "key": {"pem": "not a key"}}]}},
+        ready="False",
+    )
+    condition = policies.wait_ready(name, "False")
+    assert condition["reason"] == "InvalidPolicy"
+    refused = _create(cluster, namespace, _pod("closed", image))
+    assert refused.returncode != 0
+    assert f"ImagePolicy {name}" in refused.stderr and "not usable" in refused.stderr
+
+
+def test_policy_changes_take_effect_without_restart(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: Policies,
+    anonymous: registries.Registry,
+) -> None:
+    image, _ = _push(anonymous, images.many_layer_image(f"chg-{_uid()}", count=4))
+    name = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2})
+    assert _create(cluster, namespace, _pod("first", image)).returncode != 0
+    cluster.kubectl(
+        "patch", "imagepolicy", name, "--type=merge", "-p", '{"spec":{"rules":{"maxLayers":10}}}'
+    )
+
+    def admitted() -> bool:
+        return bool(_create(cluster, namespace, _pod("first", image)).returncode == 0)
+
+    utils.wait_for("the raised limit to admit the pod", admitted, timeout=20)
+
+
+# -- the webhook server itself ------------------------------------------------------------
+
+
+def test_malformed_admission_reviews_get_4xx_and_the_server_keeps_serving(
+    cluster: controlplane.ControlPlane, namespace: str, imageward_operator: RunningOperator
+) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    bodies: list[bytes] = [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"request": null}',
+        b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
+        b'{"request": {"uid": "x", "object": {"kind": "Pod", "spec": {"containers": 5}}}}',
+        json.dumps({"request": {"uid": 1, "userInfo": {}, "object": []}}).encode(),
+        b"\xff\xfe\x00garbage",
+    ]
+    for body in bodies:
+        request = urllib.request.Request(
+            f"{imageward_operator.webhook_url}/imageward-validate",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                status = response.status
+                payload = response.read()
+        except urllib.error.HTTPError as e:
+            status = e.code
+            payload = e.read()
+            e.close()
+        if status == 200:
+            # Kopf may answer a well-formed review with a refusal instead of an HTTP error.
+            review = json.loads(payload)
+            assert review["response"]["allowed"] is False, (body, review)
+        else:
+            assert 400 <= status < 500, (body, status, payload[:200])
+    assert imageward_operator.process.alive
+    still = _create(cluster, namespace, _pod("after-fuzz", "registry.k8s.io/pause:3.10"))
+    assert still.returncode == 0, still.stderr
+
+
+def test_metrics_count_admissions(imageward_operator: RunningOperator) -> None:
+    text = imageward_operator.metrics()
+    assert (
+        'imageward_admission_requests_total{decision="deny",operation="CREATE",resource="pods"}'
+        in text
+    )
+    assert "imageward_policy_evaluations_total" in text
