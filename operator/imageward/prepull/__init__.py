@@ -1,0 +1,1 @@
+"""Pre-pulling: plan which layers each node holds, and put them there."""

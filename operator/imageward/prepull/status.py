@@ -1,0 +1,426 @@
+"""A PrePull's status from what the cluster reports: pure aggregation, no API calls.
+
+The controller lists the DaemonSet's pods and passes them in as plain dicts (the API's
+JSON); everything here reads only documented pod status fields, so recorded pods make
+the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from imageward import constants
+from imageward.prepull import daemonset, model
+
+# The kubelet's reasons for a container that cannot start because of its image
+# (pkg/kubelet/images/types.go) or its configuration, and a crash loop.
+FAILURE_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "ImageInspectError",
+        "RegistryUnavailable",
+        "SignatureValidationFailed",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+    }
+)
+MAX_FAILURES = model.MAX_STATUS_FAILURES
+MAX_FAILURE_MESSAGE = 240
+MAX_CONDITION_MESSAGE = 2048
+_GRPC_PREFIX_RE = re.compile(r"^rpc error: code = \w+ desc = ")
+
+CONDITION_READY = "Ready"
+CONDITION_PROGRESSING = "Progressing"
+CONDITION_DEGRADED = "Degraded"
+
+REASON_ALL_NODES_READY = "AllNodesReady"
+REASON_NO_MATCHING_NODES = "NoMatchingNodes"
+REASON_ROLLING_OUT = "RollingOut"
+REASON_PENDING = "Pending"
+REASON_COMPLETE = "Complete"
+REASON_STALLED = "Stalled"
+REASON_PULL_FAILED = "PullFailed"
+REASON_AS_EXPECTED = "AsExpected"
+# Reasons of Problems the controller reports (so they read the same everywhere).
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_RESOLVE_FAILED = "ResolveFailed"
+REASON_PLAN_FAILED = "PlanFailed"
+REASON_IMAGE_VOLUME_UNSUPPORTED = "ImageVolumeUnsupported"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    node: str
+    image: str
+    """The image as written when the caller could map it back, else the pod's reference."""
+
+    reason: str
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeStatus:
+    desired: int
+    ready: int
+    """Nodes with a Ready pod of the current template (the current images or plan)."""
+
+    failed: int
+    """Nodes without such a pod and with a pod whose container cannot start."""
+
+    failures: tuple[Failure, ...] = ()
+    """At most MAX_FAILURES, one per distinct (image, reason) first; by node, then image."""
+
+    @property
+    def ready_text(self) -> str:
+        return f"{self.ready}/{self.desired}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    """Something that keeps the PrePull from being carried out in full.
+
+    With no DaemonSet (nodes=None in build_conditions) it blocks everything, e.g. an
+    invalid spec; otherwise it is partial, e.g. one image of several could not be resolved.
+    """
+
+    reason: str
+    message: str
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    # The CRI's gRPC wrapper says nothing the reason does not; the rest names the cause.
+    text = _GRPC_PREFIX_RE.sub("", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _is_current(pod: Mapping[str, Any], current_hash: str | None) -> bool:
+    if current_hash is None:
+        return True
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    return bool(annotations.get(daemonset.ANNOTATION_DIGEST_HASH) == current_hash)
+
+
+def _container_images(pod: Mapping[str, Any]) -> dict[str, str]:
+    spec = pod.get("spec", {})
+    return {
+        container.get("name", ""): container.get("image", "")
+        for key in ("initContainers", "containers")
+        for container in spec.get(key) or []
+    }
+
+
+def _volume_images(pod: Mapping[str, Any]) -> list[str]:
+    return [
+        volume["image"].get("reference", "")
+        for volume in pod.get("spec", {}).get("volumes") or []
+        if isinstance(volume.get("image"), Mapping)
+    ]
+
+
+def _failed_state(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    state = status.get("state") or {}
+    waiting = state.get("waiting")
+    if waiting and waiting.get("reason") in FAILURE_REASONS:
+        return waiting["reason"], waiting.get("message") or ""
+    terminated = state.get("terminated")
+    if terminated and terminated.get("exitCode", 0) != 0:
+        message = terminated.get("message") or f"exited with code {terminated['exitCode']}"
+        return terminated.get("reason") or "Error", message
+    return None
+
+
+def _pod_failures(
+    pod: Mapping[str, Any], node: str, images: Mapping[str, str] | None
+) -> list[Failure]:
+    container_images = _container_images(pod)
+    volume_images = _volume_images(pod)
+    failures: list[Failure] = []
+    status = pod.get("status", {})
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(key) or []:
+            failed = _failed_state(container)
+            if failed is None:
+                continue
+            reason, message = failed
+            image = container_images.get(container.get("name", ""), container.get("image", ""))
+            # An image volume that cannot be pulled holds up the container mounting it;
+            # the kubelet's message names the volume's reference.
+            for reference in volume_images:
+                if reference and reference in message:
+                    image = reference
+                    break
+            if images is not None:
+                image = images.get(image, image)
+            failures.append(
+                Failure(
+                    node=node,
+                    image=image,
+                    reason=reason,
+                    message=_shorten(message, MAX_FAILURE_MESSAGE),
+                )
+            )
+    return failures
+
+
+def _select_failures(failures: list[Failure]) -> tuple[Failure, ...]:
+    # Deterministic, and varied: each distinct (image, reason) gets a slot before a
+    # second node with the same problem does, so 500 nodes failing one image do not hide
+    # the other image that fails on one node.
+    ordered = sorted(failures, key=lambda f: (f.node, f.image, f.reason, f.message))
+    chosen: list[Failure] = []
+    seen: set[tuple[str, str]] = set()
+    for failure in ordered:
+        if len(chosen) >= MAX_FAILURES:
+            break
+        if (failure.image, failure.reason) not in seen:
+            seen.add((failure.image, failure.reason))
+            chosen.append(failure)
+    for failure in ordered:
+        if len(chosen) >= MAX_FAILURES:
+            break
+        if failure not in chosen:
+            chosen.append(failure)
+    return tuple(sorted(chosen, key=lambda f: (f.node, f.image, f.reason, f.message)))
+
+
+def build_node_status(
+    pods: Sequence[Mapping[str, Any]],
+    desired: int,
+    *,
+    current_hash: str | None = None,
+    images: Mapping[str, str] | None = None,
+) -> NodeStatus:
+    """Aggregate the DaemonSet's pods per node.
+
+    `desired` is the DaemonSet's status.desiredNumberScheduled. With `current_hash` (the
+    template's imageward.io/digest-hash), only pods of that template count as ready: a
+    node still running the previous pod does not hold the new digests. `images` maps a
+    pod's image reference (pinned) back to the image as the user wrote it.
+    Pods being deleted and pods not yet bound to a node are not counted.
+    """
+    by_node: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        metadata = pod.get("metadata", {})
+        node = pod.get("spec", {}).get("nodeName")
+        if metadata.get("deletionTimestamp") or not node:
+            continue
+        by_node.setdefault(node, []).append(pod)
+
+    ready = failed = 0
+    failures: list[Failure] = []
+    for node, node_pods in by_node.items():
+        if any(_is_ready(pod) and _is_current(pod, current_hash) for pod in node_pods):
+            ready += 1
+            continue
+        node_failures = [f for pod in node_pods for f in _pod_failures(pod, node, images)]
+        if node_failures:
+            failed += 1
+            failures.extend(node_failures)
+    return NodeStatus(
+        desired=desired, ready=ready, failed=failed, failures=_select_failures(failures)
+    )
+
+
+def build_status_fields(nodes: NodeStatus) -> dict[str, Any]:
+    """The status.nodes, status.readyText and status.failures fields, to merge into a patch."""
+    failures: list[dict[str, Any]] = []
+    for failure in nodes.failures:
+        item = {"node": failure.node, "image": failure.image, "reason": failure.reason}
+        if failure.message:
+            item["message"] = failure.message
+        failures.append(item)
+    return {
+        "nodes": {"desired": nodes.desired, "ready": nodes.ready, "failed": nodes.failed},
+        "readyText": nodes.ready_text,
+        "failures": failures,
+    }
+
+
+def _describe_failures(nodes: NodeStatus) -> str:
+    first = nodes.failures[0] if nodes.failures else None
+    noun = "node fails" if nodes.failed == 1 else "nodes fail"
+    text = f"{nodes.failed} {noun}"
+    if first is not None:
+        detail = f"{first.node}: {first.image}: {first.reason}"
+        if first.message:
+            detail += f": {first.message}"
+        text += f", e.g. {detail}"
+    return text
+
+
+def _condition(
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: str,
+    previous: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    text = "True" if status else "False"
+    before = previous.get(kind)
+    # The transition time moves only when the status does (Kubernetes convention).
+    if before is not None and before.get("status") == text and before.get("lastTransitionTime"):
+        since = before["lastTransitionTime"]
+    else:
+        since = now
+    return {
+        "type": kind,
+        "status": text,
+        "reason": reason,
+        "message": _shorten(message, MAX_CONDITION_MESSAGE),
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    }
+
+
+def build_conditions(
+    nodes: NodeStatus | None,
+    *,
+    generation: int,
+    now: str,
+    problems: Sequence[Problem] = (),
+    previous: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Ready, Progressing and Degraded, each with a reason and a message.
+
+    `nodes` is None when there is no DaemonSet to report on (a blocking problem).
+    `now` is an RFC 3339 timestamp; `previous` the current status.conditions, so that
+    lastTransitionTime only moves when a condition's status does.
+    """
+    before = {c.get("type", ""): c for c in previous if isinstance(c, Mapping)}
+    problem_text = "; ".join(f"{p.message}" for p in problems)
+    args: dict[str, Any] = {"generation": generation, "now": now, "previous": before}
+
+    if nodes is None:
+        reason = problems[0].reason if problems else REASON_PENDING
+        message = problem_text or "the DaemonSet has not been created yet"
+        return [
+            _condition(CONDITION_READY, False, reason, message, **args),
+            _condition(CONDITION_PROGRESSING, False, reason, message, **args),
+            _condition(CONDITION_DEGRADED, bool(problems), reason, message, **args),
+        ]
+
+    done = nodes.ready >= nodes.desired
+    progress = f"{nodes.ready} of {nodes.desired} nodes are ready"
+    if problems:
+        ready = _condition(CONDITION_READY, False, problems[0].reason, problem_text, **args)
+    elif nodes.desired == 0:
+        ready = _condition(
+            CONDITION_READY,
+            True,
+            REASON_NO_MATCHING_NODES,
+            "no node matches the nodeSelector and tolerations",
+            **args,
+        )
+    elif done:
+        ready = _condition(CONDITION_READY, True, REASON_ALL_NODES_READY, progress, **args)
+    elif nodes.failed:
+        message = f"{progress}; {_describe_failures(nodes)}"
+        ready = _condition(CONDITION_READY, False, REASON_PULL_FAILED, message, **args)
+    else:
+        ready = _condition(CONDITION_READY, False, REASON_ROLLING_OUT, progress, **args)
+
+    waiting = nodes.desired - nodes.ready - nodes.failed
+    if done:
+        progressing = _condition(CONDITION_PROGRESSING, False, REASON_COMPLETE, progress, **args)
+    elif waiting > 0:
+        progressing = _condition(CONDITION_PROGRESSING, True, REASON_ROLLING_OUT, progress, **args)
+    else:
+        message = f"{progress}; every other node fails"
+        progressing = _condition(CONDITION_PROGRESSING, False, REASON_STALLED, message, **args)
+
+    if problems:
+        message = problem_text
+        if nodes.failed:
+            message += f"; {_describe_failures(nodes)}"
+        degraded = _condition(CONDITION_DEGRADED, True, problems[0].reason, message, **args)
+    elif nodes.failed:
+        degraded = _condition(
+            CONDITION_DEGRADED, True, REASON_PULL_FAILED, _describe_failures(nodes), **args
+        )
+    else:
+        degraded = _condition(CONDITION_DEGRADED, False, REASON_AS_EXPECTED, "no failures", **args)
+    return [ready, progressing, degraded]
+
+
+def _template_images(template: Mapping[str, Any]) -> list[str]:
+    spec = template.get("spec") or {}
+    images: list[str] = []
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            image = container.get("image")
+            if isinstance(image, str) and image and image not in images:
+                images.append(image)
+    return images
+
+
+def build_images_from_workloads(
+    workloads: Sequence[Mapping[str, Any]],
+    kinds: Collection[model.WorkloadKind],
+    *,
+    node_count: int,
+) -> list[tuple[str, int]]:
+    """The images of the workloads' pod templates, weighted by how many pods run them.
+
+    Deployment and StatefulSet: spec.replicas, at least 1 (a workload scaled to zero is
+    about to scale up, which is when a slow pull hurts most). DaemonSet: `node_count`
+    (at least 1). CronJob: 1. An image used by several workloads gets the sum; within one
+    workload it counts once. Each workload must carry its `kind` (list responses leave
+    it out of their items; the caller knows it). Workloads of other kinds, workloads
+    being deleted and imageward's own pre-pull DaemonSets (labelled imageward.io/prepull,
+    whose pinned images would otherwise feed back into the plan) are skipped.
+    Sorted heaviest first, then by image.
+    """
+    wanted = {kind.value for kind in kinds}
+    weights: dict[str, int] = {}
+    for workload in workloads:
+        kind = workload.get("kind")
+        metadata = workload.get("metadata") or {}
+        if not isinstance(kind, str):
+            raise ValueError(f"workload {metadata.get('name')!r} has no kind")
+        if kind not in wanted or metadata.get("deletionTimestamp"):
+            continue
+        if constants.LABEL_PREPULL in (metadata.get("labels") or {}):
+            continue
+        spec = workload.get("spec") or {}
+        if kind == model.WorkloadKind.CRON_JOB.value:
+            template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+            weight = 1
+        elif kind == model.WorkloadKind.DAEMON_SET.value:
+            template = spec.get("template") or {}
+            weight = max(1, node_count)
+        else:
+            template = spec.get("template") or {}
+            replicas = spec.get("replicas")
+            weight = max(1, replicas) if isinstance(replicas, int) else 1
+        for image in _template_images(template):
+            weights[image] = weights.get(image, 0) + weight
+    return sorted(weights.items(), key=lambda item: (-item[1], item[0]))
+
+
+def build_image_weights(*lists: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Merge (image, weight) lists, summing the weights of an image listed more than once.
+
+    Images keep the order in which they first appear (pass spec.images first): an image
+    both named in spec.images and used by workloads gets both weights.
+    """
+    weights: dict[str, int] = {}
+    for entries in lists:
+        for image, weight in entries:
+            weights[image] = weights.get(image, 0) + weight
+    return list(weights.items())
