@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 
 import kopf
 
 from imageward import errors, settings
 
 logger = logging.getLogger(__name__)
+
+
+def _priority() -> int:
+    configured = os.environ.get("IMAGEWARD_PEERING_PRIORITY")
+    if configured:
+        return int(configured)
+    return random.SystemRandom().randint(1, 2**31 - 1)
 
 
 def run(*, standalone: bool, liveness: str | None, verbose: bool) -> int:
@@ -26,6 +35,9 @@ def run(*, standalone: bool, liveness: str | None, verbose: bool) -> int:
         kopf.operator(
             clusterwide=True,
             standalone=standalone,
+            # Kopf pauses every peer when two share a priority: each replica takes its own,
+            # so the highest one runs the controllers and the other stands by.
+            priority=_priority(),
             liveness_endpoint=liveness,
             memo=kopf.Memo(settings=config),
         )
