@@ -48,6 +48,7 @@ class Kube:
         self.api_client = api_client
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
         self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
@@ -73,6 +74,10 @@ class Kube:
             raise KubeError(action, e.status, _reason(e)) from e
         except (OSError, ValueError) as e:
             raise KubeError(action, None, str(e)) from e
+
+    async def call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Any client call by its method, e.g. `kube.call("list pods", kube.core.list_...)`."""
+        return await self._call(action, fn, *args, **kwargs)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self._call(

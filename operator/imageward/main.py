@@ -17,6 +17,8 @@ from imageward import settings as imageward_settings
 from imageward.admission import messages, patches, workloads
 from imageward.admission import server as admission_server
 from imageward.policystore import LoadedPolicy
+from imageward.prepull import controller as prepull_controller
+from imageward.prepull import model as prepull_model
 
 logger = logging.getLogger(__name__)
 
@@ -315,3 +317,56 @@ async def pin_digest(
         )
     except kopf.AdmissionError:
         return
+
+
+# -- PrePull -------------------------------------------------------------------------------
+
+_PREPULL = (constants.GROUP, constants.VERSION, constants.PREPULL_PLURAL)
+_PROGRESS_INTERVAL = 5.0  # seconds between node-progress refreshes of each PrePull
+
+
+def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) -> None:
+    current = body.get("status") or {}
+    for key, value in fields.items():
+        if current.get(key) != value:
+            patch.status[key] = value
+
+
+@kopf.on.resume(*_PREPULL)
+@kopf.on.create(*_PREPULL)
+@kopf.on.update(*_PREPULL, field="spec")
+async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    fields = await prepull_controller.reconcile(
+        _runtime(memo), body, previous_status=body.get("status") or {}
+    )
+    _patch_status(body, patch, fields)
+
+
+@kopf.timer(*_PREPULL, interval=_PROGRESS_INTERVAL, initial_delay=_PROGRESS_INTERVAL, idle=None)
+async def prepull_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    state = _runtime(memo)
+    previous = body.get("status") or {}
+    try:
+        spec = prepull_model.parse_prepull(body)
+    except prepull_model.PrePullError:
+        return  # prepull_changed reported it; nothing runs until the spec is fixed
+    if prepull_controller.refresh_due(spec.refresh_interval, previous.get("lastResolved")):
+        fields = await prepull_controller.reconcile(state, body, previous_status=previous)
+    else:
+        fields = await prepull_controller.node_progress(
+            state,
+            body["metadata"]["name"],
+            body["metadata"]["namespace"],
+            spec,
+            previous.get("images") or [],
+            int(body["metadata"].get("generation") or 0),
+            [],
+            previous.get("conditions") or [],
+        )
+    _patch_status(body, patch, fields)
+
+
+@kopf.on.delete(*_PREPULL, optional=True)
+async def prepull_deleted(*, name: str, namespace: str | None, **_: Any) -> None:
+    # The DaemonSet and ConfigMap are owned by the PrePull: the garbage collector removes them.
+    prepull_controller.forget_metrics(namespace or "", name)

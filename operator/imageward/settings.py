@@ -101,6 +101,24 @@ class AdmissionSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PrePullSettings:
+    helper_image: str = "ghcr.io/imageward/imageward:0.1.0"
+    """Image holding /imageward-helper, the static binary pre-pull init containers run."""
+
+    agent_image: str = "ghcr.io/imageward/imageward:0.1.0"
+    """Image running `imageward agent` in Layers mode."""
+
+    pause_image: str = "registry.k8s.io/pause:3.10"
+    """The long-lived container of pre-pull pods."""
+
+    status_interval: float = 10.0
+    """Seconds between status refreshes (node progress) of each PrePull."""
+
+    default_platform: str = "linux/amd64"
+    """Platform planned for when a PrePull's nodeSelector does not name an architecture."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     namespace: str = "imageward-system"
     """The operator's own namespace (excluded from admission)."""
@@ -113,6 +131,7 @@ class Settings:
 
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
+    prepull: PrePullSettings = dataclasses.field(default_factory=PrePullSettings)
 
 
 def _parse_list(text: str) -> tuple[str, ...]:
@@ -171,6 +190,11 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "CREATE_WEBHOOK_CONFIGURATIONS": ("admission", "create_configurations", _parse_bool),
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
+    "HELPER_IMAGE": ("prepull", "helper_image", str),
+    "AGENT_IMAGE": ("prepull", "agent_image", str),
+    "PAUSE_IMAGE": ("prepull", "pause_image", str),
+    "PREPULL_STATUS_INTERVAL": ("prepull", "status_interval", float),
+    "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),
 }
 
 
@@ -178,7 +202,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
     """Build Settings from defaults and `<prefix><NAME>` variables; errors name the variable."""
     environ = os.environ if environ is None else environ
     top: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {"registry": {}, "admission": {}}
+    groups: dict[str, dict[str, Any]] = {"registry": {}, "admission": {}, "prepull": {}}
     for suffix, (group, field, parse) in _ENV_TABLE.items():
         name = prefix + suffix
         if name not in environ:
@@ -192,6 +216,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         **top,
         registry=RegistrySettings(**groups["registry"]),
         admission=AdmissionSettings(**groups["admission"]),
+        prepull=PrePullSettings(**groups["prepull"]),
     )
     if settings.admission.deadline >= settings.admission.webhook_timeout:
         raise errors.ConfigurationError(

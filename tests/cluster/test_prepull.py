@@ -1,0 +1,228 @@
+"""The PrePull controller against the real control plane: one DaemonSet per PrePull, pods
+on kwok nodes reported in status, rollouts only when a digest changes, clean deletion,
+and problems reported as conditions with reasons."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from imageward.localcluster import controlplane, images, registries
+from tests import utils
+from tests.conftest import RunningOperator
+
+pytestmark = pytest.mark.cluster
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _prepull(name: str, images_: list[Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "imageward.io/v1alpha1",
+        "kind": "PrePull",
+        "metadata": {"name": name},
+        "spec": {"images": images_, **spec},
+    }
+
+
+def _apply(cluster: controlplane.ControlPlane, namespace: str, body: dict[str, Any]) -> None:
+    body = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+    cluster.apply(body)
+
+
+def _status(cluster: controlplane.ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    return dict(cluster.get_json("prepull", name, "-n", namespace).get("status") or {})
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    for condition in status.get("conditions") or []:
+        if condition["type"] == kind:
+            return dict(condition)
+    return {}
+
+
+def _daemonsets(cluster: controlplane.ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.get_json("daemonsets", "-n", namespace)["items"]
+    return items
+
+
+@pytest.fixture
+def shared_images(registry_set: registries.Registries) -> list[str]:
+    registry = registry_set.anonymous
+    client = registry.client()
+    refs = []
+    for index, manifest in enumerate(images.shared_base_images(3)):
+        repository = f"pp/{_uid()}"
+        client.push(repository, manifest, tag="1.0")
+        refs.append(f"{registry.host}/{repository}:1.0")
+        del index
+    return refs
+
+
+def test_prepull_runs_one_daemonset_and_reports_nodes(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    _apply(
+        cluster,
+        namespace,
+        _prepull("web", [shared_images[0], {"image": shared_images[1], "weight": 3}]),
+    )
+
+    def all_ready() -> dict[str, Any] | None:
+        status = _status(cluster, namespace, "web")
+        nodes = status.get("nodes") or {}
+        ready = nodes.get("desired", 0) >= 3 and nodes.get("ready") == nodes.get("desired")
+        return status if ready and _condition(status, "Ready").get("status") == "True" else None
+
+    status = utils.wait_for("the PrePull to report every node ready", all_ready, timeout=60)
+    assert [i["image"] for i in status["images"]] == shared_images[:2]
+    assert all(i["digest"].startswith("sha256:") and i["bytes"] > 0 for i in status["images"])
+    assert status["plan"]["bytes"] > 0 and status["plan"]["layers"] > 0
+    # Shared base layers are counted once in the plan but save bytes for both images.
+    assert status["plan"]["savedBytes"] > status["plan"]["bytes"]
+
+    owned = [
+        ds
+        for ds in _daemonsets(cluster, namespace)
+        if any(o["kind"] == "PrePull" for o in ds["metadata"].get("ownerReferences") or [])
+    ]
+    assert len(owned) == 1
+    pod_spec = owned[0]["spec"]["template"]["spec"]
+    pulled = [c["image"] for c in pod_spec["initContainers"][1:]]
+    assert all("@sha256:" in image for image in pulled) and len(pulled) == 2
+    assert pod_spec["automountServiceAccountToken"] is False
+
+    listed = cluster.kubectl("get", "pp", "web", "-n", namespace).stdout
+    assert f"{status['nodes']['ready']}/{status['nodes']['desired']}" in listed
+
+    # A node added later gets its pod and shows up in status.
+    before = status["nodes"]["desired"]
+    added = cluster.add_nodes(1, prefix=f"late-{_uid()}-")
+    try:
+        utils.wait_for(
+            "the new node to be counted ready",
+            lambda: (
+                (s := _status(cluster, namespace, "web").get("nodes") or {}).get("ready")
+                == before + 1
+                and s
+            ),
+            timeout=60,
+        )
+    finally:
+        cluster.kubectl("delete", "node", *added, check=False)
+
+    # Deleting the PrePull removes what it made (owner references, garbage collector).
+    cluster.kubectl("delete", "prepull", "web", "-n", namespace)
+    utils.wait_for(
+        "the DaemonSet to be garbage-collected",
+        lambda: (
+            not any(
+                ds["metadata"]["name"] == owned[0]["metadata"]["name"]
+                for ds in _daemonsets(cluster, namespace)
+            )
+        ),
+        timeout=60,
+    )
+
+
+def test_retagged_image_rolls_out_and_unchanged_does_not(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    registry_set: registries.Registries,
+) -> None:
+    registry = registry_set.anonymous
+    client = registry.client()
+    repository = f"pp/{_uid()}"
+    first = client.push(repository, images.small_image(f"v1-{_uid()}"), tag="stable")
+    image = f"{registry.host}/{repository}:stable"
+    _apply(cluster, namespace, _prepull("retag", [image], refreshInterval="10s"))
+
+    def daemonset() -> dict[str, Any] | None:
+        found = [
+            ds
+            for ds in _daemonsets(cluster, namespace)
+            if any(o["name"] == "retag" for o in ds["metadata"].get("ownerReferences") or [])
+        ]
+        return found[0] if found else None
+
+    ds = utils.wait_for("the DaemonSet", daemonset, timeout=30)
+    assert f"@{first.digest}" in ds["spec"]["template"]["spec"]["initContainers"][1]["image"]
+    generation = ds["metadata"]["generation"]
+    resolved = _status(cluster, namespace, "retag").get("lastResolved")
+
+    # A refresh with an unchanged digest rewrites nothing.
+    utils.wait_for(
+        "a tag refresh",
+        lambda: _status(cluster, namespace, "retag").get("lastResolved") not in (None, resolved),
+        timeout=40,
+    )
+    current = daemonset()
+    assert current is not None and current["metadata"]["generation"] == generation
+
+    second = client.push(repository, images.small_image(f"v2-{_uid()}"), tag="stable")
+    rolled = utils.wait_for(
+        "the re-tagged digest to roll out",
+        lambda: (
+            (d := daemonset())
+            and f"@{second.digest}" in d["spec"]["template"]["spec"]["initContainers"][1]["image"]
+            and d
+        ),
+        timeout=60,
+    )
+    assert rolled["metadata"]["generation"] > generation
+    status = _status(cluster, namespace, "retag")
+    assert status["images"][0]["digest"] == second.digest
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "text"),
+    [
+        ({"images": ["127.0.0.1:1/nothing/here:1.0"]}, "ResolveFailed", "127.0.0.1:1"),
+        ({"layers": {"budgetPerNode": "1.5"}}, "InvalidSpec", "budgetPerNode"),
+    ],
+    ids=["registry-down", "bad-quantity"],
+)
+def test_problems_become_conditions_with_reasons(
+    spec: dict[str, Any],
+    reason: str,
+    text: str,
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    body = _prepull("broken", [shared_images[0]])
+    body["spec"].update(spec)
+    _apply(cluster, namespace, body)
+
+    def degraded() -> dict[str, Any] | None:
+        condition = _condition(_status(cluster, namespace, "broken"), "Ready")
+        return condition if condition.get("reason") == reason else None
+
+    condition = utils.wait_for(f"Ready=False with reason {reason}", degraded, timeout=40)
+    assert condition["status"] == "False"
+    assert text in condition["message"]
+    assert imageward_operator.process.alive
+
+
+def test_budget_zero_plans_nothing(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    _apply(cluster, namespace, _prepull("zero", shared_images, layers={"budgetPerNode": 0}))
+    status = utils.wait_for(
+        "a plan",
+        lambda: (s := _status(cluster, namespace, "zero")).get("plan") and s,
+        timeout=30,
+    )
+    assert status["plan"]["bytes"] == 0 and status["plan"]["layers"] == 0
