@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(handler=_cmd_dev)
 
-    from imageward.commands import check
+    from imageward.commands import check, plan
 
     check_parser = sub.add_parser(
         "check", help="evaluate images against ImagePolicy files, no cluster needed"
@@ -71,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_arguments(check_parser)
     check_parser.set_defaults(handler=check.run)
 
-    for name, text in (
-        ("plan", "print the layer plan for a set of images"),
-        ("agent", "the node agent of PrePull Layers mode"),
-    ):
+    plan_parser = sub.add_parser("plan", help="print the layer plan for a set of images")
+    plan.add_arguments(plan_parser)
+    plan_parser.set_defaults(handler=plan.run)
+
+    for name, text in (("agent", "the node agent of PrePull Layers mode"),):
         not_built = sub.add_parser(name, help=text)
         not_built.add_argument("rest", nargs=argparse.REMAINDER)
         not_built.set_defaults(handler=lambda args, name=name: _not_built(name))
