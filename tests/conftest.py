@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 import urllib.request
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from imageward import webhooks
 from imageward.localcluster import containerd, controlplane, cosign, processes, registries
 
 
@@ -62,15 +64,36 @@ def cosign_tool(tmp_path_factory: pytest.TempPathFactory) -> cosign.Cosign:
 class RunningOperator:
     """`imageward run` as a real process against the session's control plane."""
 
-    def __init__(self, process: processes.ManagedProcess, webhook_url: str, metrics_url: str):
+    def __init__(
+        self,
+        process: processes.ManagedProcess,
+        webhook_url: str,
+        metrics_url: str,
+        kubeconfig: pathlib.Path,
+        namespace: str,
+    ) -> None:
         self.process = process
         self.webhook_url = webhook_url
         self.metrics_url = metrics_url
+        self.kubeconfig = kubeconfig  # the operator's own identity (chart ServiceAccount)
+        self.namespace = namespace
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text: str = response.read().decode()
             return text
+
+
+# What of the chart the local operator uses: its identity and permissions, its webhook
+# configurations and peering object. Not the Deployment or Service (no pod runs here).
+_CHART_KINDS = {
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "ClusterKopfPeering",
+}
 
 
 @pytest.fixture(scope="session")
@@ -79,18 +102,68 @@ def imageward_operator(
     registry_set: registries.Registries,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningOperator]:
-    """The operator, its CRDs and webhook configurations; removed again at the end."""
-    repo_root = pathlib.Path(__file__).resolve().parents[1]
-    for crd in sorted((repo_root / "crds").glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "-f", str(crd))
-        cluster.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=30s")
-    cluster.create_namespace("imageward-system")
+    """`imageward run` under the Helm chart's ServiceAccount and RBAC (a token, not the
+    admin certificate), with the chart's webhook configurations pointed at it by URL (a
+    local apiserver has no cluster DNS for the Service). Every test that uses it proves
+    the chart's permissions suffice for what it exercises."""
+    from tests.unit.chart import chart
+
+    namespace = "imageward-system"
+    manifests = chart.render(
+        {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}},
+        release="imageward",
+        namespace=namespace,
+        include_crds=True,
+    )
+    crds = chart.find_all(manifests, "CustomResourceDefinition")
+    cluster.apply(*crds)
+    for crd in crds:
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"crd/{crd['metadata']['name']}",
+            "--timeout=30s",
+        )
+    cluster.create_namespace(namespace)
+    cluster.apply(*(m for m in manifests if m["kind"] in _CHART_KINDS))
+    environment = {
+        k: v
+        for k, v in chart.env_of(chart.find(manifests, "Deployment")).items()
+        if isinstance(v, str)
+    }
     port, metrics_port = processes.free_port(), processes.free_port()
     webhook_url = f"https://127.0.0.1:{port}"
-    env = dict(
-        os.environ,
-        KUBECONFIG=str(cluster.kubeconfig),
-        IMAGEWARD_NAMESPACE="imageward-system",
+    endpoint = webhooks.Endpoint(url=webhook_url)
+    excluded = ["kube-system", namespace]
+    placeholder = b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"
+    configurations = [
+        webhooks.build_validating_configuration(
+            environment["IMAGEWARD_VALIDATING_WEBHOOK"],
+            endpoint,
+            placeholder,
+            excluded_namespaces=excluded,
+            timeout_seconds=10,
+        ),
+        webhooks.build_mutating_configuration(
+            environment["IMAGEWARD_MUTATING_WEBHOOK"],
+            endpoint,
+            placeholder,
+            excluded_namespaces=excluded,
+            timeout_seconds=10,
+        ),
+    ]
+    cluster.apply(*configurations)
+    account = chart.find(manifests, "ServiceAccount")["metadata"]["name"]
+    kubeconfig = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    cluster.write_token_kubeconfig(
+        kubeconfig,
+        cluster.service_account_token(namespace, account, seconds=24 * 3600),
+        f"system:serviceaccount:{namespace}:{account}",
+    )
+    env = {**os.environ, **environment}
+    env.update(
+        KUBECONFIG=str(kubeconfig),
+        IMAGEWARD_NAMESPACE=namespace,
         IMAGEWARD_WEBHOOK_HOST="127.0.0.1",
         IMAGEWARD_WEBHOOK_PORT=str(port),
         IMAGEWARD_WEBHOOK_URL=webhook_url,
@@ -98,15 +171,19 @@ def imageward_operator(
         IMAGEWARD_INSECURE_REGISTRIES=",".join(r.host for r in registry_set),
         IMAGEWARD_ADMISSION_DEADLINE="4",
         IMAGEWARD_WEBHOOK_TIMEOUT="10",
+        IMAGEWARD_TLS_CHECK_INTERVAL="2",
     )
+    env.pop("IMAGEWARD_WEBHOOK_SERVICE", None)
     process = processes.ManagedProcess(
         "imageward-operator",
-        [sys.executable, "-m", "imageward", "run", "--standalone"],
+        [sys.executable, "-m", "imageward", "run"],
         log_dir=tmp_path_factory.mktemp("operator"),
         env=env,
     )
     process.start()
-    running = RunningOperator(process, webhook_url, f"http://127.0.0.1:{metrics_port}/metrics")
+    running = RunningOperator(
+        process, webhook_url, f"http://127.0.0.1:{metrics_port}/metrics", kubeconfig, namespace
+    )
     try:
         processes.wait_for_http(running.metrics_url, timeout=60, expect_status=200, process=process)
 
@@ -126,8 +203,17 @@ def imageward_operator(
         cluster.wait_for("the imageward webhook to answer the apiserver", webhook_answers)
         yield running
     finally:
-        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-            cluster.kubectl("delete", kind, "imageward", "--ignore-not-found", check=False)
+        for configuration in configurations:
+            cluster.kubectl(
+                "delete",
+                configuration["kind"].lower(),
+                configuration["metadata"]["name"],
+                "--ignore-not-found",
+                check=False,
+            )
         process.stop()
-        if process.returncode not in (0, -15, None):
-            print(process.log_tail())
+        refusals = re.compile(r"APIForbiddenError|HTTP 403|\(403\)|is forbidden")
+        forbidden = [
+            line for line in process.log_tail(500_000).splitlines() if refusals.search(line)
+        ]
+        assert not forbidden, "the chart's RBAC refused the operator:\n" + "\n".join(forbidden[:20])

@@ -4,6 +4,8 @@ plain module (style.md). Decisions live in `policy/`, `admission/`, `signatures/
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import pathlib
 import tempfile
@@ -12,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from imageward import constants, errors, metrics, runtime, serving, tls, webhooks
+from imageward import constants, errors, metrics, runtime, serving, webhooks
 from imageward import settings as imageward_settings
 from imageward.admission import messages, patches, workloads
 from imageward.admission import server as admission_server
@@ -75,8 +77,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     material = await serving.obtain_material(config, state.kube)
     cert_dir = tempfile.mkdtemp(prefix="imageward-tls-")
     certfile, keyfile, _cafile = material.write(pathlib.Path(cert_dir))
-    memo["tls_dir"] = cert_dir
-    memo["tls_material"] = material
     settings.admission.server = admission_server.WebhookServer(
         addr=config.admission.host,
         port=config.admission.port,
@@ -86,6 +86,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     if not config.admission.cert_dir:
         await serving.apply_configurations(config, state.kube, material.ca_cert_pem)
+        memo["tls_task"] = asyncio.create_task(
+            serving.keep_current(config, state.kube, pathlib.Path(cert_dir), material)
+        )
     if config.metrics_port:
         metrics.start_http_server(config.metrics_port)
         logger.info("metrics on :%d/metrics", config.metrics_port)
@@ -93,6 +96,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("tls_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     state = memo.get("runtime")
     if state is not None:
         await state.close()
@@ -150,21 +158,6 @@ async def policy_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 # -- TLS renewal -------------------------------------------------------------------------
-
-
-@kopf.on.probe(id="tls")
-async def tls_renewal(memo: kopf.Memo, **_: Any) -> str:
-    """Renew the serving certificate when due (checked on each liveness probe)."""
-    config = _runtime(memo).settings
-    material: tls.Material | None = memo.get("tls_material")
-    if material is None or config.admission.cert_dir or not material.needs_renewal():
-        return "valid"
-    state = _runtime(memo)
-    fresh = await serving.obtain_material(config, state.kube)
-    fresh.write(pathlib.Path(memo["tls_dir"]))
-    memo["tls_material"] = fresh
-    await serving.apply_configurations(config, state.kube, fresh.ca_cert_pem)
-    return "renewed"
 
 
 # -- admission ---------------------------------------------------------------------------

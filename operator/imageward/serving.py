@@ -7,6 +7,7 @@ neither, material made in memory for this process (`imageward dev`, tests).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
 import urllib.parse
@@ -129,3 +130,35 @@ async def apply_configurations(
         if patch:
             await kube_api.patch_webhook_configuration(kind, name, patch)
             logger.info("patched the caBundle of %s %s", kind, name)
+
+
+async def keep_current(
+    config: settings.Settings,
+    kube_api: kube.Kube,
+    directory: pathlib.Path,
+    material: tls.Material,
+) -> None:
+    """Forever: renew before expiry, or pick up what another replica renewed.
+
+    New files are written atomically; Kopf's server reloads them (file_check_interval)
+    and keeps serving, and the caBundle is patched only if the CA itself changed.
+    """
+    current = material
+    while True:
+        await asyncio.sleep(config.admission.tls_check_interval)
+        try:
+            if config.admission.tls_secret:
+                fresh = await _secret_material(config, kube_api, *_names(config))
+            elif current.needs_renewal():
+                fresh = tls.build_renewed(current, *_names(config))
+            else:
+                continue
+            if fresh.cert_pem == current.cert_pem:
+                continue
+            fresh.write(directory)
+            if fresh.ca_cert_pem != current.ca_cert_pem:
+                await apply_configurations(config, kube_api, fresh.ca_cert_pem)
+            logger.info("serving certificate replaced; valid until %s", fresh.not_after)
+            current = fresh
+        except kube.KubeError as e:
+            logger.warning("could not check the serving certificate: %s", e)
