@@ -226,3 +226,38 @@ def test_budget_zero_plans_nothing(
         timeout=30,
     )
     assert status["plan"]["bytes"] == 0 and status["plan"]["layers"] == 0
+
+
+def test_pull_failures_on_a_node_are_reported(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    # kwok plays "kwok-unpullable" as a node that cannot reach the registry (see
+    # localcluster/kwok-stages.yaml): its pre-pull pod reports ErrImagePull.
+    cluster.apply(controlplane.build_kwok_node("kwok-unpullable"))
+    try:
+        _apply(cluster, namespace, _prepull("failing", [shared_images[0]]))
+
+        def failed() -> dict[str, Any] | None:
+            status = _status(cluster, namespace, "failing")
+            return status if (status.get("nodes") or {}).get("failed") == 1 else None
+
+        status = utils.wait_for("the failing node in status", failed, timeout=60)
+        assert status["failures"] == [
+            {
+                "node": "kwok-unpullable",
+                "image": shared_images[0],
+                "reason": "ErrImagePull",
+                "message": status["failures"][0]["message"],
+            }
+        ]
+        assert "connection refused" in status["failures"][0]["message"]
+        degraded = _condition(status, "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "PullFailed"
+        assert "kwok-unpullable" in degraded["message"]
+        listed = cluster.kubectl("get", "pp", "failing", "-n", namespace).stdout
+        assert f"{status['nodes']['ready']}/{status['nodes']['desired']}" in listed
+    finally:
+        cluster.kubectl("delete", "node", "kwok-unpullable", "--ignore-not-found", check=False)

@@ -384,7 +384,7 @@ class ControlPlane:
         existing = self.get_json("nodes")["items"]
         first = len(existing) if start is None else start
         names = [f"{prefix}{i}" for i in range(first, first + count)]
-        self.apply(*(_kwok_node(name) for name in names))
+        self.apply(*(build_kwok_node(name) for name in names))
 
         def all_ready() -> bool:
             items = self.get_json("nodes")["items"]
@@ -416,7 +416,7 @@ class ControlPlane:
         return result.stdout.strip()
 
 
-def _kwok_node(name: str) -> dict[str, Any]:
+def build_kwok_node(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
