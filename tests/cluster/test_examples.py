@@ -1,0 +1,256 @@
+"""Every file in examples/ is applied and does what its comment (and the README) says.
+
+The examples name kind's local registry `localhost:5001` and the namespace `shop`; the
+tests put the session's registry and a fresh namespace in their place, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from imageward.localcluster import controlplane, cosign, images, registries
+from tests import utils
+from tests.conftest import RunningOperator
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def test_every_example_is_covered() -> None:
+    covered = {
+        "policies/signed-only.yaml",
+        "policies/size-limits.yaml",
+        "policies/production-namespace.yaml",
+        "prepulls/web-tier.yaml",
+        "prepulls/shared-layers.yaml",
+    }
+    present = {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")}
+    assert present == covered
+
+
+class Example:
+    def __init__(
+        self, cluster: controlplane.ControlPlane, registry: registries.Registry, namespace: str
+    ) -> None:
+        self.cluster = cluster
+        self.registry = registry
+        self.namespace = namespace
+        self.applied: list[dict[str, Any]] = []
+        # Each test its own repositories: the operator caches tag -> digest briefly, and
+        # the examples' repository names are the same in every test.
+        self.repositories = f"shop-{_uid()}"
+
+    def load(self, relative: str) -> dict[str, Any]:
+        text = (EXAMPLES / relative).read_text()
+        text = text.replace("localhost:5001", self.registry.host)
+        text = text.replace(
+            f"{self.registry.host}/shop/", f"{self.registry.host}/{self.repositories}/"
+        )
+        body: dict[str, Any] = yaml.safe_load(text)
+        if body["metadata"].get("namespace") == "shop":
+            body["metadata"]["namespace"] = self.namespace
+        if body["kind"] == "ImagePolicy":
+            body["metadata"]["name"] = f"{body['metadata']['name']}-{_uid()}"
+        return body
+
+    def apply(self, relative: str) -> dict[str, Any]:
+        body = self.load(relative)
+        self.cluster.apply(body)
+        self.applied.append(body)
+        if body["kind"] == "ImagePolicy":
+            name = body["metadata"]["name"]
+            utils.wait_for(
+                f"{relative} Ready",
+                lambda: any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in (self.cluster.get_json("imagepolicy", name).get("status") or {}).get(
+                        "conditions", []
+                    )
+                ),
+                timeout=30,
+            )
+        return body
+
+    def push(self, repository: str, manifest: images.Manifest, tag: str = "1.0") -> str:
+        if repository.startswith("shop/"):
+            repository = f"{self.repositories}/{repository.removeprefix('shop/')}"
+        self.registry.client().push(repository, manifest, tag=tag)
+        return f"{self.registry.host}/{repository}:{tag}"
+
+    def run(self, name: str, image: str, namespace: str | None = None) -> Any:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace or self.namespace},
+            "spec": {"containers": [{"name": "app", "image": image}]},
+        }
+        return self.cluster.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+
+    def cleanup(self) -> None:
+        for body in self.applied:
+            if body["kind"] == "ImagePolicy":
+                self.cluster.kubectl(
+                    "delete",
+                    "imagepolicy",
+                    body["metadata"]["name"],
+                    "--ignore-not-found",
+                    check=False,
+                )
+
+
+@pytest.fixture
+def example(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    registry_set: registries.Registries,
+    imageward_operator: RunningOperator,
+) -> Iterator[Example]:
+    made = Example(cluster, registry_set.anonymous, namespace)
+    yield made
+    made.cleanup()
+
+
+def test_signed_only_admits_signed_and_refuses_unsigned(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    cosign_tool: cosign.Cosign,
+    imageward_operator: RunningOperator,
+) -> None:
+    key = cosign_tool.generate_key_pair(f"release-{_uid()}")
+    # The command the example's comment gives, as a manifest (so it can be applied twice).
+    secret = cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "release-key",
+        "-n",
+        imageward_operator.namespace,
+        f"--from-file=cosign.pub={key.public_key}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", input=secret)
+    try:
+        manifest = images.nonroot_image(f"s-{_uid()}")
+        signed = example.push(f"ex/{_uid()}", manifest)
+        cosign_tool.sign(f"{signed.rsplit(':', 1)[0]}@{manifest.digest}", key)
+        unsigned = example.push(f"ex/{_uid()}", images.nonroot_image(f"u-{_uid()}"))
+        policy = example.apply("policies/signed-only.yaml")
+
+        assert example.run("signed", signed).returncode == 0
+        refused = example.run("unsigned", unsigned)
+        assert refused.returncode != 0
+        assert f"ImagePolicy {policy['metadata']['name']}" in refused.stderr
+        assert "release-key: no signature found" in refused.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "secret",
+            "release-key",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_size_limits_warns_but_admits(example: Example) -> None:
+    big = example.push(f"ex/{_uid()}", images.large_image(f"b-{_uid()}", size=22 * 1024 * 1024))
+    root = example.push(f"ex/{_uid()}", images.root_image(f"r-{_uid()}"))
+    example.apply("policies/size-limits.yaml")
+    warned = example.run("big", big)
+    assert warned.returncode == 0, warned.stderr
+    assert "Warning:" in warned.stderr and "over maxCompressedSize 20Mi" in warned.stderr
+    assert "over maxLayerSize 10Mi" in warned.stderr
+    rooted = example.run("root", root)
+    assert rooted.returncode == 0 and "forbidden by forbidRootUser" in rooted.stderr
+
+
+def test_production_namespace_rules_and_pinning(
+    example: Example, cluster: controlplane.ControlPlane
+) -> None:
+    production = f"prod-{_uid()}"
+    cluster.create_namespace(production, labels={"env": "production"})
+    try:
+        image = example.push(f"ex/{_uid()}", images.nonroot_image(f"p-{_uid()}"))
+        latest = example.push(f"ex/{_uid()}", images.nonroot_image(f"l-{_uid()}"), tag="latest")
+        policy = example.apply("policies/production-namespace.yaml")
+        name = policy["metadata"]["name"]
+
+        foreign = example.run("foreign", "docker.io/library/nginx:1.27", namespace=production)
+        assert foreign.returncode != 0 and "not in allowedRegistries" in foreign.stderr
+        tagged_latest = example.run("latest", latest, namespace=production)
+        assert tagged_latest.returncode != 0 and "forbiddenTags" in tagged_latest.stderr
+        assert f"ImagePolicy {name}" in tagged_latest.stderr
+
+        assert example.run("app", image, namespace=production).returncode == 0
+        pinned = cluster.get_json("pod", "app", "-n", production)["spec"]["containers"][0]["image"]
+        assert pinned.startswith(f"{image}@sha256:")
+        # Other namespaces are not production: untouched.
+        assert example.run("elsewhere", latest).returncode == 0
+        unpinned = cluster.get_json("pod", "elsewhere", "-n", example.namespace)
+        assert unpinned["spec"]["containers"][0]["image"] == latest
+    finally:
+        cluster.kubectl("delete", "namespace", production, "--wait=false", check=False)
+
+
+def _prepull_status(cluster: controlplane.ControlPlane, namespace: str, name: str) -> Any:
+    return cluster.get_json("prepull", name, "-n", namespace).get("status") or {}
+
+
+def test_web_tier_prepull_reaches_every_node(
+    example: Example, cluster: controlplane.ControlPlane
+) -> None:
+    example.push("shop/web", images.nonroot_image(f"w-{_uid()}"))
+    example.push("shop/api", images.nonroot_image(f"a-{_uid()}"))
+    example.apply("prepulls/web-tier.yaml")
+
+    def ready() -> Any:
+        status = _prepull_status(cluster, example.namespace, "web-tier")
+        nodes = status.get("nodes") or {}
+        return status if nodes.get("desired") and nodes["ready"] == nodes["desired"] else None
+
+    status = utils.wait_for("web-tier ready on every node", ready, timeout=60)
+    weights = {i["image"].rsplit("/", 1)[1]: i["weight"] for i in status["images"]}
+    assert weights == {"web:1.0": 1, "api:1.0": 3}
+
+
+def test_shared_layers_prepull_plans_only_shared_layers(
+    example: Example, cluster: controlplane.ControlPlane
+) -> None:
+    web, api, _ = images.shared_base_images(3)
+    example.push("shop/web", web)
+    example.push("shop/api", api)
+    example.apply("prepulls/shared-layers.yaml")
+    shared = {layer.digest for layer in web.layers} & {layer.digest for layer in api.layers}
+
+    status = utils.wait_for(
+        "a plan",
+        lambda: (
+            (s := _prepull_status(cluster, example.namespace, "shared-layers")).get("plan") and s
+        ),
+        timeout=60,
+    )
+    assert status["plan"]["layers"] == len(shared)
+    config_maps = cluster.get_json("configmaps", "-n", example.namespace)["items"]
+    plans = [
+        json.loads(c["data"]["plan.json"])
+        for c in config_maps
+        if "plan.json" in (c.get("data") or {})
+    ]
+    assert len(plans) == 1
+    assert {layer["digest"] for layer in plans[0]["layers"]} == shared
