@@ -55,8 +55,10 @@ def _push_demo_images(
 ) -> tuple[dict[str, str], str | None]:
     """Push the demo images; sign one with real cosign when it is available."""
     client = registry.client()
+    web, api, _ = images.shared_base_images(3)
     demo = {
-        "demo/web:1.0": images.nonroot_image("web"),
+        "shop/web:1.0": web,
+        "shop/api:1.0": api,
         "demo/root:1.0": images.root_image("root"),
         "demo/big:1.0": images.large_image("big", size=24 * 1024 * 1024),
         "demo/multiarch:1.0": images.multiarch_index("multiarch"),
@@ -70,8 +72,8 @@ def _push_demo_images(
     try:
         signer = cosign.Cosign(state_dir / "cosign")
         keys = signer.generate_key_pair("demo")
-        web = f"{registry.host}/demo/web"
-        signer.sign(f"{web}@{pushed[web + ':1.0']}", keys)
+        signed = f"{registry.host}/shop/web"
+        signer.sign(f"{signed}@{pushed[signed + ':1.0']}", keys)
         public_key = keys.public_pem
     except (tools.ToolMissingError, cosign.CosignError) as e:
         _say(f"  (demo image not signed: {e})")
@@ -104,12 +106,18 @@ def _start_operator(
     return operator, metrics_port
 
 
-def _apply_directory(plane: controlplane.ControlPlane, directory: pathlib.Path) -> list[str]:
+def _apply_directory(
+    plane: controlplane.ControlPlane, directory: pathlib.Path, *, registry: str | None = None
+) -> list[str]:
+    """Apply every YAML file; examples name kind's registry `localhost:5001`, replaced."""
     if not directory.is_dir():
         return []
     files = sorted(directory.glob("*.yaml"))
     for path in files:
-        plane.kubectl("apply", "--server-side", "-f", str(path))
+        text = path.read_text()
+        if registry:
+            text = text.replace("localhost:5001", registry)
+        plane.kubectl("apply", "--server-side", "-f", "-", input=text)
     return [path.name for path in files]
 
 
@@ -137,21 +145,40 @@ def run(*, nodes: int, state_dir: str | None) -> int:
                 "wait", "--for=condition=Established", "-f", str(REPO_ROOT / "crds" / crd)
             )
         plane.create_namespace("imageward-system")
-        plane.create_namespace("demo")
+        plane.create_namespace("shop", labels={"env": "production"})
+        if public_key:
+            plane.kubectl(
+                "create",
+                "secret",
+                "generic",
+                "release-key",
+                "-n",
+                "imageward-system",
+                f"--from-file=cosign.pub={state / 'cosign' / 'demo.pub'}",
+            )
         operator, metrics_port = _start_operator(plane, registry, state)
         stack.callback(operator.stop)
         _say(f"  operator       metrics http://127.0.0.1:{metrics_port}/metrics")
-        samples = _apply_directory(plane, REPO_ROOT / "examples" / "dev")
+        samples = _apply_directory(
+            plane, REPO_ROOT / "examples" / "policies", registry=registry.host
+        ) + _apply_directory(plane, REPO_ROOT / "examples" / "prepulls", registry=registry.host)
 
         _say()
         _say(f"{READY_LINE} ({time.monotonic() - started:.1f}s). In another shell:")
         _say(f"  export KUBECONFIG={kubeconfig}")
         _say("  kubectl get nodes")
         _say("  kubectl get imagepolicies,prepulls -A")
+        tries = (
+            ("web", "shop/web:1.0", "signed: admitted, tag pinned to its digest"),
+            ("api", "shop/api:1.0", "unsigned: refused by signed-only"),
+            ("big", "demo/big:1.0", "refused, with a size-limits warning"),
+        )
+        for pod, image, outcome in tries:
+            _say(f"  kubectl -n shop run {pod} --image={registry.host}/{image}   # {outcome}")
         for image, digest in pushed.items():
             _say(f"  image {image}  ({digest[:19]}…)")
         if public_key:
-            _say(f"  demo/web:1.0 is signed; its public key: {state / 'cosign' / 'demo.pub'}")
+            _say(f"  shop/web:1.0 is signed; its public key: {state / 'cosign' / 'demo.pub'}")
         if samples:
             _say(f"  sample policies applied: {', '.join(samples)}")
         _say(f"  logs: {state / 'logs'} and {state / 'cluster' / 'logs'}")
