@@ -145,7 +145,8 @@ def run(*, nodes: int, state_dir: str | None) -> int:
                 "wait", "--for=condition=Established", "-f", str(REPO_ROOT / "crds" / crd)
             )
         plane.create_namespace("imageward-system")
-        plane.create_namespace("shop", labels={"env": "production"})
+        plane.create_namespace("shop")
+        plane.create_namespace("production", labels={"env": "production"})
         if public_key:
             plane.kubectl(
                 "create",

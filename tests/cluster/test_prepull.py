@@ -261,3 +261,49 @@ def test_pull_failures_on_a_node_are_reported(
         assert f"{status['nodes']['ready']}/{status['nodes']['desired']}" in listed
     finally:
         cluster.kubectl("delete", "node", "kwok-unpullable", "--ignore-not-found", check=False)
+
+
+def test_daemonset_refused_by_a_policy_is_reported(
+    cluster: controlplane.ControlPlane,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    # Pre-pull pods go through admission like any pod: a policy that refuses their images
+    # (here: the pause and helper images' registries) must surface in the PrePull's status.
+    guarded = f"guarded-{_uid()}"
+    cluster.create_namespace(guarded, labels={"imageward-test": guarded})
+    policy = f"only-internal-{_uid()}"
+    cluster.apply(
+        {
+            "apiVersion": "imageward.io/v1alpha1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "match": {"namespaceSelector": {"matchLabels": {"imageward-test": guarded}}},
+                "rules": {"allowedRegistries": ["registry.internal.example"]},
+            },
+        }
+    )
+    try:
+        utils.wait_for(
+            "the policy to be Ready",
+            lambda: any(
+                c["status"] == "True"
+                for c in (cluster.get_json("imagepolicy", policy).get("status") or {}).get(
+                    "conditions", []
+                )
+            ),
+            timeout=30,
+        )
+        _apply(cluster, guarded, _prepull("refused", [shared_images[0]]))
+
+        def refused() -> dict[str, Any] | None:
+            condition = _condition(_status(cluster, guarded, "refused"), "Ready")
+            return condition if condition.get("reason") == "DaemonSetRefused" else None
+
+        condition = utils.wait_for("Ready=False with DaemonSetRefused", refused, timeout=40)
+        assert f"ImagePolicy {policy}" in condition["message"]
+        assert "not in allowedRegistries" in condition["message"]
+    finally:
+        cluster.kubectl("delete", "imagepolicy", policy, "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "namespace", guarded, "--wait=false", check=False)

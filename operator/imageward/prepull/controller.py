@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imageward import errors, metrics
+from imageward import errors, kube, metrics
 from imageward.policy import selectors
 from imageward.prepull import daemonset, model, planner, status
 from imageward.registry import auth as registry_auth
@@ -162,6 +162,7 @@ def build_plan(entries: Sequence[ResolvedEntry], spec: model.PrePullSpec) -> pla
 
 
 _OBJECT_HASH = "imageward.io/object-hash"
+REASON_REFUSED = "DaemonSetRefused"
 
 
 def _with_hash(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,11 +269,23 @@ async def reconcile(
         agent_image=settings.agent_image,
         plan_configmap=configmap,
     )
+    stored: dict[str, Any] | None = None
     if resolved or spec.mode is model.Mode.LAYERS:
-        if configmap is not None:
-            await _apply(state, "ConfigMap", configmap)
-        stored = await _apply(state, "DaemonSet", ds_body)
-        if spec.mode is model.Mode.IMAGES and spec.pull_method is model.PullMethod.IMAGE_VOLUME:
+        try:
+            if configmap is not None:
+                await _apply(state, "ConfigMap", configmap)
+            stored = await _apply(state, "DaemonSet", ds_body)
+        except kube.KubeError as e:
+            if e.status not in (400, 403, 422):
+                raise  # transient (5xx, conflicts): Kopf retries the handler
+            # Refused for good (e.g. by an admission policy on its images): say so in
+            # status instead of retrying blindly.
+            problems.append(status.Problem(REASON_REFUSED, str(e)))
+        if (
+            stored is not None
+            and spec.mode is model.Mode.IMAGES
+            and spec.pull_method is model.PullMethod.IMAGE_VOLUME
+        ):
             missing = daemonset.evaluate_missing_image_volumes(stored, resolved)
             if missing:
                 problems.append(
