@@ -101,6 +101,10 @@ def test_prepull_runs_one_daemonset_and_reports_nodes(
 
     listed = cluster.kubectl("get", "pp", "web", "-n", namespace).stdout
     assert f"{status['nodes']['ready']}/{status['nodes']['desired']}" in listed
+    events = cluster.get_json("events", "-n", namespace)["items"]
+    assert any(
+        e["reason"] == "DaemonSetCreated" and e["involvedObject"]["name"] == "web" for e in events
+    )
 
     # A node added later gets its pod and shows up in status.
     before = status["nodes"]["desired"]

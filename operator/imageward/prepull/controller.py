@@ -174,7 +174,7 @@ def _with_hash(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": metadata}
 
 
-async def _apply(state: Runtime, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+async def _apply(state: Runtime, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Create, or replace when what we would write differs from what is stored."""
     body = _with_hash(body)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -197,11 +197,11 @@ async def _apply(state: Runtime, kind: str, body: Mapping[str, Any]) -> dict[str
     current = await state.kube.call(f"get {where}", read, name, namespace)
     if current is None:
         created: dict[str, Any] = await state.kube.call(f"create {where}", create, namespace, body)
-        return created
+        return created, "created"
     if (current["metadata"].get("annotations") or {}).get(_OBJECT_HASH) == body["metadata"][
         "annotations"
     ][_OBJECT_HASH]:
-        return dict(current)
+        return dict(current), "unchanged"
     replacement = {
         **body,
         "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
@@ -209,7 +209,7 @@ async def _apply(state: Runtime, kind: str, body: Mapping[str, Any]) -> dict[str
     replaced: dict[str, Any] = await state.kube.call(
         f"replace {where}", replace, name, namespace, replacement
     )
-    return replaced
+    return replaced, "replaced"
 
 
 async def reconcile(
@@ -274,7 +274,16 @@ async def reconcile(
         try:
             if configmap is not None:
                 await _apply(state, "ConfigMap", configmap)
-            stored = await _apply(state, "DaemonSet", ds_body)
+            stored, action = await _apply(state, "DaemonSet", ds_body)
+            if action != "unchanged":
+                _event(
+                    state,
+                    body,
+                    "DaemonSetCreated" if action == "created" else "RolloutStarted",
+                    f"{action} DaemonSet {ds_body['metadata']['name']} for "
+                    f"{len(resolved)} image(s), {len(plan.layers)} planned layer(s)",
+                    "Normal",
+                )
         except kube.KubeError as e:
             if e.status not in (400, 403, 422):
                 raise  # transient (5xx, conflicts): Kopf retries the handler
@@ -325,6 +334,11 @@ async def reconcile(
         "plan": plan_status,
         "lastResolved": _now(),
     }
+    ready_before: Mapping[str, Any] = next(
+        (c for c in previous_conditions if c.get("type") == "Ready"), {}
+    )
+    if problems and ready_before.get("message") != "; ".join(p.message for p in problems):
+        _event(state, body, problems[0].reason, "; ".join(p.message for p in problems), "Warning")
     progress = await node_progress(
         state,
         name,
@@ -402,6 +416,23 @@ async def node_progress(
             previous=previous_conditions,
         ),
     }
+
+
+def _event(state: Runtime, body: Mapping[str, Any], reason: str, message: str, type_: str) -> None:
+    metadata = body["metadata"]
+    state.post_event(
+        namespace=metadata["namespace"],
+        involved={
+            "apiVersion": body.get("apiVersion", "imageward.io/v1alpha1"),
+            "kind": "PrePull",
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata.get("uid", ""),
+        },
+        reason=reason,
+        message=message,
+        type_=type_,
+    )
 
 
 def forget_metrics(namespace: str, name: str) -> None:
