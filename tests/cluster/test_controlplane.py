@@ -213,3 +213,18 @@ def test_kopf_webhook_refusal_reaches_the_client(
             assert allowed.returncode == 0, allowed.stderr
     finally:
         cluster.kubectl("delete", "validatingwebhookconfiguration", config_name, check=False)
+
+
+def test_hundreds_of_kwok_nodes_on_request() -> None:
+    with controlplane.ControlPlane(nodes=200) as plane:
+        nodes = plane.get_json("nodes")["items"]
+        ready = [
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
+        assert len(ready) == 200
+    assert not plane.workdir.exists()  # stop() leaves no temporary directory behind
