@@ -1,7 +1,7 @@
 """Benchmark of the layer planner against the LP bound and naive pre-pullers.
 
     .venv/bin/python bench/plan_bench.py [--images 10000] [--layers 20] [--seed 1]
-                                         [--budget 20Gi]... [--weights ones|mixed|both]
+        [--budget 20Gi]... [--min-share 1] [--weights ones|mixed|both] [--repeat 3]
 
 The instances imitate a real fleet: a few dozen OS bases, language runtimes built on
 them, in-house base images built on those (a few hundred shared layers, popularity
@@ -14,7 +14,12 @@ the same figures for
 - greedy by ratio without fill (stop at the first layer that does not fit),
 - greedy by ratio with fill (skip it and go on),
 - whole images in weight order, first fit: what an image pre-puller such as
-  kube-fledged does when the node's disk is the budget.
+  kube-fledged does when the node's disk is the budget (it knows no minShare).
+
+Baseline times count the choice alone, after the layers are grouped; the planner's time
+is the whole `build_plan` call (grouping, sorting and building the Plan take most of
+it). Timing is a figure to read, not a test: the goal is under one second for 10,000
+images x 20 layers.
 """
 
 from __future__ import annotations
@@ -24,12 +29,8 @@ import dataclasses
 import hashlib
 import math
 import random
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "operator"))
 
 from imageward.prepull import knapsack, planner
 from imageward.registry import model
@@ -41,7 +42,7 @@ UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
     name: str
-    seconds: float | None
+    seconds: float
     layers: int
     planned: int
     saved: int
@@ -70,11 +71,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(images: list[planner.PlanImage], budget: int, *, min_share: int, repeat: int) -> None:
     timings = []
+    cpu = []  # CPU time too: wall time swings when other work shares the machine
     plan: planner.Plan | None = None
     for _ in range(max(1, repeat)):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         plan = planner.build_plan(images, budget=budget, min_share=min_share)
         timings.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
     assert plan is not None
     outcomes = [
         Outcome(
@@ -89,25 +92,28 @@ def run(images: list[planner.PlanImage], budget: int, *, min_share: int, repeat:
     ]
     bound = plan.upper_bound
     print(
-        f"\nbudget {human(budget)}  (min share {min_share}; planner first run"
-        f" {timings[0]:.3f}s, best of {len(timings)} {min(timings):.3f}s;"
-        f" {'proven optimal' if plan.optimal else 'not proven optimal'})"
+        f"\nbudget {gib(budget)} GiB, min share {min_share}: planner first run {timings[0]:.3f}s,"
+        f" best of {len(timings)} {min(timings):.3f}s (CPU {min(cpu):.3f}s),"
+        f" {'proven optimal' if plan.optimal else 'not proven optimal'}"
     )
     print(
-        f"  {'method':<38}{'time':>8}{'layers':>9}{'planned':>11}"
-        f"{'saved bytes':>13}{'expected saved':>16}{'gap to LP':>11}"
+        f"  {'method':<36}{'time':>8}{'layers':>8}{'planned GiB':>13}"
+        f"{'saved GiB':>12}{'expected GiB':>14}{'gap to LP':>11}{'saved vs plan':>15}"
     )
     for outcome in outcomes:
         gap = (bound - outcome.expected) / bound * 100 if bound else 0.0
-        seconds = f"{outcome.seconds:.3f}s" if outcome.seconds is not None else "-"
-        print(
-            f"  {outcome.name:<38}{seconds:>8}{outcome.layers:>9}{human(outcome.planned):>11}"
-            f"{human(outcome.saved):>13}{human(outcome.expected):>16}{gap:>10.4f}%"
+        versus = (
+            (outcome.saved - plan.saved_bytes) / plan.saved_bytes * 100 if plan.saved_bytes else 0
         )
-    print(f"  {'LP (fractional) upper bound':<38}{'':>8}{'':>9}{'':>11}{'':>13}{human(bound):>16}")
+        print(
+            f"  {outcome.name:<36}{outcome.seconds:>7.3f}s{outcome.layers:>8}"
+            f"{gib(outcome.planned):>13}{gib(outcome.saved):>12}{gib(outcome.expected):>14}"
+            f"{gap:>10.4f}%{versus:>14.2f}%"
+        )
+    print(f"  {'LP (fractional) upper bound':<36}{'':>8}{'':>8}{'':>13}{'':>12}{gib(bound):>14}")
     print(
-        f"  total bytes of all images {human(plan.total_bytes)}; the plan saves"
-        f" {plan.saved_bytes / plan.total_bytes:.1%} of them"
+        f"  all images pull {gib(plan.total_bytes)} GiB in total; the plan saves"
+        f" {plan.saved_bytes / plan.total_bytes:.1%} of it"
     )
 
 
@@ -228,13 +234,8 @@ def parse_quantity(text: str) -> int:
     return int(text)
 
 
-def human(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+def gib(count: float) -> str:
+    return f"{count / 2**30:.2f}"
 
 
 if __name__ == "__main__":

@@ -14,11 +14,6 @@ EXIT_DENIED = 1
 EXIT_USAGE = 2
 
 
-def _not_built(name: str) -> int:
-    print(f"imageward {name}: not available in this build yet", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from imageward import operator_runner
 
@@ -63,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(handler=_cmd_dev)
 
-    from imageward.commands import check, plan
+    from imageward.commands import agent, check, plan
 
     check_parser = sub.add_parser(
         "check", help="evaluate images against ImagePolicy files, no cluster needed"
@@ -75,10 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_arguments(plan_parser)
     plan_parser.set_defaults(handler=plan.run)
 
-    for name, text in (("agent", "the node agent of PrePull Layers mode"),):
-        not_built = sub.add_parser(name, help=text)
-        not_built.add_argument("rest", nargs=argparse.REMAINDER)
-        not_built.set_defaults(handler=lambda args, name=name: _not_built(name))
+    agent_parser = sub.add_parser("agent", help="the node agent of PrePull Layers mode")
+    agent.add_arguments(agent_parser)
+    agent_parser.set_defaults(handler=agent.run)
     return parser
 
 

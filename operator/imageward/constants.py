@@ -14,6 +14,7 @@ PREPULL_PLURAL: Final = "prepulls"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PREPULL: Final = "imageward.io/prepull"
 MANAGER_NAME: Final = "imageward"
+ANNOTATION_PAUSED: Final = "imageward.io/paused"
 
 # Rule ids: messages, CLI output and metric labels use these exact strings.
 RULE_ALLOWED_REGISTRIES: Final = "allowedRegistries"

@@ -102,6 +102,38 @@ class TooLargeError(RegistryError):
     kind = "too large"
 
 
+class ContainerdError(ImagewardError):
+    """A containerd API call failed. Subclasses say how; all name the socket and the call."""
+
+    kind = "containerd error"
+
+    def __init__(self, message: str, *, socket: str, call: str, code: str | None = None) -> None:
+        self.message = message
+        self.socket = socket
+        self.call = call
+        self.code = code  # the gRPC status code name, e.g. "NOT_FOUND"
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        code = f" ({self.code})" if self.code else ""
+        return f"containerd at {self.socket}: {self.call}: {self.kind}{code}: {self.message}"
+
+
+class ContainerdUnavailableError(ContainerdError):
+    """No answer on the socket (containerd down, socket missing), or a write ref held by
+    another writer; worth trying again."""
+
+    kind = "unavailable"
+
+
+class ContainerdNotFoundError(ContainerdError):
+    kind = "not found"
+
+
+class ContainerdAlreadyExistsError(ContainerdError):
+    kind = "already exists"
+
+
 class CredentialsError(ImagewardError):
     """A docker config or pull Secret that cannot be read; names where it came from."""
 

@@ -316,6 +316,9 @@ async def pin_digest(
 
 _PREPULL = (constants.GROUP, constants.VERSION, constants.PREPULL_PLURAL)
 _PROGRESS_INTERVAL = 5.0  # seconds between node-progress refreshes of each PrePull
+# `imageward.io/paused: "true"` stops reconciling a PrePull (what it made stays as it is),
+# e.g. while someone investigates a node; remove the annotation to resume.
+_NOT_PAUSED = {constants.ANNOTATION_PAUSED: kopf.ABSENT}
 
 
 def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) -> None:
@@ -325,9 +328,9 @@ def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) ->
             patch.status[key] = value
 
 
-@kopf.on.resume(*_PREPULL)
-@kopf.on.create(*_PREPULL)
-@kopf.on.update(*_PREPULL, field="spec")
+@kopf.on.resume(*_PREPULL, annotations=_NOT_PAUSED)
+@kopf.on.create(*_PREPULL, annotations=_NOT_PAUSED)
+@kopf.on.update(*_PREPULL, field="spec", annotations=_NOT_PAUSED)
 async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     fields = await prepull_controller.reconcile(
         _runtime(memo), body, previous_status=body.get("status") or {}
@@ -335,7 +338,13 @@ async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *
     _patch_status(body, patch, fields)
 
 
-@kopf.timer(*_PREPULL, interval=_PROGRESS_INTERVAL, initial_delay=_PROGRESS_INTERVAL, idle=None)
+@kopf.timer(
+    *_PREPULL,
+    interval=_PROGRESS_INTERVAL,
+    initial_delay=_PROGRESS_INTERVAL,
+    idle=None,
+    annotations=_NOT_PAUSED,
+)
 async def prepull_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     state = _runtime(memo)
     previous = body.get("status") or {}

@@ -46,7 +46,13 @@ def prepull(namespace: str, spec: dict[str, Any], name: str = "web-tier") -> dic
     return {
         "apiVersion": "imageward.io/v1alpha1",
         "kind": "PrePull",
-        "metadata": {"name": name, "namespace": namespace},
+        # Paused: these tests write status themselves; the operator (running in the
+        # same session) must not reconcile over it.
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"imageward.io/paused": "true"},
+        },
         "spec": spec,
     }
 

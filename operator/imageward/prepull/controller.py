@@ -267,6 +267,7 @@ async def reconcile(
         helper_image=settings.helper_image,
         pause_image=settings.pause_image,
         agent_image=settings.agent_image,
+        agent_env=_agent_env(state),
         plan_configmap=configmap,
     )
     stored: dict[str, Any] | None = None
@@ -416,6 +417,16 @@ async def node_progress(
             previous=previous_conditions,
         ),
     }
+
+
+def _agent_env(state: Runtime) -> dict[str, str]:
+    registry = state.settings.registry
+    env = {}
+    if registry.insecure_registries:
+        env["IMAGEWARD_INSECURE_REGISTRIES"] = ",".join(registry.insecure_registries)
+    if registry.mirrors:
+        env["IMAGEWARD_REGISTRY_MIRRORS"] = ",".join(f"{k}={v}" for k, v in registry.mirrors)
+    return env
 
 
 def _event(state: Runtime, body: Mapping[str, Any], reason: str, message: str, type_: str) -> None:

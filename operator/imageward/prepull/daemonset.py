@@ -39,7 +39,10 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 APP_NAME = "imageward"
 
 PLAN_KEY = "plan.json"
-PLAN_DIR = "/etc/imageward"
+# The plan and the pull secrets are sibling mounts: a mount inside the read-only
+# ConfigMap volume would need its mount point made in that read-only tree (runc's mkdir
+# fails with EROFS and the pod never starts).
+PLAN_DIR = "/etc/imageward/plan"
 PLAN_PATH = f"{PLAN_DIR}/{PLAN_KEY}"
 PLAN_FORMAT_VERSION = 1
 PULL_SECRETS_DIR = "/etc/imageward/pull-secrets"
@@ -54,8 +57,9 @@ IMAGE_VOLUMES_DIR = "/images"
 # The agent serves /readyz (200 once every planned blob is in containerd and leased) and
 # /metrics on this port; the readiness probe is how a node counts as ready.
 AGENT_PORT = 8081
-# The agent releases its lease when the pod is deleted, so it needs a moment; the
-# Images-mode pods have nothing to clean up and stop at once.
+# On SIGTERM the agent aborts the writes in flight and stops; its lease stays (it cannot
+# tell a deleted PrePull from a rollout or a drain; the lease expires unless an agent
+# renews it, see prepull/agent.py). The Images-mode pods stop at once.
 AGENT_GRACE_SECONDS = 30
 
 NONROOT_UID = 65532
@@ -328,7 +332,13 @@ def _image_volume_pod(
     return pod
 
 
-def _agent_pod(spec: model.PrePullSpec, configmap_name: str, *, agent_image: str) -> dict[str, Any]:
+def _agent_pod(
+    spec: model.PrePullSpec,
+    configmap_name: str,
+    *,
+    agent_image: str,
+    agent_env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [
         {
             "name": "plan",
@@ -366,6 +376,9 @@ def _agent_pod(spec: model.PrePullSpec, configmap_name: str, *, agent_image: str
         "command": ["imageward", "agent", "--plan", PLAN_PATH],
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            # The operator's registry settings (plain-HTTP hosts, CA, mirrors), so the
+            # agent reaches registries the way the operator does.
+            *({"name": k, "value": v} for k, v in sorted((agent_env or {}).items())),
         ],
         "ports": [{"name": "http", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         "readinessProbe": {
@@ -472,6 +485,7 @@ def build_daemonset(
     helper_image: str,
     pause_image: str,
     agent_image: str,
+    agent_env: Mapping[str, str] | None = None,
     plan_configmap: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -486,7 +500,7 @@ def build_daemonset(
         plan_hash = metadata.get("annotations", {}).get(ANNOTATION_PLAN_HASH)
         if not plan_hash:
             raise ValueError(f"ConfigMap {metadata['name']} has no {ANNOTATION_PLAN_HASH}")
-        pod_spec = _agent_pod(spec, metadata["name"], agent_image=agent_image)
+        pod_spec = _agent_pod(spec, metadata["name"], agent_image=agent_image, agent_env=agent_env)
     elif spec.pull_method is model.PullMethod.IMAGE_VOLUME:
         pod_spec = _image_volume_pod(spec, pinned, pause_image=pause_image)
     else:

@@ -34,7 +34,7 @@ DP_MAX_CELLS = 1_000_000
 """Cores whose items x capacity units stay below this are solved by dynamic programming."""
 
 DEFAULT_NODE_LIMIT = 100_000
-"""Branch-and-bound steps before giving up on a proof (about 0.1-0.2 s of pure Python)."""
+"""Branch-and-bound steps before giving up on a proof (some 30-100 ms of pure Python)."""
 
 # Relative slack for float comparisons when weights are not integers: pruning with a
 # little slack only forgoes improvements smaller than this, never returns a worse plan.

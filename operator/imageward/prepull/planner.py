@@ -106,7 +106,7 @@ def build_plan(
     """
     _check_arguments(images, budget, min_share)
     # Most layers belong to one image: keeping only the first holder's index for those
-    # (no list per layer) spares the garbage collector and a third of the run time.
+    # (no list per layer) spares the garbage collector a good part of the run time.
     sizes: dict[model.Digest, int] = {}
     first: dict[model.Digest, int] = {}
     others: dict[model.Digest, list[int]] = {}

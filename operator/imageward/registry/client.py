@@ -66,6 +66,8 @@ class _Call:
     last_failure: str | None = None
     #: per endpoint host, the chain position whose credentials worked in this call
     working: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: where a streamed blob's body goes (fetch_blob_to); None: into memory
+    sink: transport.BodySink | None = None
 
     def where(self, ref: str | None = None) -> dict[str, Any]:
         return {
@@ -190,6 +192,30 @@ class RegistryClient:
         call = self._start(ref, credentials, deadline, about=digest)
         return await self._bounded(call, lambda: self._get_blob(call, digest, max_bytes=max_bytes))
 
+    async def fetch_blob_to(
+        self,
+        ref: model.ImageReference,
+        digest: model.Digest,
+        sink: transport.BodySink,
+        *,
+        max_bytes: int,
+        credentials: CredentialSources = (),
+        deadline: float | None = None,
+    ) -> None:
+        """A blob streamed into `sink` instead of memory (layers of any size).
+
+        The same checks as fetch_blob: at most `max_bytes`, hashed on the way and a
+        DigestMismatchError when the bytes are not `digest` (after the sink got them: the
+        sink must not trust them before this returns). A retried request calls
+        `sink.begin()` again. What the sink raises leaves unchanged, without retries.
+        """
+        call = self._start(ref, credentials, deadline, about=digest)
+        call.sink = sink
+        try:
+            await self._bounded(call, lambda: self._get_blob(call, digest, max_bytes=max_bytes))
+        except transport.SinkError as e:
+            raise e.error from None
+
     async def fetch_referrers(
         self,
         ref: model.ImageReference,
@@ -251,7 +277,7 @@ class RegistryClient:
                 return await work()
         except TimeoutError:
             raise self._deadline_error(call) from None
-        except errors.RegistryError:
+        except (errors.RegistryError, transport.SinkError):
             raise
         except Exception as e:
             # A bug or an answer nothing anticipated: fail this lookup, not the caller.
@@ -950,6 +976,7 @@ class RegistryClient:
                 registry=endpoint.host,
                 body=body,
                 hash_as=hash_as,
+                sink=call.sink if kind == KIND_BLOB else None,
             )
         except transport.BodyTooLarge as e:
             raise errors.TooLargeError(str(e), **call.where(ref)) from e

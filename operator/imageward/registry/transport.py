@@ -14,8 +14,8 @@ import asyncio
 import dataclasses
 import ssl
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 import multidict
@@ -79,6 +79,26 @@ class Response:
         return self.headers.getall(name, [])
 
 
+class SinkError(Exception):
+    """The sink refused a chunk; `error` is what it raised. Never retried."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class BodySink(Protocol):
+    """Where a streamed answer's body goes instead of memory (a blob into containerd).
+
+    `begin()` comes before the first chunk of every 2xx answer: a retried request starts
+    over, so the sink drops what an earlier attempt gave it.
+    """
+
+    async def begin(self) -> None: ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+
 def build_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     """The system trust store plus the extra CAs of `ca_bundle` (a private registry's CA)."""
     context = ssl.create_default_context()
@@ -139,12 +159,14 @@ class Transport:
         registry: str,
         body: bytes | None = None,
         hash_as: model.Digest | None = None,
+        sink: BodySink | None = None,
     ) -> Response:
         """Send one request; read at most `max_bytes` of body within `time_limit` seconds.
 
         `hash_as`: hash the body while it streams with that digest's algorithm (the
-        response's `digest`). Raises TransportError subclasses; an HTTP error status is
-        not an exception here.
+        response's `digest`). `sink`: a 2xx answer's body goes there chunk by chunk and
+        the response's `body` is empty (other answers are read into memory as usual).
+        Raises TransportError subclasses; an HTTP error status is not an exception here.
         """
         started = time.perf_counter()
         code: str = "error"
@@ -170,6 +192,9 @@ class Transport:
                         )
                     hasher: Any = manifests.build_hasher(hash_as) if hash_as else None
                     chunks: list[bytes] = []
+                    streaming = sink is not None and 200 <= response.status < 300
+                    if streaming and sink is not None and method != "HEAD":
+                        await _to_sink(sink.begin())
                     if method != "HEAD":
                         async for chunk in response.content.iter_chunked(_CHUNK):
                             received += len(chunk)
@@ -182,7 +207,10 @@ class Transport:
                                 )
                             if hasher is not None:
                                 hasher.update(chunk)
-                            chunks.append(chunk)
+                            if streaming and sink is not None:
+                                await _to_sink(sink.write(chunk))
+                            else:
+                                chunks.append(chunk)
                     digest = None
                     if hasher is not None and hash_as is not None:
                         algorithm = hash_as.partition(":")[0]
@@ -218,6 +246,13 @@ class Transport:
             raise ConnectError(f"{method} {_short(url)}: {type(e).__name__}: {e}") from e
         finally:
             metrics.observe_registry_request(registry, kind, code, time.perf_counter() - started)
+
+
+async def _to_sink(step: Awaitable[None]) -> None:
+    try:
+        await step
+    except Exception as e:
+        raise SinkError(e) from e
 
 
 def _short(url: str, limit: int = 160) -> str:

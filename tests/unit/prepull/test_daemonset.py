@@ -361,7 +361,7 @@ def test_layers_daemonset_runs_the_agent_with_the_plan_and_the_socket() -> None:
     assert "initContainers" not in pod
     (agent,) = pod["containers"]
     assert agent["image"] == AGENT
-    assert agent["command"] == ["imageward", "agent", "--plan", "/etc/imageward/plan.json"]
+    assert agent["command"] == ["imageward", "agent", "--plan", "/etc/imageward/plan/plan.json"]
     assert {
         "name": "NODE_NAME",
         "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
@@ -374,7 +374,7 @@ def test_layers_daemonset_runs_the_agent_with_the_plan_and_the_socket() -> None:
     }
     assert volumes["pull-secret-0"]["secret"] == {"secretName": "regcred", "optional": True}
     mounts = {mount["name"]: mount for mount in agent["volumeMounts"]}
-    assert mounts["plan"] == {"name": "plan", "mountPath": "/etc/imageward", "readOnly": True}
+    assert mounts["plan"] == {"name": "plan", "mountPath": "/etc/imageward/plan", "readOnly": True}
     assert mounts["containerd"]["mountPath"] == "/run/containerd/containerd.sock"
     assert mounts["pull-secret-0"]["mountPath"] == "/etc/imageward/pull-secrets/regcred"
     # Root for the socket, nothing else.

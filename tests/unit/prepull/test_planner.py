@@ -3,18 +3,18 @@ from __future__ import annotations
 import functools
 import math
 import random
+from collections import abc
 
 import pytest
 
 from imageward import errors
 from imageward.prepull import knapsack, planner
 from tests.unit.prepull import fleets
-from tests.unit.prepull.fleets import image, layer
 
 GiB = 2**30
 
 
-def objective(images: list[planner.PlanImage], planned: set[str]) -> float:
+def objective(images: list[planner.PlanImage], planned: abc.Set[str]) -> float:
     """The product's definition, computed from the images themselves."""
     return math.fsum(
         img.weight * sum(lay.size for lay in planner.distinct_layers(img) if lay.digest in planned)
@@ -180,9 +180,11 @@ def test_never_worse_than_greedy_on_hard_instances(seed: int) -> None:
     # Few big layers against the budget: the LP bound is loose, greedy is poor, and the
     # core is too big for the exact solvers, so branch and bound must do the work.
     rng = random.Random(seed)
-    layers = [layer(f"big-{k}", rng.randint(10**6, 10**9)) for k in range(300)]
+    layers = [fleets.layer(f"big-{k}", rng.randint(10**6, 10**9)) for k in range(300)]
     images = [
-        image(f"app-{i}:1", *rng.sample(layers, rng.randint(1, 12)), weight=rng.choice([1, 2, 3]))
+        fleets.image(
+            f"app-{i}:1", *rng.sample(layers, rng.randint(1, 12)), weight=rng.choice([1, 2, 3])
+        )
         for i in range(120)
     ]
     budget = rng.randint(10**9, 2 * 10**10)
@@ -195,9 +197,9 @@ def test_never_worse_than_greedy_on_hard_instances(seed: int) -> None:
 def test_beats_greedy_where_greedy_is_poor() -> None:
     # Greedy takes the 60-byte layer first and then nothing fits; two 50s are better.
     images = [
-        image("a:1", layer("sixty", 60), weight=10),
-        image("b:1", layer("fifty-1", 50), weight=9.9),
-        image("c:1", layer("fifty-2", 50), weight=9.9),
+        fleets.image("a:1", fleets.layer("sixty", 60), weight=10),
+        fleets.image("b:1", fleets.layer("fifty-1", 50), weight=9.9),
+        fleets.image("c:1", fleets.layer("fifty-2", 50), weight=9.9),
     ]
     plan = planner.build_plan(images, budget=100)
     assert {lay.digest for lay in plan.layers} == {
@@ -209,11 +211,11 @@ def test_beats_greedy_where_greedy_is_poor() -> None:
 
 
 def test_realistic_example_numbers() -> None:
-    base, python = layer("debian", 30), layer("python", 50)
+    base, python = fleets.layer("debian", 30), fleets.layer("python", 50)
     images = [
-        image("web:1", base, python, layer("web", 80)),
-        image("api:2", base, python, layer("api", 10), weight=3),
-        image("worker:3", base, layer("worker", 700)),
+        fleets.image("web:1", base, python, fleets.layer("web", 80)),
+        fleets.image("api:2", base, python, fleets.layer("api", 10), weight=3),
+        fleets.image("worker:3", base, fleets.layer("worker", 700)),
     ]
     plan = planner.build_plan(images, budget=100)
     assert [(lay.size, lay.images) for lay in plan.layers] == [
@@ -231,10 +233,10 @@ def test_realistic_example_numbers() -> None:
 
 
 def test_unlimited_budget_plans_every_eligible_layer() -> None:
-    shared = layer("shared", 5)
+    shared = fleets.layer("shared", 5)
     images = [
-        image("a:1", shared, layer("a", 7)),
-        image("b:1", shared, layer("b", 9)),
+        fleets.image("a:1", shared, fleets.layer("a", 7)),
+        fleets.image("b:1", shared, fleets.layer("b", 9)),
     ]
     everything = planner.build_plan(images, budget=None)
     assert {lay.size for lay in everything.layers} == {5, 7, 9}
@@ -248,8 +250,11 @@ def test_unlimited_budget_plans_every_eligible_layer() -> None:
 
 
 def test_zero_budget_plans_only_empty_layers() -> None:
-    empty = layer("empty", 0)
-    images = [image("a:1", empty, layer("a", 7)), image("b:1", layer("b", 1))]
+    empty = fleets.layer("empty", 0)
+    images = [
+        fleets.image("a:1", empty, fleets.layer("a", 7)),
+        fleets.image("b:1", fleets.layer("b", 1)),
+    ]
     plan = planner.build_plan(images, budget=0)
     assert [lay.digest for lay in plan.layers] == [empty.digest]
     assert plan.bytes == plan.saved_bytes == 0
@@ -257,17 +262,20 @@ def test_zero_budget_plans_only_empty_layers() -> None:
 
 
 def test_budget_above_everything_takes_everything() -> None:
-    images = [image("a:1", layer("a", 7), layer("c", 3)), image("b:1", layer("b", 1))]
+    images = [
+        fleets.image("a:1", fleets.layer("a", 7), fleets.layer("c", 3)),
+        fleets.image("b:1", fleets.layer("b", 1)),
+    ]
     plan = planner.build_plan(images, budget=10**12)
     assert plan.bytes == 11
     assert plan.saved_bytes == plan.total_bytes
 
 
 def test_weight_zero_images_are_not_worth_planning() -> None:
-    shared = layer("shared", 5)
+    shared = fleets.layer("shared", 5)
     images = [
-        image("a:1", shared, layer("a", 7), weight=0),
-        image("b:1", shared, layer("b", 9)),
+        fleets.image("a:1", shared, fleets.layer("a", 7), weight=0),
+        fleets.image("b:1", shared, fleets.layer("b", 9)),
     ]
     plan = planner.build_plan(images, budget=None)
     assert {lay.size for lay in plan.layers} == {5, 9}
@@ -275,8 +283,8 @@ def test_weight_zero_images_are_not_worth_planning() -> None:
 
 
 def test_a_layer_listed_twice_counts_once() -> None:
-    twice = layer("twice", 4)
-    images = [image("a:1", twice, layer("a", 1), twice)]
+    twice = fleets.layer("twice", 4)
+    images = [fleets.image("a:1", twice, fleets.layer("a", 1), twice)]
     assert planner.build_plan(images, budget=None, min_share=2).layers == ()
     plan = planner.build_plan(images, budget=None)
     assert plan.total_bytes == plan.saved_bytes == 5
@@ -285,7 +293,7 @@ def test_a_layer_listed_twice_counts_once() -> None:
 
 
 def test_ties_go_to_the_smaller_digest() -> None:
-    images = [image(f"app-{k}:1", layer(f"layer-{k}", 10)) for k in range(6)]
+    images = [fleets.image(f"app-{k}:1", fleets.layer(f"layer-{k}", 10)) for k in range(6)]
     plan = planner.build_plan(images, budget=25)
     smallest = sorted(fleets.digest(f"layer-{k}") for k in range(6))[:2]
     assert [lay.digest for lay in plan.layers] == smallest
@@ -328,15 +336,20 @@ def test_empty_input() -> None:
 @pytest.mark.parametrize(
     ("images", "budget", "min_share", "message"),
     [
-        ([image("a:1", layer("a", 1))], -1, 1, "budgetPerNode"),
-        ([image("a:1", layer("a", 1))], 10, 0, "minShare"),
-        ([image("a:1", layer("a", 1), weight=-1)], 10, 1, "weight"),
-        ([image("a:1", layer("a", 1), weight=math.nan)], 10, 1, "weight"),
-        ([image("a:1", layer("a", 1), weight=math.inf)], 10, 1, "weight"),
-        ([image("a:1", layer("a", -5))], 10, 1, "negative size"),
-        ([image("a:1", layer("a", 1)), image("a:1", layer("b", 1))], 10, 1, "listed twice"),
+        ([fleets.image("a:1", fleets.layer("a", 1))], -1, 1, "budgetPerNode"),
+        ([fleets.image("a:1", fleets.layer("a", 1))], 10, 0, "minShare"),
+        ([fleets.image("a:1", fleets.layer("a", 1), weight=-1)], 10, 1, "weight"),
+        ([fleets.image("a:1", fleets.layer("a", 1), weight=math.nan)], 10, 1, "weight"),
+        ([fleets.image("a:1", fleets.layer("a", 1), weight=math.inf)], 10, 1, "weight"),
+        ([fleets.image("a:1", fleets.layer("a", -5))], 10, 1, "negative size"),
         (
-            [image("a:1", layer("x", 1)), image("b:1", layer("x", 2))],
+            [fleets.image("a:1", fleets.layer("a", 1)), fleets.image("a:1", fleets.layer("b", 1))],
+            10,
+            1,
+            "listed twice",
+        ),
+        (
+            [fleets.image("a:1", fleets.layer("x", 1)), fleets.image("b:1", fleets.layer("x", 2))],
             10,
             1,
             "1 bytes in a:1 but 2 bytes in b:1",

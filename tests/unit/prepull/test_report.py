@@ -6,19 +6,18 @@ import pytest
 
 from imageward.prepull import planner, report
 from tests.unit.prepull import fleets
-from tests.unit.prepull.fleets import image, layer
 
 MiB = 2**20
 
-BASE = layer("debian", 30 * MiB)
-PYTHON = layer("python", 50 * MiB)
-WEB = layer("web", 80 * MiB)
-API = layer("api", 10 * MiB)
-WORKER = layer("worker", 700 * MiB)
+BASE = fleets.layer("debian", 30 * MiB)
+PYTHON = fleets.layer("python", 50 * MiB)
+WEB = fleets.layer("web", 80 * MiB)
+API = fleets.layer("api", 10 * MiB)
+WORKER = fleets.layer("worker", 700 * MiB)
 IMAGES = [
-    image("ghcr.io/acme/web:1.4", BASE, PYTHON, WEB),
-    image("ghcr.io/acme/api:2.0", BASE, PYTHON, API, API, weight=3),
-    image("ghcr.io/acme/worker:3", BASE, WORKER),
+    fleets.image("ghcr.io/acme/web:1.4", BASE, PYTHON, WEB),
+    fleets.image("ghcr.io/acme/api:2.0", BASE, PYTHON, API, API, weight=3),
+    fleets.image("ghcr.io/acme/worker:3", BASE, WORKER),
 ]
 
 
@@ -122,8 +121,8 @@ def test_text_report_shortens_long_layer_lists() -> None:
 
 
 def test_text_report_names_at_most_three_images_per_layer() -> None:
-    shared = layer("shared", 1)
-    images = [image(f"app-{i}:1", shared) for i in range(5)]
+    shared = fleets.layer("shared", 1)
+    images = [fleets.image(f"app-{i}:1", shared) for i in range(5)]
     text = report.render_plan_text(images, planner.build_plan(images, budget=None))
     assert "app-0:1, app-1:1, app-2:1, +2 more" in text
 

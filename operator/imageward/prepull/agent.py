@@ -1,0 +1,865 @@
+"""The node agent of PrePull Layers mode: planned blobs into containerd, held by a lease.
+
+`imageward agent --plan /etc/imageward/plan.json` runs in each pod of a Layers-mode
+DaemonSet with containerd's socket mounted. For every planned layer it makes sure the
+blob is in containerd's content store (namespace `containerdNamespace`, `k8s.io` for
+the kubelet), labelled `containerd.io/distribution.source.<registry>=<repositories>`
+exactly as containerd's own pulls label them (the registry's host without its port, a
+comma-separated list of repositories, merged with what is there), and held by the
+PrePull's lease. A later pull of any
+planned image then finds those blobs and downloads only its other layers.
+
+Per blob: the lease takes the digest first (AddResource: from then on the GC keeps it
+if it is there), then Info. A blob containerd has only gets its source label merged in;
+a missing one is streamed from the registry (`RegistryClient.fetch_blob_to`, hashed on
+the way, with the PrePull's pull secrets) into a content Write under the lease, with the
+ingest ref containerd's own pulls use (`layer-<digest>`): a kubelet pull of the same
+layer at the same moment waits for our write instead of downloading it again, and we
+wait for its. At most `--concurrency` blobs are fetched at once and all of them share
+`--max-bytes-per-second`.
+
+The lease (one per PrePull and plan; see `build_lease_id`):
+- its id holds a key of the PrePull's namespace/name/uid, the plan hash and its creation
+  time; labels repeat them (`imageward.io/prepull`, `imageward.io/plan-hash`, ...);
+- it carries `containerd.io/gc.expire` = creation + `--lease-ttl` (24h; 0: never). The
+  agent renews it while it runs: once half the TTL has passed it makes a new lease, has
+  it take every planned blob, then deletes the old one. So blobs stay held across agent
+  restarts, node reboots and upgrades of the agent, and when the PrePull is deleted
+  (its DaemonSet and agents go with it and nobody renews) they are released within one
+  TTL. SIGTERM therefore never deletes the lease: the agent cannot tell a deleted
+  PrePull from a rollout or a drain, and the controller cannot reach the node's
+  containerd.
+- when the plan changes, the new lease takes the new plan's blobs; once it holds every
+  one, the leases of the same PrePull with another plan hash (and those of an earlier
+  PrePull of the same namespace/name, another uid: it was deleted) are deleted with
+  `sync`, so containerd collects the blobs no lease or image needs any more at once.
+  While a blob of the new plan is missing, the old lease stays.
+- leases of other PrePulls are never touched, even when their plan file is gone: they
+  expire by their own `gc.expire`.
+
+Readiness (`/readyz`): 200 once every planned blob is held, 503 with a JSON progress
+body before (the pod's readiness is how the controller counts ready nodes). `/metrics`
+serves `imageward_agent_fetched_bytes_total` and `imageward_agent_fetch_duration_seconds`.
+The plan file is re-read every `--poll-interval` seconds (a ConfigMap volume changes in
+place); `--once` applies the plan, prints the progress JSON and exits (0 all held,
+1 some blob failed, 2 unusable plan or options).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import enum
+import hashlib
+import json
+import logging
+import pathlib
+import re
+import signal
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from imageward import constants, errors, metrics, settings
+from imageward.prepull import containerd
+from imageward.registry import auth, client, model, reference
+
+logger = logging.getLogger(__name__)
+
+PLAN_FORMAT_VERSION = 1
+DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_LEASE_TTL = 24 * 3600.0
+
+LABEL_PREPULL = constants.LABEL_PREPULL  # the identity key (namespace/name/uid hashed)
+LABEL_PREPULL_NAMESPACE = "imageward.io/prepull-namespace"
+LABEL_PREPULL_NAME = "imageward.io/prepull-name"
+LABEL_PREPULL_UID = "imageward.io/prepull-uid"
+LABEL_PLAN_HASH = "imageward.io/plan-hash"
+LEASE_PREFIX = "imageward"
+
+#: Slowest transfer rate a blob's deadline allows for (bytes/s), plus a fixed margin.
+_FLOOR_RATE = 256 * 1024
+_DEADLINE_MARGIN = 120.0
+#: How long to wait for another writer (a kubelet pull) holding the same ingest ref.
+_LOCKED_WAIT = 600.0
+_RETRY_FIRST, _RETRY_MAX = 5.0, 300.0
+_MAX_FAILURES_SHOWN = 20
+_ID_PART_RE = re.compile(r"[^A-Za-z0-9]")
+
+
+class PlanFileError(errors.ImagewardError):
+    """A plan file that cannot be used; names the file and the field."""
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrePullIdentity:
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def display(self) -> str:
+        """`namespace/name`: the metric label value and what logs say."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Source:
+    registry: str
+    repository: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlannedBlob:
+    digest: model.Digest
+    size: int
+    sources: tuple[Source, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PullSecret:
+    name: str
+    path: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentPlan:
+    prepull: PrePullIdentity
+    hash: str
+    containerd_namespace: str
+    bytes: int
+    blobs: tuple[PlannedBlob, ...]
+    pull_secrets: tuple[PullSecret, ...]
+
+
+def _require(document: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = document.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"{where}{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_plan(data: bytes | str, *, source: str) -> AgentPlan:
+    """The plan document `daemonset.build_plan_document` writes (version 1)."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PlanFileError(f"plan {source}: not JSON: {e}") from e
+    try:
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        version = document.get("version")
+        if version != PLAN_FORMAT_VERSION:
+            raise ValueError(f"version {version!r} is not {PLAN_FORMAT_VERSION}")
+        identity = _require(document, "prepull", dict, "")
+        prepull = PrePullIdentity(
+            namespace=_require(identity, "namespace", str, "prepull."),
+            name=_require(identity, "name", str, "prepull."),
+            uid=_require(identity, "uid", str, "prepull."),
+        )
+        if not (prepull.namespace and prepull.name and prepull.uid):
+            raise ValueError("prepull: namespace, name and uid must not be empty")
+        plan_hash = _require(document, "hash", str, "")
+        if not _ID_PART_RE.sub("", plan_hash):
+            raise ValueError(f"hash {plan_hash!r} has no letters or digits")
+        namespace = document.get("containerdNamespace", "k8s.io")
+        if not isinstance(namespace, str) or not namespace:
+            raise ValueError("containerdNamespace: expected a non-empty string")
+        blobs: dict[str, PlannedBlob] = {}
+        for index, layer in enumerate(_require(document, "layers", list, "")):
+            where = f"layers[{index}]."
+            if not isinstance(layer, dict):
+                raise ValueError(f"layers[{index}]: expected an object")
+            digest = reference.parse_digest(_require(layer, "digest", str, where))
+            size = _require(layer, "size", int, where)
+            if size < 0:
+                raise ValueError(f"{where}size: {size} is negative")
+            sources = []
+            for j, item in enumerate(_require(layer, "sources", list, where)):
+                if not isinstance(item, dict):
+                    raise ValueError(f"{where}sources[{j}]: expected an object")
+                sources.append(
+                    Source(
+                        registry=_require(item, "registry", str, f"{where}sources[{j}]."),
+                        repository=_require(item, "repository", str, f"{where}sources[{j}]."),
+                    )
+                )
+            if not sources:
+                raise ValueError(f"{where}sources: empty; nowhere to fetch {digest} from")
+            previous = blobs.get(digest)
+            if previous is not None and previous.size != size:
+                raise ValueError(
+                    f"{where}size: {digest} listed with sizes {previous.size} and {size}"
+                )
+            blobs[digest] = PlannedBlob(digest, size, tuple(sources))
+        secrets = []
+        for index, item in enumerate(document.get("pullSecrets") or []):
+            where = f"pullSecrets[{index}]."
+            if not isinstance(item, dict):
+                raise ValueError(f"pullSecrets[{index}]: expected an object")
+            secrets.append(
+                PullSecret(_require(item, "name", str, where), _require(item, "path", str, where))
+            )
+        total = document.get("bytes")
+        return AgentPlan(
+            prepull=prepull,
+            hash=plan_hash,
+            containerd_namespace=namespace,
+            bytes=total if isinstance(total, int) else sum(b.size for b in blobs.values()),
+            blobs=tuple(blobs.values()),
+            pull_secrets=tuple(secrets),
+        )
+    except ValueError as e:
+        raise PlanFileError(f"plan {source}: {e}") from e
+
+
+# ------------------------------------------------------------------------------ leases
+
+
+def build_prepull_key(prepull: PrePullIdentity) -> str:
+    """16 hex characters naming one PrePull object (a re-created one gets another)."""
+    text = f"{prepull.namespace}/{prepull.name}/{prepull.uid}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_lease_id(plan: AgentPlan, created: datetime.datetime) -> str:
+    """`imageward.<prepull key>.<plan hash>.<UTC creation time>`: at most 65 characters,
+    within containerd's identifier rules (letters and digits joined by `.`, at most 76)."""
+    plan_part = _ID_PART_RE.sub("", plan.hash)[:16]
+    stamp = created.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+    return f"{LEASE_PREFIX}.{build_prepull_key(plan.prepull)}.{plan_part}.{stamp}"
+
+
+def format_expiry(moment: datetime.datetime) -> str:
+    """RFC 3339 as containerd parses `containerd.io/gc.expire` (Go's time.RFC3339)."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_expiry(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def build_lease_labels(
+    plan: AgentPlan, *, created: datetime.datetime, ttl: float
+) -> dict[str, str]:
+    labels = {
+        constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
+        LABEL_PREPULL: build_prepull_key(plan.prepull),
+        LABEL_PREPULL_NAMESPACE: plan.prepull.namespace,
+        LABEL_PREPULL_NAME: plan.prepull.name,
+        LABEL_PREPULL_UID: plan.prepull.uid,
+        LABEL_PLAN_HASH: plan.hash,
+    }
+    if ttl > 0:
+        labels[containerd.LABEL_GC_EXPIRE] = format_expiry(
+            created + datetime.timedelta(seconds=ttl)
+        )
+    return labels
+
+
+class LeaseRole(enum.Enum):
+    CURRENT = "current"  # this PrePull and plan, and not due for renewal
+    STALE = "stale"  # this PrePull and plan, but half its TTL is gone: renew
+    OBSOLETE = "obsolete"  # this PrePull's earlier plan, or a deleted PrePull of that name
+    FOREIGN = "foreign"  # anything else: never touched
+
+
+def evaluate_lease(
+    lease: containerd.Lease, plan: AgentPlan, *, now: datetime.datetime, ttl: float
+) -> LeaseRole:
+    labels = lease.labels
+    if labels.get(constants.LABEL_MANAGED_BY) != constants.MANAGER_NAME:
+        return LeaseRole.FOREIGN
+    same_name = (
+        labels.get(LABEL_PREPULL_NAMESPACE) == plan.prepull.namespace
+        and labels.get(LABEL_PREPULL_NAME) == plan.prepull.name
+    )
+    if not same_name:
+        return LeaseRole.FOREIGN
+    if labels.get(LABEL_PREPULL) != build_prepull_key(plan.prepull):
+        return LeaseRole.OBSOLETE  # the same name, another uid: that PrePull was deleted
+    if labels.get(LABEL_PLAN_HASH) != plan.hash:
+        return LeaseRole.OBSOLETE
+    expires = parse_expiry(labels.get(containerd.LABEL_GC_EXPIRE))
+    if ttl <= 0:
+        return LeaseRole.CURRENT if expires is None else LeaseRole.STALE
+    if expires is None or expires - now < datetime.timedelta(seconds=ttl / 2):
+        return LeaseRole.STALE
+    return LeaseRole.CURRENT
+
+
+def build_source_host(registry: str) -> str:
+    """The registry part of a distribution-source label key: the host without its port,
+    as containerd writes it (Go's `url.Hostname()`: `127.0.0.1:5000` -> `127.0.0.1`,
+    `[::1]:5000` -> `::1`), so containerd finds the labels it reads."""
+    if registry.startswith("["):
+        return registry[1:].partition("]")[0]
+    host, sep, port = registry.rpartition(":")
+    return host if sep and port.isdigit() else registry
+
+
+def build_source_labels(sources: Iterable[Source], existing: Mapping[str, str]) -> dict[str, str]:
+    """The distribution-source labels to set so they name every source (merged with what
+    containerd's pulls already wrote: a comma-separated list of repositories per
+    registry). Empty when nothing is missing."""
+    wanted: dict[str, set[str]] = {}
+    for source in sources:
+        wanted.setdefault(build_source_host(source.registry), set()).add(source.repository)
+    changes: dict[str, str] = {}
+    for registry, repositories in sorted(wanted.items()):
+        key = containerd.LABEL_DISTRIBUTION_SOURCE + registry
+        present = [item for item in existing.get(key, "").split(",") if item]
+        missing = sorted(repositories - set(present))
+        if missing:
+            changes[key] = ",".join([*present, *missing])
+    return changes
+
+
+def build_ingest_ref(digest: str) -> str:
+    """The ingest ref containerd's pulls use for a layer (remotes.MakeRefKey)."""
+    return f"layer-{digest}"
+
+
+# ------------------------------------------------------------------------------ pacing
+
+
+class RateLimiter:
+    """Bytes per second shared by every fetch of the agent; None means unlimited."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._free_at = 0.0
+
+    async def acquire(self, size: int) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic()
+        self._free_at = max(self._free_at, now) + size / self.rate
+        delay = self._free_at - now
+        if delay > 0.001:
+            await asyncio.sleep(delay)
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+class BlobState(enum.Enum):
+    PENDING = "pending"
+    FETCHING = "fetching"
+    HELD = "held"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(slots=True)
+class Progress:
+    """What /readyz reports; the latest plan's state, replaced when the plan changes."""
+
+    node: str | None = None
+    plan: AgentPlan | None = None
+    lease: str | None = None
+    states: dict[str, BlobState] = dataclasses.field(default_factory=dict)
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    fetched_bytes: int = 0
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.plan is not None
+            and self.error is None
+            and all(state is BlobState.HELD for state in self.states.values())
+        )
+
+    def start(self, plan: AgentPlan) -> None:
+        """A new plan starts from nothing; the same plan again (a resync, a lease
+        renewal) keeps what is known, so readiness does not flap while it is checked."""
+        self.error = None
+        if plan == self.plan:
+            for digest, state in self.states.items():
+                if state is BlobState.FAILED:
+                    self.states[digest] = BlobState.PENDING
+            return
+        self.plan = plan
+        self.lease = None
+        self.states = {blob.digest: BlobState.PENDING for blob in plan.blobs}
+        self.reasons = {}
+        self.fetched_bytes = 0
+
+    def set(self, digest: str, state: BlobState, reason: str | None = None) -> None:
+        self.states[digest] = state
+        if reason is None:
+            self.reasons.pop(digest, None)
+        else:
+            self.reasons[digest] = reason
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan
+        sizes: dict[str, int] = {blob.digest: blob.size for blob in plan.blobs} if plan else {}
+        counts = {state.value: 0 for state in BlobState}
+        for state in self.states.values():
+            counts[state.value] += 1
+        held = sum(sizes.get(d, 0) for d, s in self.states.items() if s is BlobState.HELD)
+        return {
+            "ready": self.ready,
+            "node": self.node,
+            "prepull": dataclasses.asdict(plan.prepull) if plan else None,
+            "planHash": plan.hash if plan else None,
+            "lease": self.lease,
+            "layers": {"total": len(self.states), **counts},
+            "bytes": {
+                "total": sum(sizes.values()),
+                "held": held,
+                "fetched": self.fetched_bytes,
+            },
+            "failures": [
+                {"digest": digest, "reason": reason}
+                for digest, reason in sorted(self.reasons.items())
+            ][:_MAX_FAILURES_SHOWN],
+            "error": self.error,
+        }
+
+
+# ------------------------------------------------------------------------------ the work
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    plan_path: pathlib.Path
+    socket: str = DEFAULT_SOCKET
+    concurrency: int = 3
+    max_bytes_per_second: float | None = None
+    listen: str = "0.0.0.0:8081"
+    once: bool = False
+    poll_interval: float = 5.0
+    resync_interval: float = 600.0
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    node: str | None = None
+    registry: settings.RegistrySettings = dataclasses.field(
+        default_factory=settings.RegistrySettings
+    )
+
+
+class _WriterSink:
+    """transport.BodySink into a containerd write, paced and counted."""
+
+    def __init__(
+        self,
+        writer: containerd.ContentWriter,
+        limiter: RateLimiter,
+        progress: Progress,
+        prepull: str,
+    ) -> None:
+        self.writer = writer
+        self.limiter = limiter
+        self.progress = progress
+        self.counter = metrics.agent_fetched_bytes.labels(prepull=prepull)
+
+    async def begin(self) -> None:
+        await self.writer.restart()
+
+    async def write(self, chunk: bytes) -> None:
+        await self.limiter.acquire(len(chunk))
+        await self.writer.write(chunk)
+        self.counter.inc(len(chunk))
+        self.progress.fetched_bytes += len(chunk)
+
+
+def read_pull_secrets(
+    secrets: Sequence[PullSecret],
+) -> tuple[list[auth.DockerConfig], list[str]]:
+    """Docker configs of the mounted pull secrets, and the names of those not mounted or
+    unreadable (the Secret volumes are optional: a missing Secret leaves an empty dir)."""
+    configs: list[auth.DockerConfig] = []
+    missing: list[str] = []
+    for secret in secrets:
+        directory = pathlib.Path(secret.path)
+        for key in (".dockerconfigjson", ".dockercfg"):
+            path = directory / key
+            if path.is_file():
+                try:
+                    configs.append(
+                        auth.parse_docker_config(
+                            path.read_bytes(), source=f"pull secret {secret.name}"
+                        )
+                    )
+                except (OSError, errors.CredentialsError) as e:
+                    logger.warning("pull secret %s unusable: %s", secret.name, e)
+                    missing.append(secret.name)
+                break
+        else:
+            missing.append(secret.name)
+    return configs, missing
+
+
+class Agent:
+    """Applies plans to one containerd; the clients are made and closed by `run`."""
+
+    def __init__(
+        self,
+        options: Options,
+        ctr: containerd.Client,
+        registry: client.RegistryClient,
+        progress: Progress | None = None,
+    ) -> None:
+        self.options = options
+        self.ctr = ctr
+        self.registry = registry
+        self.progress = progress or Progress(node=options.node)
+        self.limiter = RateLimiter(options.max_bytes_per_second)
+        self.lease_expires: datetime.datetime | None = None
+
+    async def apply(self, plan: AgentPlan) -> bool:
+        """Make every planned blob held by the PrePull's lease; True when all are."""
+        if plan.containerd_namespace != self.ctr.namespace:
+            raise PlanFileError(
+                f"plan namespace {plan.containerd_namespace!r} differs from the client's "
+                f"{self.ctr.namespace!r}"
+            )
+        progress = self.progress
+        progress.start(plan)
+        lease_id, others = await self._ensure_lease(plan)
+        progress.lease = lease_id
+        credentials, missing = read_pull_secrets(plan.pull_secrets)
+        semaphore = asyncio.Semaphore(max(1, self.options.concurrency))
+
+        async def one(blob: PlannedBlob) -> None:
+            async with semaphore:
+                try:
+                    await self._hold(plan, lease_id, blob, credentials)
+                    progress.set(blob.digest, BlobState.HELD)
+                except (errors.ImagewardError, OSError) as e:
+                    reason = str(e)
+                    if missing and isinstance(e, errors.UnauthorizedError):
+                        reason += f" (pull secrets not mounted: {', '.join(missing)})"
+                    logger.warning("blob %s of %s: %s", blob.digest, plan.prepull.display, reason)
+                    progress.set(blob.digest, BlobState.FAILED, reason)
+                except Exception as e:
+                    # A bug or an answer nothing anticipated: fail this blob, not the others.
+                    logger.exception("blob %s of %s", blob.digest, plan.prepull.display)
+                    progress.set(
+                        blob.digest, BlobState.FAILED, f"unexpected {type(e).__name__}: {e}"
+                    )
+
+        async with asyncio.TaskGroup() as group:
+            for blob in plan.blobs:
+                group.create_task(one(blob))
+        complete = all(state is BlobState.HELD for state in progress.states.values())
+        if complete:
+            for lease in others:
+                sync = lease.labels.get(LABEL_PLAN_HASH) != plan.hash or (
+                    lease.labels.get(LABEL_PREPULL) != build_prepull_key(plan.prepull)
+                )
+                logger.info("deleting lease %s (sync=%s), replaced by %s", lease.id, sync, lease_id)
+                with contextlib.suppress(errors.ContainerdNotFoundError):
+                    await self.ctr.delete_lease(lease.id, sync=sync)
+        return complete
+
+    async def _ensure_lease(self, plan: AgentPlan) -> tuple[str, list[containerd.Lease]]:
+        """The lease to hold this plan's blobs (reused or made), and the leases it replaces."""
+        now = datetime.datetime.now(datetime.UTC)
+        ttl = self.options.lease_ttl
+        current: containerd.Lease | None = None
+        replaced: list[containerd.Lease] = []
+        for lease in await self.ctr.list_leases():
+            role = evaluate_lease(lease, plan, now=now, ttl=ttl)
+            if role is LeaseRole.CURRENT and current is None:
+                current = lease
+            elif role is not LeaseRole.FOREIGN:
+                replaced.append(lease)
+        if current is None:
+            lease_id = build_lease_id(plan, now)
+            labels = build_lease_labels(plan, created=now, ttl=ttl)
+            current = await self.ctr.create_lease(lease_id, labels)
+            logger.info(
+                "lease %s created for %s (plan %s, expires %s)",
+                lease_id,
+                plan.prepull.display,
+                plan.hash,
+                labels.get(containerd.LABEL_GC_EXPIRE, "never"),
+            )
+        self.lease_expires = parse_expiry(current.labels.get(containerd.LABEL_GC_EXPIRE))
+        return current.id, replaced
+
+    async def _hold(
+        self,
+        plan: AgentPlan,
+        lease_id: str,
+        blob: PlannedBlob,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> None:
+        # Lease first: from this moment on a GC keeps the blob if containerd has it.
+        await self.ctr.add_resource(lease_id, blob.digest)
+        deadline = time.monotonic() + _LOCKED_WAIT
+        while True:
+            info = await self.ctr.find(blob.digest)
+            if info is not None:
+                changes = build_source_labels(blob.sources, info.labels)
+                if changes:
+                    await self.ctr.update_labels(blob.digest, changes)
+                return
+            try:
+                await self._fetch(plan, lease_id, blob, credentials)
+                return
+            except errors.ContainerdAlreadyExistsError:
+                continue  # someone else committed it meanwhile: label it, done
+            except errors.ContainerdUnavailableError as e:
+                # The ingest ref is held by another writer (a kubelet pull of the same
+                # layer, or the agent of another PrePull): wait for it to finish.
+                if time.monotonic() > deadline:
+                    raise
+                logger.info("blob %s: %s; waiting", blob.digest, e.message)
+                await asyncio.sleep(1.0)
+
+    async def _fetch(
+        self,
+        plan: AgentPlan,
+        lease_id: str,
+        blob: PlannedBlob,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> None:
+        progress = self.progress
+        prepull = plan.prepull.display
+        rate: float = _FLOOR_RATE
+        if self.options.max_bytes_per_second:
+            rate = min(rate, self.options.max_bytes_per_second / max(1, self.options.concurrency))
+        deadline = _DEADLINE_MARGIN + blob.size / rate
+        labels = build_source_labels(blob.sources, {})
+        failures: list[errors.RegistryError] = []
+        for source in blob.sources:
+            ref = model.ImageReference(
+                registry=source.registry, repository=source.repository, digest=blob.digest
+            )
+            started = time.perf_counter()
+            progress.set(blob.digest, BlobState.FETCHING)
+            async with self.ctr.writer(
+                build_ingest_ref(blob.digest), expected=blob.digest, total=blob.size, lease=lease_id
+            ) as writer:
+                sink = _WriterSink(writer, self.limiter, progress, prepull)
+                try:
+                    await self.registry.fetch_blob_to(
+                        ref,
+                        blob.digest,
+                        sink,
+                        max_bytes=blob.size,
+                        credentials=credentials,
+                        deadline=deadline,
+                    )
+                except errors.RegistryError as e:
+                    failures.append(e)  # the next source may have it
+                    continue
+                await writer.commit(labels)
+            metrics.agent_fetch_duration.labels(prepull=prepull).observe(
+                time.perf_counter() - started
+            )
+            logger.info("blob %s (%d bytes) fetched from %s", blob.digest, blob.size, ref.name)
+            return
+        raise build_fetch_error(failures)
+
+
+def build_fetch_error(failures: Sequence[errors.RegistryError]) -> errors.RegistryError:
+    """The error of the last source tried, naming what the others said too."""
+    last = failures[-1]
+    if len(failures) == 1:
+        return last
+    combined = "; ".join(str(e) for e in failures[:-1])
+    return type(last)(
+        f"{last.message} (other sources: {combined})",
+        registry=last.registry,
+        repository=last.repository,
+        reference=last.reference,
+        status=last.status,
+        retry_after=last.retry_after,
+    )
+
+
+# ------------------------------------------------------------------------------ serving
+
+
+def build_app(progress: Progress) -> web.Application:
+    """/readyz (200 when every planned blob is held, 503 before, JSON either way),
+    /healthz and /metrics."""
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response(progress.to_json(), status=200 if progress.ready else 503)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def metrics_(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_)
+    return app
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_plan(path: pathlib.Path) -> tuple[bytes, AgentPlan]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PlanFileError(f"plan {path}: {e.strerror or e}") from e
+    return data, parse_plan(data, source=str(path))
+
+
+async def run_once(options: Options) -> tuple[bool, Progress]:
+    """Apply the plan once (raises PlanFileError for an unusable plan)."""
+    _, plan = read_plan(options.plan_path)
+    async with (
+        containerd.Client(options.socket, plan.containerd_namespace) as ctr,
+        client.RegistryClient(options.registry) as registry,
+    ):
+        agent = Agent(options, ctr, registry)
+        complete = await agent.apply(plan)
+        return complete, agent.progress
+
+
+async def run_forever(options: Options, *, stop: asyncio.Event | None = None) -> None:
+    """Serve /readyz and /metrics, apply the plan, follow its file, renew the lease;
+    return on SIGTERM/SIGINT (or `stop`), leaving the lease in place."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    progress = Progress(node=options.node)
+    runner = web.AppRunner(build_app(progress), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = parse_listen(options.listen)
+    await web.TCPSite(runner, host, port).start()
+    logger.info("agent serving /readyz and /metrics on %s:%d", host, port)
+    follower = _Follower(options, progress)
+    try:
+        await follower.run(stop)
+    finally:
+        await follower.close()
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+    logger.info("agent stopped; the lease stays (it expires unless an agent renews it)")
+
+
+class _Follower:
+    """The long-running loop: re-read the plan, (re)apply it, retry and renew."""
+
+    def __init__(self, options: Options, progress: Progress) -> None:
+        self.options = options
+        self.progress = progress
+        self.registry: client.RegistryClient | None = None
+        self.ctr: containerd.Client | None = None
+        self.task: asyncio.Task[bool] | None = None
+        self.task_plan: AgentPlan | None = None  # the plan the task applies
+        self.agent: Agent | None = None
+        self.plan_bytes: bytes | None = None
+        self.read_error: str | None = None
+        self.plan: AgentPlan | None = None
+        self.next_apply = 0.0
+        self.backoff = _RETRY_FIRST
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.ctr is not None:
+            await self.ctr.close()
+        if self.registry is not None:
+            await self.registry.close()
+
+    def _read(self) -> None:
+        try:
+            data, plan = read_plan(self.options.plan_path)
+        except PlanFileError as e:
+            if str(e) != self.read_error:
+                # Logged once per distinct problem; with a plan in hand the agent keeps
+                # holding it (a ConfigMap being replaced), without one it is not ready.
+                logger.error("%s", e)
+                self.read_error = str(e)
+            if self.plan is None:
+                self.progress.error = str(e)
+            return
+        self.read_error = None
+        if data == self.plan_bytes:
+            return
+        self.plan_bytes = data
+        if self.plan is not None and plan == self.plan:
+            return
+        logger.info(
+            "plan %s for %s: %d layers, %d bytes",
+            plan.hash,
+            plan.prepull.display,
+            len(plan.blobs),
+            plan.bytes,
+        )
+        self.plan = plan
+        self.next_apply = 0.0  # at once, replacing a running apply of an older plan
+        self.backoff = _RETRY_FIRST
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def _start(self, plan: AgentPlan) -> None:
+        if self.ctr is None or self.ctr.namespace != plan.containerd_namespace:
+            if self.ctr is not None:
+                await self.ctr.close()
+            self.ctr = containerd.Client(self.options.socket, plan.containerd_namespace)
+        if self.registry is None:
+            self.registry = client.RegistryClient(self.options.registry)
+        self.agent = Agent(self.options, self.ctr, self.registry, self.progress)
+        self.task = asyncio.create_task(self.agent.apply(plan))
+        self.task_plan = plan
+
+    def _finished(self, task: asyncio.Task[bool]) -> None:
+        now = time.monotonic()
+        if task.cancelled() or self.task_plan != self.plan:
+            # Replaced by a newer plan (even one that came as it finished): apply that now.
+            self.next_apply = 0.0
+            return
+        error = task.exception()
+        if error is None and task.result():
+            self.backoff = _RETRY_FIRST
+            wait = self.options.resync_interval
+            expires = self.agent.lease_expires if self.agent else None
+            if expires is not None and self.options.lease_ttl > 0:
+                renew_at = expires - datetime.timedelta(seconds=self.options.lease_ttl / 2)
+                until = (renew_at - datetime.datetime.now(datetime.UTC)).total_seconds()
+                wait = min(wait, max(until + 1, self.options.poll_interval))
+            self.next_apply = now + wait
+            return
+        if error is not None:
+            logger.error("applying the plan failed: %s", error)
+            self.progress.error = str(error)
+        self.next_apply = now + self.backoff
+        self.backoff = min(self.backoff * 2, _RETRY_MAX)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.task is not None and self.task.done():
+                self._finished(self.task)
+                self.task = None
+            self._read()
+            if self.plan is not None and self.task is None and time.monotonic() >= self.next_apply:
+                await self._start(self.plan)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.poll_interval)
