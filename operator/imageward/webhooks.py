@@ -24,7 +24,15 @@ _WORKLOAD_RULES: tuple[dict[str, Any], ...] = (
         "apiGroups": [""],
         "apiVersions": ["v1"],
         "operations": ["CREATE", "UPDATE"],
-        "resources": ["pods", "pods/ephemeralcontainers"],
+        "resources": ["pods"],
+        "scope": "Namespaced",
+    },
+    {
+        # Ephemeral containers are added through this subresource, by UPDATE only.
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["UPDATE"],
+        "resources": ["pods/ephemeralcontainers"],
         "scope": "Namespaced",
     },
     {
@@ -79,6 +87,34 @@ def _namespace_selector(excluded: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _configuration(
+    kind: str,
+    name: str,
+    labels: dict[str, str] | None,
+    webhook: dict[str, Any],
+    *,
+    excluded_namespaces: Sequence[str],
+    timeout_seconds: int,
+    failure_policy: str,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name, "labels": labels or {}},
+        "webhooks": [
+            {
+                **webhook,
+                "namespaceSelector": _namespace_selector(excluded_namespaces),
+                "failurePolicy": failure_policy,
+                "sideEffects": "NoneOnDryRun",
+                "timeoutSeconds": timeout_seconds,
+                "admissionReviewVersions": ["v1"],
+                "matchPolicy": "Equivalent",
+            }
+        ],
+    }
+
+
 def build_validating_configuration(
     name: str,
     endpoint: Endpoint,
@@ -89,24 +125,20 @@ def build_validating_configuration(
     failure_policy: str = "Fail",
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": VALIDATING_KIND,
-        "metadata": {"name": name, "labels": labels or {}},
-        "webhooks": [
-            {
-                "name": "validate.imageward.io",
-                "clientConfig": endpoint.client_config(VALIDATE_ID, ca_bundle),
-                "rules": [dict(rule) for rule in _WORKLOAD_RULES],
-                "namespaceSelector": _namespace_selector(excluded_namespaces),
-                "failurePolicy": failure_policy,
-                "sideEffects": "NoneOnDryRun",
-                "timeoutSeconds": timeout_seconds,
-                "admissionReviewVersions": ["v1"],
-                "matchPolicy": "Equivalent",
-            }
-        ],
+    webhook = {
+        "name": "validate.imageward.io",
+        "clientConfig": endpoint.client_config(VALIDATE_ID, ca_bundle),
+        "rules": [dict(rule) for rule in _WORKLOAD_RULES],
     }
+    return _configuration(
+        VALIDATING_KIND,
+        name,
+        labels,
+        webhook,
+        excluded_namespaces=excluded_namespaces,
+        timeout_seconds=timeout_seconds,
+        failure_policy=failure_policy,
+    )
 
 
 def build_mutating_configuration(
@@ -119,33 +151,30 @@ def build_mutating_configuration(
     failure_policy: str = "Fail",
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": MUTATING_KIND,
-        "metadata": {"name": name, "labels": labels or {}},
-        "webhooks": [
+    webhook = {
+        "name": "pin-digest.imageward.io",
+        "clientConfig": endpoint.client_config(PIN_DIGEST_ID, ca_bundle),
+        "rules": [
             {
-                "name": "pin-digest.imageward.io",
-                "clientConfig": endpoint.client_config(PIN_DIGEST_ID, ca_bundle),
-                "rules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE"],
-                        "resources": ["pods"],
-                        "scope": "Namespaced",
-                    }
-                ],
-                "namespaceSelector": _namespace_selector(excluded_namespaces),
-                "failurePolicy": failure_policy,
-                "sideEffects": "NoneOnDryRun",
-                "timeoutSeconds": timeout_seconds,
-                "admissionReviewVersions": ["v1"],
-                "matchPolicy": "Equivalent",
-                "reinvocationPolicy": "IfNeeded",
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
             }
         ],
+        # A pin changes the pod; other mutating webhooks may change images after it.
+        "reinvocationPolicy": "IfNeeded",
     }
+    return _configuration(
+        MUTATING_KIND,
+        name,
+        labels,
+        webhook,
+        excluded_namespaces=excluded_namespaces,
+        timeout_seconds=timeout_seconds,
+        failure_policy=failure_policy,
+    )
 
 
 def build_ca_bundle_patch(configuration: dict[str, Any], ca_bundle: bytes) -> list[dict[str, Any]]:
