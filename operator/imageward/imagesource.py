@@ -3,6 +3,12 @@
 Signatures are looked up in both on-registry formats at once: the legacy
 `sha256-<hex>.sig` tag and Sigstore bundles found through the referrers API (or its
 `sha256-<hex>` tag fallback). A format that is simply absent is not an error.
+
+Which signatures an image has can change at any time (signing again, a second
+authority), so the tag and the referrers list are asked every time; the payload and
+bundle blobs they name are content-addressed and digest-checked, so they are kept (by
+registry, repository and digest, in a bounded LRU): a warm admission of a signed image
+then costs one registry round trip instead of two.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import asyncio
 import dataclasses
 from collections.abc import Sequence
 
+import cachetools
+
 from imageward import errors, settings
 from imageward.registry import auth, client, manifests, model
 from imageward.signatures import verify as signatures_verify
@@ -18,6 +26,9 @@ from imageward.signatures import verify as signatures_verify
 BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 _MAX_SIGNATURE_BLOB = 1024 * 1024  # a bundle or a simplesigning payload is a few KiB
 _MAX_SIGNATURE_MANIFESTS = 16  # a flood of referrers must not turn into a flood of fetches
+_SIGNATURE_BLOB_CACHE_BYTES = 16 * 1024 * 1024  # thousands of bundles (a few KiB each)
+
+_BlobKey = tuple[str, str, str]  # registry, repository, digest
 
 
 class RegistryImageSource:
@@ -28,6 +39,9 @@ class RegistryImageSource:
         registry_client: client.RegistryClient | None = None,
     ) -> None:
         self.client = registry_client or client.RegistryClient(config)
+        self._blobs: cachetools.LRUCache[_BlobKey, bytes] = cachetools.LRUCache(
+            maxsize=_SIGNATURE_BLOB_CACHE_BYTES, getsizeof=len
+        )
 
     async def __aenter__(self) -> RegistryImageSource:
         return self
@@ -70,17 +84,30 @@ class RegistryImageSource:
             return {}
         layers = fetched.content.layers[:_MAX_SIGNATURE_MANIFESTS]
         bodies = await asyncio.gather(
-            *(
-                self.client.fetch_blob(
-                    reference,
-                    layer.digest,
-                    max_bytes=_MAX_SIGNATURE_BLOB,
-                    credentials=credentials,
-                )
-                for layer in layers
-            )
+            *(self._fetch_blob(reference, layer.digest, credentials) for layer in layers)
         )
         return {layer.digest: body for layer, body in zip(layers, bodies, strict=True)}
+
+    async def _fetch_blob(
+        self,
+        reference: model.ImageReference,
+        digest: model.Digest,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> bytes:
+        """A signature blob, from the cache when this repository's blob was fetched before.
+
+        The client checks the bytes against `digest` while fetching, so what is kept is
+        exactly what the digest names.
+        """
+        key = (reference.registry, reference.repository, digest)
+        cached = self._blobs.get(key)
+        if cached is not None:
+            return cached
+        body = await self.client.fetch_blob(
+            reference, digest, max_bytes=_MAX_SIGNATURE_BLOB, credentials=credentials
+        )
+        self._blobs[key] = body  # at most _MAX_SIGNATURE_BLOB, well under the cache size
+        return body
 
     async def _fetch_legacy(
         self,
