@@ -145,11 +145,26 @@ def _write_policy_status(body: kopf.Body, patch: kopf.Patch, loaded: LoadedPolic
     patch.status["observedGeneration"] = loaded.generation
 
 
-@kopf.timer(*_POLICY, interval=60.0, initial_delay=60.0, idle=None)
+@kopf.timer(*_POLICY, interval=15.0, initial_delay=15.0, idle=None)
 async def policy_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    # Key material in Secrets / ConfigMaps can change without the policy changing.
-    loaded = await _runtime(memo).load_policy(body)
+    # Key material in Secrets / ConfigMaps can change without the policy changing. Only
+    # policies that reference some (or could not be loaded) are read again.
+    state = _runtime(memo)
+    current = state.store.get(body["metadata"]["name"])
+    if current is not None and current.usable and not _references_objects(body):
+        return
+    loaded = await state.load_policy(body)
     _write_policy_status(body, patch, loaded)
+
+
+def _references_objects(body: kopf.Body) -> bool:
+    rules = (body.get("spec") or {}).get("rules") or {}
+    authorities = (rules.get("signatures") or {}).get("authorities") or []
+    return any(
+        (a.get("key") or {}).get("secretRef") or (a.get("keyless") or {}).get("trustedRoot")
+        for a in authorities
+        if isinstance(a, dict)
+    )
 
 
 @kopf.on.delete(*_POLICY, optional=True)
@@ -295,6 +310,10 @@ async def pin_digest(
 ) -> None:
     # Refusals belong to the validating webhook, which sees the final (pinned) pod; this
     # one only pins. A refusal here would be reported twice.
+    if not any(
+        p.policy is not None and p.policy.pin_digest for p in _runtime(memo).store.snapshot()
+    ):
+        return  # no policy pins: nothing to do, and no registry lookups twice per pod
     try:
         await _check(
             body=body,

@@ -15,10 +15,14 @@ import os
 import pathlib
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from imageward import errors, settings
 from imageward.policy import quantities
-from imageward.prepull import agent, daemonset
+from imageward.prepull import daemonset
+
+if TYPE_CHECKING:
+    from imageward.prepull import agent
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -49,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--containerd-socket",
-        default=os.environ.get("CONTAINERD_ADDRESS", agent.DEFAULT_SOCKET),
+        default=os.environ.get("CONTAINERD_ADDRESS", daemonset.CONTAINERD_SOCKET),
         metavar="PATH",
-        help=f"containerd's gRPC socket (default $CONTAINERD_ADDRESS or {agent.DEFAULT_SOCKET})",
+        help="containerd's gRPC socket (default $CONTAINERD_ADDRESS or "
+        f"{daemonset.CONTAINERD_SOCKET})",
     )
     parser.add_argument(
         "--concurrency", type=int, default=3, metavar="N", help="blobs fetched at once (3)"
@@ -108,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_options(args: argparse.Namespace) -> agent.Options:
+    # Imported here: aiohttp and grpc cost a quarter second every other command skips.
+    from imageward.prepull import agent
+
     try:
         config = settings.from_env()
     except errors.ConfigurationError as e:
@@ -155,6 +163,8 @@ def build_options(args: argparse.Namespace) -> agent.Options:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imageward.prepull import agent
+
     try:
         options = build_options(args)
         if options.once:

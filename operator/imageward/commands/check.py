@@ -12,13 +12,16 @@ import json
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from imageward import checker, constants, errors, policystore, settings
+from imageward import constants, errors, settings
 from imageward.registry import auth as registry_auth
 from imageward.registry import model as registry_model
+
+if TYPE_CHECKING:
+    from imageward import checker
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 
@@ -133,7 +136,9 @@ def render_text(report: dict[str, Any], out: TextIO) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from imageward import imagesource
+    # Imported here, not at the top: sigstore and the registry client cost a third of a
+    # second that `imageward --help` and the other commands need not pay.
+    from imageward import checker, imagesource, policystore
 
     platform = parse_platform(args.platform)
     documents = read_policy_documents(args.policy)
