@@ -44,6 +44,13 @@ class ImageSource(Protocol):
         credentials: Sequence[registry_auth.DockerConfig],
     ) -> signatures_verify.SignatureSet: ...
 
+    async def resolve(
+        self,
+        reference: registry_model.ImageReference,
+        *,
+        credentials: Sequence[registry_auth.DockerConfig],
+    ) -> registry_model.Digest: ...
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Context:
@@ -149,12 +156,29 @@ async def _check_image(
 
     facts: registry_model.ImageFacts | None = None
     lookup_error: str | None = None
+    early: dict[registry_model.Digest, signatures_verify.SignatureSet | str] = {}
     if any(_needs_facts(policy) for _, policy in usable):
         try:
             async with asyncio.timeout_at(_loop_deadline(until)):
-                facts = await source.fetch_facts(
-                    reference, platform=context.platform, credentials=context.credentials
-                )
+                if any(policy.rules.signatures for _, policy in usable):
+                    # Resolve the tag first, then fetch facts and signatures side by side:
+                    # one round trip less on the critical path than one after the other.
+                    resolved = reference.digest or await source.resolve(
+                        reference, credentials=context.credentials
+                    )
+                    facts, found = await asyncio.gather(
+                        source.fetch_facts(
+                            reference.with_digest(resolved),
+                            platform=context.platform,
+                            credentials=context.credentials,
+                        ),
+                        _fetch_signature_set(reference, resolved, context, source, until),
+                    )
+                    early[resolved] = found
+                else:
+                    facts = await source.fetch_facts(
+                        reference, platform=context.platform, credentials=context.credentials
+                    )
         except TimeoutError:
             lookup_error = (
                 f"registry {reference.registry} did not answer within the admission deadline"
@@ -163,7 +187,9 @@ async def _check_image(
             lookup_error = str(e)
 
     digest = facts.digest if facts else reference.digest
-    signature_sets = await _fetch_signature_sets(usable, reference, facts, context, source, until)
+    signature_sets = await _fetch_signature_sets(
+        usable, reference, facts, context, source, until, early=early
+    )
 
     for loaded, policy in usable:
         violations = evaluate.evaluate_static(policy, reference)
@@ -208,6 +234,23 @@ def _signed_digests(facts: registry_model.ImageFacts) -> list[registry_model.Dig
     return digests
 
 
+async def _fetch_signature_set(
+    reference: registry_model.ImageReference,
+    digest: registry_model.Digest,
+    context: Context,
+    source: ImageSource,
+    until: float,
+) -> signatures_verify.SignatureSet | str:
+    """The signatures of one digest, or the reason they could not be fetched."""
+    try:
+        async with asyncio.timeout_at(_loop_deadline(until)):
+            return await source.fetch_signatures(reference, digest, credentials=context.credentials)
+    except TimeoutError:
+        return "signature lookup did not finish within the admission deadline"
+    except errors.ImagewardError as e:
+        return f"signature lookup failed: {e}"
+
+
 async def _fetch_signature_sets(
     usable: Sequence[tuple[LoadedPolicy, model.ImagePolicy]],
     reference: registry_model.ImageReference,
@@ -215,25 +258,19 @@ async def _fetch_signature_sets(
     context: Context,
     source: ImageSource,
     until: float,
+    *,
+    early: Mapping[registry_model.Digest, signatures_verify.SignatureSet | str],
 ) -> dict[registry_model.Digest, signatures_verify.SignatureSet | str]:
-    """Signatures per digest, or the reason they could not be fetched."""
+    """Signatures per digest (index and platform manifests), reusing those fetched early."""
     if facts is None or not any(p.rules.signatures for _, p in usable):
         return {}
     digests = _signed_digests(facts)
-
-    async def one(digest: registry_model.Digest) -> signatures_verify.SignatureSet | str:
-        try:
-            async with asyncio.timeout_at(_loop_deadline(until)):
-                return await source.fetch_signatures(
-                    reference, digest, credentials=context.credentials
-                )
-        except TimeoutError:
-            return "signature lookup did not finish within the admission deadline"
-        except errors.ImagewardError as e:
-            return f"signature lookup failed: {e}"
-
-    fetched = await asyncio.gather(*(one(d) for d in digests))
-    return dict(zip(digests, fetched, strict=True))
+    missing = [d for d in digests if d not in early]
+    fetched = await asyncio.gather(
+        *(_fetch_signature_set(reference, d, context, source, until) for d in missing)
+    )
+    found = {**early, **dict(zip(missing, fetched, strict=True))}
+    return {d: found[d] for d in digests}
 
 
 def _signature_violations(

@@ -58,6 +58,14 @@ class RegistryImageSource:
     ) -> model.ImageFacts:
         return await self.client.fetch_facts(reference, platform=platform, credentials=credentials)
 
+    async def resolve(
+        self,
+        reference: model.ImageReference,
+        *,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> model.Digest:
+        return await self.client.resolve(reference, credentials=credentials)
+
     async def fetch_signatures(
         self,
         reference: model.ImageReference,

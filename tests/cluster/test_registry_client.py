@@ -153,6 +153,17 @@ async def test_facts_of_a_docker_v2_manifest_and_by_digest(
     assert await anonymous_client.resolve(ref(anonymous_registry.host, pushed)) == pushed.digest
 
 
+async def test_resolve_straight_from_the_registry(
+    anonymous_registry: registries.Registry, anonymous_set: Pushed
+) -> None:
+    # The registry's HEAD answer carries the manifest's Content-Length but no body: a
+    # fresh client (nothing cached) must not take that for an oversized answer.
+    config = settings.RegistrySettings(insecure_registries=(anonymous_registry.host,))
+    async with client.RegistryClient(config) as fresh:
+        pushed = anonymous_set.multiarch
+        assert await fresh.resolve(ref(anonymous_registry.host, pushed)) == pushed.digest
+
+
 async def test_resolve_asks_with_head(
     anonymous_client: client.RegistryClient, proxy: faultproxy.FaultProxy, anonymous_set: Pushed
 ) -> None:

@@ -183,7 +183,9 @@ class Transport:
                     allow_redirects=False,
                 ) as response:
                     code = str(response.status)
-                    expected = response.content_length
+                    # A HEAD answer's Content-Length describes the body a GET would
+                    # send; no body follows, so there is nothing to cap.
+                    expected = None if method == "HEAD" else response.content_length
                     if expected is not None and expected > max_bytes:
                         raise BodyTooLarge(
                             f"answer is {expected} bytes, over the limit of {max_bytes}",
