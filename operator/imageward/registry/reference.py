@@ -10,6 +10,7 @@ Normalisation: a first path component is a host only when it contains `.` or `:`
 
 from __future__ import annotations
 
+import functools
 import re
 
 from imageward import errors
@@ -97,8 +98,12 @@ def validate_path(reference: str, path: str) -> None:
             )
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_reference(text: str) -> model.ImageReference:
     """Parse and normalise `[host[:port]/]path[:tag][@digest]`.
+
+    Memoised: admission parses the same few hundred image names on every review, and
+    the result is an immutable value.
 
     Raises errors.InvalidReferenceError. The tag defaults to `latest` only when neither
     tag nor digest is given, as kubelet does.
