@@ -311,3 +311,21 @@ def test_daemonset_refused_by_a_policy_is_reported(
     finally:
         cluster.kubectl("delete", "imagepolicy", policy, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "namespace", guarded, "--wait=false", check=False)
+
+
+def test_image_volume_without_the_feature_is_reported(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    # Kubernetes 1.34 ships the ImageVolume feature off: the apiserver silently drops
+    # `image` volumes, which would leave pause-only pods that pull nothing yet report Ready.
+    _apply(cluster, namespace, _prepull("volumes", [shared_images[0]], pullMethod="ImageVolume"))
+
+    def unsupported() -> dict[str, Any] | None:
+        condition = _condition(_status(cluster, namespace, "volumes"), "Ready")
+        return condition if condition.get("reason") == "ImageVolumeUnsupported" else None
+
+    condition = utils.wait_for("Ready=False with ImageVolumeUnsupported", unsupported, timeout=40)
+    assert condition["status"] == "False" and "InitContainer" in condition["message"]
