@@ -105,8 +105,22 @@ build_helper() {
   have imageward-helper "$v"
 }
 
+build_referrers_registry() {
+  # go-containerregistry's registry with the OCI referrers API on (distribution has none).
+  local v=$CRANE_VERSION src=$here/referrers-registry
+  local key; key=$v-$(sha256sum "$src/main.go" | cut -c1-8)
+  have referrers-registry "$key" && { log "referrers-registry $key cached"; return; }
+  local mod=$cache/src/referrers-registry-$key
+  mkdir -p "$mod"
+  cp "$src/main.go" "$mod/main.go"
+  printf 'module imageward.local/referrers-registry\n\ngo 1.24\n\nrequire github.com/google/go-containerregistry v%s\n' "$v" > "$mod/go.mod"
+  log "building referrers-registry $key"
+  (cd "$mod" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$bin/referrers-registry-$key" .)
+  have referrers-registry "$key"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(helper etcd kubernetes kwok cosign helm crane)
+[ ${#targets[@]} -eq 0 ] && targets=(helper etcd kubernetes kwok cosign helm crane referrers-registry)
 for t in "${targets[@]}"; do
   case $t in
     helper) build_helper ;;
@@ -115,6 +129,7 @@ for t in "${targets[@]}"; do
     kwok) go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;
     cosign) go_install cosign "$COSIGN_VERSION" "github.com/sigstore/cosign/v3/cmd/cosign@v$COSIGN_VERSION" ;;
     helm) go_install helm "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" ;;
+    referrers-registry) build_referrers_registry ;;
     crane) go_install crane "$CRANE_VERSION" "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac

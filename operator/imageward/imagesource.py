@@ -137,10 +137,12 @@ class RegistryImageSource:
         digest: model.Digest,
         credentials: Sequence[auth.DockerConfig],
     ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
-        descriptors = await self.client.fetch_referrers(
-            reference, digest, artifact_type=BUNDLE_ARTIFACT_TYPE, credentials=credentials
-        )
-        chosen = descriptors[:_MAX_SIGNATURE_MANIFESTS]
+        # No server-side artifactType filter: registries disagree on what a referrer's
+        # artifactType is (go-containerregistry's reports the config media type, the
+        # empty type for cosign bundles), and a filter they get wrong hides signatures.
+        # The bundle parser checks each manifest's own artifactType and layers.
+        descriptors = await self.client.fetch_referrers(reference, digest, credentials=credentials)
+        chosen = [d for d in descriptors if _may_be_bundle(d)][:_MAX_SIGNATURE_MANIFESTS]
 
         async def one(descriptor: manifests.Descriptor) -> tuple[bytes, dict[str, bytes]]:
             ref = dataclasses.replace(reference, tag=None, digest=descriptor.digest)
@@ -152,3 +154,15 @@ class RegistryImageSource:
         for _, found in results:
             blobs.update(found)
         return tuple(body for body, _ in results), blobs
+
+
+_EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+
+
+def _may_be_bundle(descriptor: manifests.Descriptor) -> bool:
+    if descriptor.artifact_type == BUNDLE_ARTIFACT_TYPE:
+        return True
+    if descriptor.annotation("dev.sigstore.bundle.content") is not None:
+        return True
+    # Registries that report the config media type for artifactType, or none at all.
+    return descriptor.artifact_type in (None, "", _EMPTY_CONFIG)
