@@ -16,7 +16,7 @@ from typing import Any
 
 from imageward import errors
 from imageward.policy import globs, model
-from imageward.signatures import keyless, keys
+from imageward.signatures import keys
 from imageward.signatures import model as signatures_model
 from imageward.signatures import verify as signatures_verify
 
@@ -107,6 +107,9 @@ async def _resolve_authorities(
                     )
                 )
             elif authority.keyless is not None:
+                # Imported only for keyless authorities: sigstore is slow to import.
+                from imageward.signatures import keyless
+
                 spec = authority.keyless
                 identity = keyless.parse_identity(
                     authority=authority.name,

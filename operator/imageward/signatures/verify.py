@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from imageward.registry import model as registry_model
-from imageward.signatures import bundle, keyless, keys, legacy, model
+from imageward.signatures import bundle, keys, legacy, model
+
+if TYPE_CHECKING:
+    # sigstore costs a third of a second to import: only keyless authorities load it.
+    from imageward.signatures import keyless
 
 NO_SIGNATURE = "no signature found"
 
@@ -187,6 +191,8 @@ def _check_unguarded(
             return bundle.verify_with_key(
                 candidate.bundle, digest, authority.key, authority=authority.name
             )
+        from imageward.signatures import keyless
+
         return keyless.verify_bundle(
             candidate.bundle,
             digest,
@@ -199,6 +205,8 @@ def _check_unguarded(
         return legacy.verify_with_key(
             candidate.legacy, candidate.payload, digest, authority.key, authority=authority.name
         )
+    from imageward.signatures import keyless
+
     return keyless.verify_legacy(
         candidate.legacy,
         candidate.payload,
