@@ -172,6 +172,8 @@ def imageward_operator(
         IMAGEWARD_ADMISSION_DEADLINE="4",
         IMAGEWARD_WEBHOOK_TIMEOUT="10",
         IMAGEWARD_TLS_CHECK_INTERVAL="2",
+        # Tests sign images between two admissions; in production 30 s is the default.
+        IMAGEWARD_SIGNATURE_CACHE_TTL="1",
     )
     env.pop("IMAGEWARD_WEBHOOK_SERVICE", None)
     process = processes.ManagedProcess(

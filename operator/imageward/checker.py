@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import cachetools
+
 from imageward import constants, errors, metrics
 from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
@@ -273,6 +275,29 @@ async def _fetch_signature_sets(
     return {d: found[d] for d in digests}
 
 
+# Verification results per (digest, authorities, signature set). The registry side hands
+# out the same SignatureSet object while it is fresh, so a warm admission of a signed
+# image costs a lookup here instead of parsing and checking every signature again.
+_VERIFIED: cachetools.LRUCache[
+    tuple[str, tuple[signatures_verify.Authority, ...], int],
+    tuple[signatures_verify.SignatureSet, signatures_verify.VerificationResult],
+] = cachetools.LRUCache(maxsize=4096)
+
+
+def _verify(
+    digest: registry_model.Digest,
+    found: signatures_verify.SignatureSet,
+    authorities: tuple[signatures_verify.Authority, ...],
+) -> signatures_verify.VerificationResult:
+    key = (digest, authorities, id(found))
+    hit = _VERIFIED.get(key)
+    if hit is not None and hit[0] is found:  # the id of a collected object can be reused
+        return hit[1]
+    result = signatures_verify.verify(digest, found, authorities, threshold=1)
+    _VERIFIED[key] = (found, result)
+    return result
+
+
 def _signature_violations(
     loaded: LoadedPolicy,
     policy: model.ImagePolicy,
@@ -288,7 +313,7 @@ def _signature_violations(
     for digest, found in signature_sets.items():
         if isinstance(found, str):
             continue
-        result = signatures_verify.verify(digest, found, loaded.authorities, threshold=1)
+        result = _verify(digest, found, loaded.authorities)
         for attempt in result.attempts:
             metrics.signature_verifications.labels(
                 policy=policy.name,

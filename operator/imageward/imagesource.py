@@ -29,6 +29,7 @@ _MAX_SIGNATURE_MANIFESTS = 16  # a flood of referrers must not turn into a flood
 _SIGNATURE_BLOB_CACHE_BYTES = 16 * 1024 * 1024  # thousands of bundles (a few KiB each)
 
 _BlobKey = tuple[str, str, str]  # registry, repository, digest
+_SetKey = tuple[str, str, str, tuple[auth.DockerConfig, ...]]
 
 
 class RegistryImageSource:
@@ -42,6 +43,14 @@ class RegistryImageSource:
         self._blobs: cachetools.LRUCache[_BlobKey, bytes] = cachetools.LRUCache(
             maxsize=_SIGNATURE_BLOB_CACHE_BYTES, getsizeof=len
         )
+        # What signatures a digest has is re-read at most every `signature_cache_ttl`
+        # seconds: a burst of pods of one image costs one lookup, a new signature is
+        # seen within that time. Keyed by credentials too: what one pull secret may
+        # read is not served to a pod without it.
+        self._sets: cachetools.TTLCache[_SetKey, signatures_verify.SignatureSet] = (
+            cachetools.TTLCache(maxsize=4096, ttl=config.signature_cache_ttl)
+        )
+        self._sets_in_flight: dict[_SetKey, asyncio.Future[signatures_verify.SignatureSet]] = {}
 
     async def __aenter__(self) -> RegistryImageSource:
         return self
@@ -71,6 +80,36 @@ class RegistryImageSource:
         reference: model.ImageReference,
         digest: model.Digest,
         *,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> signatures_verify.SignatureSet:
+        key: _SetKey = (reference.registry, reference.repository, digest, tuple(credentials))
+        cached = self._sets.get(key)
+        if cached is not None:
+            return cached
+        pending = self._sets_in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[signatures_verify.SignatureSet] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._sets_in_flight[key] = future
+        try:
+            found = await self._lookup_signatures(reference, digest, credentials)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: joiners get it; nobody else must
+            raise
+        else:
+            self._sets[key] = found
+            future.set_result(found)
+            return found
+        finally:
+            del self._sets_in_flight[key]
+
+    async def _lookup_signatures(
+        self,
+        reference: model.ImageReference,
+        digest: model.Digest,
         credentials: Sequence[auth.DockerConfig],
     ) -> signatures_verify.SignatureSet:
         legacy, bundles = await asyncio.gather(

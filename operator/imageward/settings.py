@@ -49,6 +49,9 @@ class RegistrySettings:
     negative_cache_ttl: float = 5.0
     """Seconds a 'not found' is remembered, so a burst of bad pods costs one lookup."""
 
+    signature_cache_ttl: float = 30.0
+    """Seconds the signatures found for a digest are reused before asking again."""
+
     max_concurrency: int = 64
     """HTTP requests in flight to all registries at once."""
 
@@ -175,6 +178,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "REGISTRY_RETRIES": ("registry", "retries", int),
     "FACTS_CACHE_SIZE": ("registry", "facts_cache_size", int),
     "TAG_CACHE_TTL": ("registry", "tag_cache_ttl", float),
+    "SIGNATURE_CACHE_TTL": ("registry", "signature_cache_ttl", float),
     "WEBHOOK_HOST": ("admission", "host", str),
     "WEBHOOK_PORT": ("admission", "port", int),
     "WEBHOOK_TIMEOUT": ("admission", "webhook_timeout", int),

@@ -4,6 +4,8 @@ the registry."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from imageward import imagesource, settings
@@ -17,7 +19,7 @@ from tests.cluster import helpers
 pytestmark = pytest.mark.cluster
 
 
-async def test_signature_blobs_are_fetched_once_and_the_lists_every_time(
+async def test_signature_sets_are_reused_briefly_and_blobs_for_good(
     registry_set: registries.Registries, cosign_tool: cosign.Cosign
 ) -> None:
     registry = registry_set.anonymous
@@ -32,13 +34,22 @@ async def test_signature_blobs_are_fetched_once_and_the_lists_every_time(
     )
 
     with faultproxy.FaultProxy(registry.url) as proxy:
-        config = settings.RegistrySettings(insecure_registries=(proxy.host,))
+        config = settings.RegistrySettings(
+            insecure_registries=(proxy.host,), signature_cache_ttl=0.5
+        )
         ref = reference.parse_reference(f"{proxy.host}/{repository}:1.0")
         async with imagesource.RegistryImageSource(config) as source:
             first = await source.fetch_signatures(ref, digest, credentials=())
             blobs_first = proxy.count("/blobs/")
             assert blobs_first == 2  # the bundle and the simple-signing payload
             proxy.reset_counts()
+            # Within signature_cache_ttl: a burst of pods of one image asks nothing.
+            again = await asyncio.gather(
+                *(source.fetch_signatures(ref, digest, credentials=()) for _ in range(20))
+            )
+            assert all(found is first for found in again)
+            assert proxy.count("/") == 0
+            await asyncio.sleep(0.6)
             second = await source.fetch_signatures(ref, digest, credentials=())
             assert proxy.count("/blobs/") == 0
             # Which signatures exist is asked again: a new one may have been pushed.
