@@ -164,6 +164,28 @@ async def test_resolve_straight_from_the_registry(
         assert await fresh.resolve(ref(anonymous_registry.host, pushed)) == pushed.digest
 
 
+async def test_what_credentials_read_is_not_served_without_them(
+    htpasswd_registry: registries.Registry,
+) -> None:
+    pushed = htpasswd_registry.client().push(
+        f"private/{uuid.uuid4().hex[:8]}", images.nonroot_image(uuid.uuid4().hex), tag="1.0"
+    )
+    image = reference.parse_reference(
+        f"{htpasswd_registry.host}/{pushed.name.split('/', 1)[1]}:1.0"
+    )
+    secret = auth.parse_docker_config(htpasswd_registry.docker_config(), source="pull-secret")
+    config = settings.RegistrySettings(insecure_registries=(htpasswd_registry.host,))
+    async with client.RegistryClient(config) as shared:
+        facts = await shared.fetch_facts(image, credentials=[secret])
+        assert facts.digest == pushed.digest
+        # The same client, warm, asked without the secret: the registry decides, not the cache.
+        with pytest.raises(errors.UnauthorizedError):
+            await shared.fetch_facts(image)
+        with pytest.raises(errors.UnauthorizedError):
+            await shared.resolve(image)
+        assert await shared.fetch_facts(image, credentials=[secret]) == facts
+
+
 async def test_resolve_asks_with_head(
     anonymous_client: client.RegistryClient, proxy: faultproxy.FaultProxy, anonymous_set: Pushed
 ) -> None:

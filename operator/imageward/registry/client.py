@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -68,6 +69,11 @@ class _Call:
     working: dict[str, int] = dataclasses.field(default_factory=dict)
     #: where a streamed blob's body goes (fetch_blob_to); None: into memory
     sink: transport.BodySink | None = None
+
+    @property
+    def scope(self) -> str:
+        """The cache's name for the registry as these credentials see it (see _scope)."""
+        return _build_scope(self.registry, self.fingerprint)
 
     def where(self, ref: str | None = None) -> dict[str, Any]:
         return {
@@ -135,7 +141,7 @@ class RegistryClient:
         For an index: the entries for `platform` (None: every platform), attestation
         entries skipped; an index without that platform gives facts with no images.
         """
-        cached = self._cached_facts(ref, platform)
+        cached = self._cached_facts(ref, platform, self._scope(ref, credentials))
         if cached is not None:
             return cached
         call = self._start(ref, credentials, deadline)
@@ -152,8 +158,9 @@ class RegistryClient:
         """The digest a reference names now (a HEAD request; GET when no digest header)."""
         if ref.digest is not None:
             return ref.digest
-        self._raise_remembered_failure(ref.registry, ref.repository, ref.reference)
-        digest = self.cache.tags.get((ref.registry, ref.repository, ref.reference))
+        scope = self._scope(ref, credentials)
+        self._raise_remembered_failure(scope, ref.repository, ref.reference)
+        digest = self.cache.tags.get((scope, ref.repository, ref.reference))
         if digest is not None:
             return digest
         call = self._start(ref, credentials, deadline)
@@ -168,9 +175,10 @@ class RegistryClient:
         deadline: float | None = None,
     ) -> manifests.FetchedManifest:
         """The manifest or index `ref` names (by digest when it has one), digest-checked."""
-        self._raise_remembered_failure(ref.registry, ref.repository, ref.reference)
+        scope = self._scope(ref, credentials)
+        self._raise_remembered_failure(scope, ref.repository, ref.reference)
         if ref.digest is not None:
-            hit = self.cache.manifests.get((ref.registry, ref.repository, ref.digest))
+            hit = self.cache.manifests.get((scope, ref.repository, ref.digest))
             if hit is not None:
                 return hit
         call = self._start(ref, credentials, deadline)
@@ -323,15 +331,24 @@ class RegistryClient:
         if failure is not None:
             raise failure
 
+    def _scope(self, ref: model.ImageReference, credentials: CredentialSources) -> str:
+        """The cache's name for `ref`'s registry as `credentials` see it.
+
+        What was read anonymously is shared by every caller; what one set of credentials
+        read is kept apart, so a pod without them is never answered from it (no facts,
+        digests or sizes of private images leak through the cache).
+        """
+        return _scope_of(ref.registry, ref.repository, (*credentials, *self.credentials))
+
     def _cached_facts(
-        self, ref: model.ImageReference, platform: model.Platform | None
+        self, ref: model.ImageReference, platform: model.Platform | None, scope: str
     ) -> model.ImageFacts | None:
         """The facts for `ref` without any await, or None (the warm path: keep it short)."""
-        self._raise_remembered_failure(ref.registry, ref.repository, ref.reference)
-        digest = ref.digest or self.cache.tags.get((ref.registry, ref.repository, ref.reference))
+        self._raise_remembered_failure(scope, ref.repository, ref.reference)
+        digest = ref.digest or self.cache.tags.get((scope, ref.repository, ref.reference))
         if digest is None:
             return None
-        facts = self.cache.facts.get((ref.registry, ref.repository, digest, platform))
+        facts = self.cache.facts.get((scope, ref.repository, digest, platform))
         if facts is None:
             return None
         return facts if facts.reference == ref else dataclasses.replace(facts, reference=ref)
@@ -348,7 +365,7 @@ class RegistryClient:
         else:
             images = [await self._platform_image(call, top.digest, None, fetched=top)]
         facts = manifests.build_facts(ref, top, images)
-        self.cache.facts.put((call.registry, call.repository, top.digest, platform), facts)
+        self.cache.facts.put((call.scope, call.repository, top.digest, platform), facts)
         return facts
 
     async def _shared_image(
@@ -375,7 +392,7 @@ class RegistryClient:
         *,
         fetched: manifests.FetchedManifest | None = None,
     ) -> model.PlatformImage:
-        key = (call.registry, call.repository, digest, platform)
+        key = (call.scope, call.repository, digest, platform)
         hit = self.cache.images.get(key)
         if hit is not None:
             return hit
@@ -415,10 +432,10 @@ class RegistryClient:
         self, call: _Call, ref: str, *, expected: model.Digest | None
     ) -> manifests.FetchedManifest:
         if expected is not None:
-            hit = self.cache.manifests.get((call.registry, call.repository, expected))
+            hit = self.cache.manifests.get((call.scope, call.repository, expected))
             if hit is not None:
                 return hit
-        failure_key = (call.registry, call.repository, ref)
+        failure_key = (call.scope, call.repository, ref)
         self._raise_remembered_failure(*failure_key)
 
         def parse(response: transport.Response) -> manifests.FetchedManifest:
@@ -448,9 +465,9 @@ class RegistryClient:
         except errors.NotFoundError as e:
             self.cache.remember_failure(failure_key, e)
             raise
-        self.cache.manifests.put((call.registry, call.repository, fetched.digest), fetched)
+        self.cache.manifests.put((call.scope, call.repository, fetched.digest), fetched)
         if expected is None:
-            self.cache.remember_digest((call.registry, call.repository, ref), fetched.digest)
+            self.cache.remember_digest((call.scope, call.repository, ref), fetched.digest)
         return fetched
 
     async def _lookup_digest(self, call: _Call, tag: str) -> model.Digest:
@@ -461,7 +478,7 @@ class RegistryClient:
             except ValueError:
                 return None
 
-        failure_key = (call.registry, call.repository, tag)
+        failure_key = (call.scope, call.repository, tag)
         try:
             digest = await self._request(
                 call,
@@ -478,7 +495,7 @@ class RegistryClient:
             raise
         if digest is None:  # a registry that does not say: fetch and hash
             return (await self._get_manifest(call, tag, expected=None)).digest
-        self.cache.remember_digest((call.registry, call.repository, tag), digest)
+        self.cache.remember_digest((call.scope, call.repository, tag), digest)
         return digest
 
     async def _get_blob(self, call: _Call, digest: model.Digest, *, max_bytes: int) -> bytes:
@@ -984,6 +1001,17 @@ class RegistryClient:
             raise errors.RegistryTimeoutError(str(e), **call.where(ref)) from e
         except transport.TransportError as e:
             raise errors.UnreachableError(str(e), **call.where(ref)) from e
+
+
+def _build_scope(registry: str, fingerprint: str) -> str:
+    return registry if fingerprint == "anonymous" else f"{registry}#{fingerprint}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _scope_of(registry: str, repository: str, sources: tuple[auth.DockerConfig, ...]) -> str:
+    # Memoised: the warm admission path asks this for every image of every review.
+    chain = auth.build_credential_chain(sources, registry, repository)
+    return _build_scope(registry, ",".join(c.fingerprint for c in chain) or "anonymous")
 
 
 def _pick_challenge(challenges: Sequence[auth.Challenge]) -> auth.Challenge | None:
