@@ -71,8 +71,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo["runtime"] = state
     # Policies first: the webhook must not answer before it knows them (no fail-open
     # window after a restart).
-    count = await state.load_all_policies()
-    logger.info("loaded %d ImagePolicies", count)
+    resource_version = await state.load_all_policies()
+    logger.info("loaded %d ImagePolicies", len(state.store.snapshot()))
+    memo["policy_task"] = asyncio.create_task(state.follow_policies(resource_version))
 
     material = await serving.obtain_material(config, state.kube)
     cert_dir = tempfile.mkdtemp(prefix="imageward-tls-")
@@ -96,11 +97,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("tls_task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("tls_task", "policy_task"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     state = memo.get("runtime")
     if state is not None:
         await state.close()

@@ -9,14 +9,17 @@ with short-lived caches, and posts Events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import pathlib
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cachetools
+import kubernetes
 
 from imageward import checker, constants, errors, imagesource, kube, policystore, settings
 from imageward.admission import workloads
@@ -89,9 +92,10 @@ class Runtime:
         self.store.put(loaded)
         return loaded
 
-    async def load_all_policies(self) -> int:
-        """Load every ImagePolicy before the webhook serves, so a restart never fails open."""
-        listing = await self.kube._call(
+    async def load_all_policies(self) -> str:
+        """Load every ImagePolicy (before the webhook serves, so a restart never fails
+        open); drop those gone. Returns the list's resourceVersion to watch from."""
+        listing = await self.kube.call(
             "list ImagePolicies",
             self.kube.custom.list_cluster_custom_object,
             constants.GROUP,
@@ -99,9 +103,81 @@ class Runtime:
             constants.IMAGEPOLICY_PLURAL,
         )
         items = (listing or {}).get("items") or []
+        names = set()
         for item in items:
-            await self.load_policy(item)
-        return len(items)
+            names.add((await self.load_policy(item)).name)
+        for stale in {p.name for p in self.store.snapshot()} - names:
+            self.store.remove(stale)
+        resource_version: str = ((listing or {}).get("metadata") or {}).get("resourceVersion", "")
+        return resource_version
+
+    async def follow_policies(self, resource_version: str) -> None:
+        """Forever: keep the store current from a watch of ImagePolicies.
+
+        Kopf's handlers only run in the replica that holds the peering lead; the other
+        replica serves the webhook too, so every replica follows policies itself.
+        """
+        while True:
+            try:
+                # A watch ends after its timeout: go on from the last version seen.
+                resource_version = await self._watch_policies(resource_version)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the watch broke (410 Gone, network): list again
+                logger.info("ImagePolicy watch restarts: %s", e)
+            await asyncio.sleep(1.0)
+            try:
+                resource_version = await self.load_all_policies()
+            except kube.KubeError as e:
+                logger.warning("could not list ImagePolicies: %s", e)
+
+    async def _watch_policies(self, resource_version: str) -> str:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        watcher = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+
+        def hand(item: dict[str, Any] | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the process is ending
+                loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def stream() -> None:
+            # The client's watch is blocking: run it in a thread, hand events over.
+            try:
+                for event in watcher.stream(  # type: ignore[no-untyped-call]
+                    self.kube.custom.list_cluster_custom_object,
+                    constants.GROUP,
+                    constants.VERSION,
+                    constants.IMAGEPOLICY_PLURAL,
+                    resource_version=resource_version,
+                    timeout_seconds=60,
+                ):
+                    hand(event)
+            except BaseException as e:
+                hand(e)
+            else:
+                hand(None)
+
+        # A daemon thread, not the loop's executor: a blocking read cannot be interrupted,
+        # and the process must be able to exit while one is pending.
+        threading.Thread(target=stream, name="imagepolicy-watch", daemon=True).start()
+        try:
+            while (event := await events.get()) is not None:
+                if isinstance(event, BaseException):
+                    raise event
+                body = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise kube.KubeError("watch ImagePolicies", body.get("code"), str(body))
+                resource_version = (body.get("metadata") or {}).get(
+                    "resourceVersion", resource_version
+                )
+                if event.get("type") == "DELETED":
+                    self.store.remove((body.get("metadata") or {}).get("name", ""))
+                elif event.get("type") in ("ADDED", "MODIFIED"):
+                    await self.load_policy(body)
+        finally:
+            watcher.stop()  # type: ignore[no-untyped-call]  # the thread ends at its next event or timeout
+        return resource_version
 
     # -- admission inputs --------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import ssl
+import urllib.request
 import uuid
 from typing import Any
 
@@ -228,3 +229,98 @@ def test_prometheus_answers_every_dashboard_and_alert_expression(
     finally:
         for name in names:
             cluster.kubectl("delete", "imagepolicy", name, "--ignore-not-found", check=False)
+
+
+def test_standby_replica_serves_current_policies(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    registry_set: registries.Registries,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A second replica (lowest peering priority: Kopf pauses its controllers) still
+    answers admission with the policies of now, not of its start-up."""
+    env = dict(imageward_operator.process.env or {})
+    port = processes.free_port()
+    env.update(
+        IMAGEWARD_PEERING_PRIORITY="0",
+        IMAGEWARD_WEBHOOK_PORT=str(port),
+        IMAGEWARD_WEBHOOK_URL=f"https://127.0.0.1:{port}",
+        IMAGEWARD_METRICS_PORT=str(processes.free_port()),
+        IMAGEWARD_CREATE_WEBHOOK_CONFIGURATIONS="false",
+    )
+    standby = processes.ManagedProcess(
+        "imageward-standby",
+        imageward_operator.process.argv,
+        log_dir=tmp_path_factory.mktemp("standby"),
+        env=env,
+    )
+    registry = registry_set.anonymous
+    repository = f"standby/{_uid()}"
+    registry.client().push(repository, images.many_layer_image(f"sb-{_uid()}", count=5), tag="1")
+    image = f"{registry.host}/{repository}:1"
+    name = f"standby-{_uid()}"
+    with standby:
+        processes.wait_for_http(
+            f"https://127.0.0.1:{port}/",
+            timeout=60,
+            process=standby,
+            ssl_context=_insecure_context(),
+        )
+        # Created after the standby started: only its own watch can tell it.
+        cluster.apply(_policy(name, [f"{registry.host}/standby/**"], {"maxLayers": 2}))
+        try:
+            _wait_policy_ready(cluster, name)
+
+            def refused_by_standby() -> str | None:
+                review = _review(namespace, image)
+                answer = _post_review(f"https://127.0.0.1:{port}/imageward-validate", review)
+                response = answer["response"]
+                return None if response["allowed"] else response["status"]["message"]
+
+            message = utils.wait_for("the standby to refuse", refused_by_standby, timeout=20)
+            assert f"ImagePolicy {name}" in message and "over maxLayers 2" in message
+            paused = "pausing" in standby.log_tail(200_000).lower()
+            assert paused, "the standby's controllers should be paused by Kopf peering"
+        finally:
+            cluster.kubectl("delete", "imagepolicy", name, "--ignore-not-found", check=False)
+
+
+def _insecure_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _review(namespace: str, image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "standby",
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": json.loads(_pod("standby", namespace, image)),
+            "oldObject": None,
+            "dryRun": True,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def _post_review(url: str, review: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(review).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10, context=_insecure_context()) as response:
+        return json.load(response)
