@@ -10,7 +10,6 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,57 +17,17 @@ import pytest
 
 from imageward.localcluster import controlplane, cosign, images, processes, registries
 from tests import utils
+from tests.cluster import helpers
 from tests.conftest import RunningOperator
 
 pytestmark = pytest.mark.cluster
 
 
-def _uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-class Policies:
-    """Creates ImagePolicies for one test and deletes them afterwards."""
-
-    def __init__(self, cluster: controlplane.ControlPlane) -> None:
-        self.cluster = cluster
-        self.names: list[str] = []
-
-    def apply(
-        self, images_: list[str], rules: dict[str, Any], *, ready: str = "True", **spec: Any
-    ) -> str:
-        name = f"p-{_uid()}"
-        body = {
-            "apiVersion": "imageward.io/v1alpha1",
-            "kind": "ImagePolicy",
-            "metadata": {"name": name},
-            "spec": {"match": {"images": images_}, "rules": rules, **spec},
-        }
-        self.names.append(name)
-        self.cluster.apply(body)
-        self.wait_ready(name, ready)
-        return name
-
-    def wait_ready(self, name: str, expected: str) -> dict[str, Any]:
-        def condition() -> dict[str, Any] | None:
-            status = self.cluster.get_json("imagepolicy", name).get("status") or {}
-            for c in status.get("conditions") or []:
-                if c["type"] == "Ready" and c["status"] == expected:
-                    return dict(c)
-            return None
-
-        return utils.wait_for(f"ImagePolicy {name} Ready={expected}", condition, timeout=30)
-
-    def delete_all(self) -> None:
-        for name in self.names:
-            self.cluster.kubectl("delete", "imagepolicy", name, "--ignore-not-found", check=False)
-
-
 @pytest.fixture
 def policies(
     cluster: controlplane.ControlPlane, imageward_operator: RunningOperator
-) -> Iterator[Policies]:
-    made = Policies(cluster)
+) -> Iterator[helpers.Policies]:
+    made = helpers.Policies(cluster)
     yield made
     made.delete_all()
 
@@ -78,56 +37,38 @@ def anonymous(registry_set: registries.Registries) -> registries.Registry:
     return registry_set.anonymous
 
 
-def _pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": image}], **spec},
-    }
-
-
-def _create(cluster: controlplane.ControlPlane, namespace: str, obj: dict[str, Any]) -> Any:
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False)
-
-
-def _push(registry: registries.Registry, manifest: images.Manifest) -> tuple[str, str]:
-    """Push to a fresh repository; returns (image reference with tag, digest)."""
-    repository = f"adm/{_uid()}"
-    pushed = registry.client().push(repository, manifest, tag="1.0")
-    return f"{registry.host}/{repository}:1.0", pushed.digest
-
-
 # -- size, layers, root user ------------------------------------------------------------
 
 
 def test_pod_over_size_limit_is_refused_with_the_measured_value(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    big, digest = _push(anonymous, images.large_image(f"big-{_uid()}", size=3 * 1024 * 1024))
-    small, _ = _push(anonymous, images.nonroot_image(f"small-{_uid()}"))
+    big, digest = helpers.push(
+        anonymous, images.large_image(f"big-{helpers.uid()}", size=3 * 1024 * 1024)
+    )
+    small, _ = helpers.push(anonymous, images.nonroot_image(f"small-{helpers.uid()}"))
     name = policies.apply([f"{anonymous.host}/adm/**"], {"maxCompressedSize": "1Mi"})
 
-    refused = _create(cluster, namespace, _pod("big", big))
+    refused = helpers.create(cluster, namespace, helpers.pod("big", big))
     assert refused.returncode != 0
     assert f"ImagePolicy {name}: {big} (sha256:{digest[7:19]}…)" in refused.stderr
     assert "compressed, over maxCompressedSize 1Mi" in refused.stderr
     assert 'admission webhook "validate.imageward.io" denied the request' in refused.stderr
 
-    allowed = _create(cluster, namespace, _pod("small", small))
+    allowed = helpers.create(cluster, namespace, helpers.pod("small", small))
     assert allowed.returncode == 0, allowed.stderr
 
 
 def test_deployment_is_refused_at_apply_time(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    root, _ = _push(anonymous, images.root_image(f"root-{_uid()}"))
+    root, _ = helpers.push(anonymous, images.root_image(f"root-{helpers.uid()}"))
     policies.apply([f"{anonymous.host}/adm/**"], {"forbidRootUser": True})
     deployment = {
         "apiVersion": "apps/v1",
@@ -144,7 +85,7 @@ def test_deployment_is_refused_at_apply_time(
             },
         },
     }
-    refused = _create(cluster, namespace, deployment)
+    refused = helpers.create(cluster, namespace, deployment)
     assert refused.returncode != 0
     assert "runs as root" in refused.stderr and "forbidRootUser" in refused.stderr
     assert cluster.kubectl("get", "deployment", "web", "-n", namespace, check=False).returncode != 0
@@ -153,17 +94,17 @@ def test_deployment_is_refused_at_apply_time(
 def test_warn_mode_warns_and_audit_mode_leaves_an_event(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    many, _ = _push(anonymous, images.many_layer_image(f"many-{_uid()}", count=12))
+    many, _ = helpers.push(anonymous, images.many_layer_image(f"many-{helpers.uid()}", count=12))
     policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 5}, mode="Warn")
-    warned = _create(cluster, namespace, _pod("warned", many))
+    warned = helpers.create(cluster, namespace, helpers.pod("warned", many))
     assert warned.returncode == 0, warned.stderr
     assert "Warning:" in warned.stderr and "has 12 layers, over maxLayers 5" in warned.stderr
 
     audit = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 3}, mode="Audit")
-    audited = _create(cluster, namespace, _pod("audited", many))
+    audited = helpers.create(cluster, namespace, helpers.pod("audited", many))
     assert audited.returncode == 0, audited.stderr
 
     def audit_event() -> list[dict[str, Any]]:
@@ -183,10 +124,10 @@ def test_warn_mode_warns_and_audit_mode_leaves_an_event(
 def test_dry_run_is_answered_without_side_effects(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    many, _ = _push(anonymous, images.many_layer_image(f"dry-{_uid()}", count=6))
+    many, _ = helpers.push(anonymous, images.many_layer_image(f"dry-{helpers.uid()}", count=6))
     policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2}, mode="Audit")
     result = cluster.kubectl(
         "apply",
@@ -195,7 +136,7 @@ def test_dry_run_is_answered_without_side_effects(
         "--dry-run=server",
         "-f",
         "-",
-        input=json.dumps(_pod("dry", many)),
+        input=json.dumps(helpers.pod("dry", many)),
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -207,7 +148,7 @@ def test_dry_run_is_answered_without_side_effects(
         "--dry-run=server",
         "-f",
         "-",
-        input=json.dumps(_pod("dry", many)),
+        input=json.dumps(helpers.pod("dry", many)),
         check=False,
     )
     assert f"ImagePolicy {refused}" in denied.stderr
@@ -221,13 +162,13 @@ def test_dry_run_is_answered_without_side_effects(
 def test_multiarch_platform_from_node_selector(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    amd = images.small_image(f"amd-{_uid()}", platform=images.LINUX_AMD64, user="65532")
-    arm = images.small_image(f"arm-{_uid()}", platform=images.LINUX_ARM64, user="root")
+    amd = images.small_image(f"amd-{helpers.uid()}", platform=images.LINUX_AMD64, user="65532")
+    arm = images.small_image(f"arm-{helpers.uid()}", platform=images.LINUX_ARM64, user="root")
     index = images.build_index([amd, arm], attestations=True)
-    repository = f"adm/{_uid()}"
+    repository = f"adm/{helpers.uid()}"
     client = anonymous.client()
     for child in (amd, arm):
         client.push(repository, child)
@@ -235,15 +176,15 @@ def test_multiarch_platform_from_node_selector(
     image = f"{anonymous.host}/{repository}:1.0"
     policies.apply([f"{anonymous.host}/adm/**"], {"forbidRootUser": True})
 
-    on_amd = _create(
-        cluster, namespace, _pod("amd", image, nodeSelector={"kubernetes.io/arch": "amd64"})
+    on_amd = helpers.create(
+        cluster, namespace, helpers.pod("amd", image, nodeSelector={"kubernetes.io/arch": "amd64"})
     )
     assert on_amd.returncode == 0, on_amd.stderr
-    on_arm = _create(
-        cluster, namespace, _pod("arm", image, nodeSelector={"kubernetes.io/arch": "arm64"})
+    on_arm = helpers.create(
+        cluster, namespace, helpers.pod("arm", image, nodeSelector={"kubernetes.io/arch": "arm64"})
     )
     assert on_arm.returncode != 0 and "linux/arm64" in on_arm.stderr
-    anywhere = _create(cluster, namespace, _pod("anywhere", image))
+    anywhere = helpers.create(cluster, namespace, helpers.pod("anywhere", image))
     assert anywhere.returncode != 0 and "runs as root" in anywhere.stderr
 
 
@@ -252,15 +193,17 @@ def test_multiarch_platform_from_node_selector(
 
 @pytest.fixture(scope="module")
 def release_key(cosign_tool: cosign.Cosign) -> cosign.KeyPair:
-    return cosign_tool.generate_key_pair(f"release-{_uid()}")
+    return cosign_tool.generate_key_pair(f"release-{helpers.uid()}")
 
 
 @pytest.fixture(scope="module")
 def other_key(cosign_tool: cosign.Cosign) -> cosign.KeyPair:
-    return cosign_tool.generate_key_pair(f"other-{_uid()}")
+    return cosign_tool.generate_key_pair(f"other-{helpers.uid()}")
 
 
-def _signed_policy(policies: Policies, registry: registries.Registry, key: cosign.KeyPair) -> str:
+def _signed_policy(
+    policies: helpers.Policies, registry: registries.Registry, key: cosign.KeyPair
+) -> str:
     return policies.apply(
         [f"{registry.host}/adm/**"],
         {"signatures": {"authorities": [{"name": "release", "key": {"pem": key.public_pem}}]}},
@@ -272,26 +215,28 @@ def test_signed_images_are_admitted_unsigned_and_wrong_key_refused(
     legacy: bool,
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
     cosign_tool: cosign.Cosign,
     release_key: cosign.KeyPair,
     other_key: cosign.KeyPair,
 ) -> None:
-    signed, signed_digest = _push(anonymous, images.nonroot_image(f"signed-{_uid()}"))
+    signed, signed_digest = helpers.push(anonymous, images.nonroot_image(f"signed-{helpers.uid()}"))
     cosign_tool.sign(f"{signed.rsplit(':', 1)[0]}@{signed_digest}", release_key, legacy=legacy)
-    unsigned, _ = _push(anonymous, images.nonroot_image(f"unsigned-{_uid()}"))
-    foreign, foreign_digest = _push(anonymous, images.nonroot_image(f"foreign-{_uid()}"))
+    unsigned, _ = helpers.push(anonymous, images.nonroot_image(f"unsigned-{helpers.uid()}"))
+    foreign, foreign_digest = helpers.push(
+        anonymous, images.nonroot_image(f"foreign-{helpers.uid()}")
+    )
     cosign_tool.sign(f"{foreign.rsplit(':', 1)[0]}@{foreign_digest}", other_key, legacy=legacy)
     name = _signed_policy(policies, anonymous, release_key)
 
-    ok = _create(cluster, namespace, _pod("signed", signed))
+    ok = helpers.create(cluster, namespace, helpers.pod("signed", signed))
     assert ok.returncode == 0, ok.stderr
-    missing = _create(cluster, namespace, _pod("unsigned", unsigned))
+    missing = helpers.create(cluster, namespace, helpers.pod("unsigned", unsigned))
     assert (
         f"ImagePolicy {name}" in missing.stderr and "release: no signature found" in missing.stderr
     )
-    wrong = _create(cluster, namespace, _pod("foreign", foreign))
+    wrong = helpers.create(cluster, namespace, helpers.pod("foreign", foreign))
     assert wrong.returncode != 0
     assert "does not verify with key release" in wrong.stderr
 
@@ -299,15 +244,15 @@ def test_signed_images_are_admitted_unsigned_and_wrong_key_refused(
 def test_signature_copied_from_another_image_is_refused(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
     cosign_tool: cosign.Cosign,
     release_key: cosign.KeyPair,
 ) -> None:
     client = anonymous.client()
-    repository = f"adm/{_uid()}"
-    good = client.push(repository, images.nonroot_image(f"good-{_uid()}"), tag="good")
-    evil = client.push(repository, images.nonroot_image(f"evil-{_uid()}"), tag="evil")
+    repository = f"adm/{helpers.uid()}"
+    good = client.push(repository, images.nonroot_image(f"good-{helpers.uid()}"), tag="good")
+    evil = client.push(repository, images.nonroot_image(f"evil-{helpers.uid()}"), tag="evil")
     cosign_tool.sign(f"{anonymous.host}/{repository}@{good.digest}", release_key, legacy=True)
     # The attacker copies the valid signature manifest to the tag cosign looks up for evil.
     good_sig = client.get_manifest(repository, f"sha256-{good.digest[7:]}.sig")
@@ -315,7 +260,9 @@ def test_signature_copied_from_another_image_is_refused(
         repository, f"sha256-{evil.digest[7:]}.sig", good_sig.body, good_sig.media_type
     )
     _signed_policy(policies, anonymous, release_key)
-    refused = _create(cluster, namespace, _pod("evil", f"{anonymous.host}/{repository}:evil"))
+    refused = helpers.create(
+        cluster, namespace, helpers.pod("evil", f"{anonymous.host}/{repository}:evil")
+    )
     assert refused.returncode != 0
     assert "names another digest" in refused.stderr
 
@@ -324,17 +271,17 @@ def test_signature_copied_from_another_image_is_refused(
 
 
 def test_unreachable_registry_fail_refuses_and_ignore_warns(
-    cluster: controlplane.ControlPlane, namespace: str, policies: Policies
+    cluster: controlplane.ControlPlane, namespace: str, policies: helpers.Policies
 ) -> None:
     unreachable = f"127.0.0.1:{_closed_port()}"
     image = f"{unreachable}/team/app:1.0"
     fail = policies.apply([f"{unreachable}/**"], {"maxLayers": 10}, failurePolicy="Fail")
-    refused = _create(cluster, namespace, _pod("down", image))
+    refused = helpers.create(cluster, namespace, helpers.pod("down", image))
     assert refused.returncode != 0
     assert f"ImagePolicy {fail}: {image}" in refused.stderr and "lookup failed" in refused.stderr
     cluster.kubectl("delete", "imagepolicy", fail)
     policies.apply([f"{unreachable}/**"], {"maxLayers": 10}, failurePolicy="Ignore")
-    admitted = _create(cluster, namespace, _pod("down", image))
+    admitted = helpers.create(cluster, namespace, helpers.pod("down", image))
     assert admitted.returncode == 0, admitted.stderr
     assert "Warning: allowed by failurePolicy Ignore: ImagePolicy" in admitted.stderr
 
@@ -346,13 +293,13 @@ def _closed_port() -> int:
 def test_pull_secret_of_the_pod_is_used(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     registry_set: registries.Registries,
 ) -> None:
     private = registry_set.htpasswd
-    image, _ = _push(private, images.nonroot_image(f"private-{_uid()}"))
+    image, _ = helpers.push(private, images.nonroot_image(f"private-{helpers.uid()}"))
     policies.apply([f"{private.host}/adm/**"], {"maxLayers": 10})
-    without = _create(cluster, namespace, _pod("nosecret", image))
+    without = helpers.create(cluster, namespace, helpers.pod("nosecret", image))
     assert without.returncode != 0 and "unauthorized" in without.stderr.lower()
     cluster.apply(
         {
@@ -367,8 +314,8 @@ def test_pull_secret_of_the_pod_is_used(
             },
         }
     )
-    with_secret = _create(
-        cluster, namespace, _pod("secret", image, imagePullSecrets=[{"name": "pull"}])
+    with_secret = helpers.create(
+        cluster, namespace, helpers.pod("secret", image, imagePullSecrets=[{"name": "pull"}])
     )
     assert with_secret.returncode == 0, with_secret.stderr
 
@@ -379,12 +326,12 @@ def test_pull_secret_of_the_pod_is_used(
 def test_pin_digest_is_visible_on_the_created_pod(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    image, digest = _push(anonymous, images.nonroot_image(f"pin-{_uid()}"))
+    image, digest = helpers.push(anonymous, images.nonroot_image(f"pin-{helpers.uid()}"))
     policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 10}, pinDigest=True)
-    created = _create(cluster, namespace, _pod("pinned", image))
+    created = helpers.create(cluster, namespace, helpers.pod("pinned", image))
     assert created.returncode == 0, created.stderr
     pod = cluster.get_json("pod", "pinned", "-n", namespace)
     assert pod["spec"]["containers"][0]["image"] == f"{image}@{digest}"
@@ -393,10 +340,10 @@ def test_pin_digest_is_visible_on_the_created_pod(
 def test_invalid_policy_is_not_ready_and_fails_closed(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    image, _ = _push(anonymous, images.nonroot_image(f"closed-{_uid()}"))
+    image, _ = helpers.push(anonymous, images.nonroot_image(f"closed-{helpers.uid()}"))
     name = policies.apply(
         [f"{anonymous.host}/adm/**"],
         {"signatures": {"authorities": [{"name": "broken", "key": {"pem": "not a key"}}]}},
@@ -404,7 +351,7 @@ def test_invalid_policy_is_not_ready_and_fails_closed(
     )
     condition = policies.wait_ready(name, "False")
     assert condition["reason"] == "InvalidPolicy"
-    refused = _create(cluster, namespace, _pod("closed", image))
+    refused = helpers.create(cluster, namespace, helpers.pod("closed", image))
     assert refused.returncode != 0
     assert f"ImagePolicy {name}" in refused.stderr and "not usable" in refused.stderr
 
@@ -412,18 +359,18 @@ def test_invalid_policy_is_not_ready_and_fails_closed(
 def test_policy_changes_take_effect_without_restart(
     cluster: controlplane.ControlPlane,
     namespace: str,
-    policies: Policies,
+    policies: helpers.Policies,
     anonymous: registries.Registry,
 ) -> None:
-    image, _ = _push(anonymous, images.many_layer_image(f"chg-{_uid()}", count=4))
+    image, _ = helpers.push(anonymous, images.many_layer_image(f"chg-{helpers.uid()}", count=4))
     name = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2})
-    assert _create(cluster, namespace, _pod("first", image)).returncode != 0
+    assert helpers.create(cluster, namespace, helpers.pod("first", image)).returncode != 0
     cluster.kubectl(
         "patch", "imagepolicy", name, "--type=merge", "-p", '{"spec":{"rules":{"maxLayers":10}}}'
     )
 
     def admitted() -> bool:
-        return bool(_create(cluster, namespace, _pod("first", image)).returncode == 0)
+        return bool(helpers.create(cluster, namespace, helpers.pod("first", image)).returncode == 0)
 
     utils.wait_for("the raised limit to admit the pod", admitted, timeout=20)
 
@@ -469,7 +416,9 @@ def test_malformed_admission_reviews_get_4xx_and_the_server_keeps_serving(
         else:
             assert 400 <= status < 500, (body, status, payload[:200])
     assert imageward_operator.process.alive
-    still = _create(cluster, namespace, _pod("after-fuzz", "registry.k8s.io/pause:3.10"))
+    still = helpers.create(
+        cluster, namespace, helpers.pod("after-fuzz", "registry.k8s.io/pause:3.10")
+    )
     assert still.returncode == 0, still.stderr
 
 
