@@ -114,9 +114,6 @@ class PrePullSettings:
     pause_image: str = "registry.k8s.io/pause:3.10"
     """The long-lived container of pre-pull pods."""
 
-    status_interval: float = 10.0
-    """Seconds between status refreshes (node progress) of each PrePull."""
-
     default_platform: str = "linux/amd64"
     """Platform planned for when a PrePull's nodeSelector does not name an architecture."""
 
@@ -178,6 +175,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "REGISTRY_RETRIES": ("registry", "retries", int),
     "FACTS_CACHE_SIZE": ("registry", "facts_cache_size", int),
     "TAG_CACHE_TTL": ("registry", "tag_cache_ttl", float),
+    "NEGATIVE_CACHE_TTL": ("registry", "negative_cache_ttl", float),
     "SIGNATURE_CACHE_TTL": ("registry", "signature_cache_ttl", float),
     "WEBHOOK_HOST": ("admission", "host", str),
     "WEBHOOK_PORT": ("admission", "port", int),
@@ -197,7 +195,6 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "HELPER_IMAGE": ("prepull", "helper_image", str),
     "AGENT_IMAGE": ("prepull", "agent_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),
-    "PREPULL_STATUS_INTERVAL": ("prepull", "status_interval", float),
     "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),
 }
 
