@@ -1,1 +1,19 @@
 """One module per `imageward` subcommand; `cli.py` parses arguments and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    """--insecure-registry and --docker-config, the same in every command that pulls."""
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="registry reached over plain HTTP (repeatable)",
+    )
+    parser.add_argument(
+        "--docker-config", metavar="FILE", help="docker config.json with credentials"
+    )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from imageward import constants, errors, settings
+from imageward import commands, constants, errors, settings
 from imageward.registry import auth as registry_auth
 from imageward.registry import model as registry_model
 
@@ -38,16 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML file with one or more ImagePolicy documents (repeatable)",
     )
-    parser.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="registry reached over plain HTTP (repeatable)",
-    )
-    parser.add_argument(
-        "--docker-config", metavar="FILE", help="docker config.json with credentials"
-    )
+    commands.add_registry_arguments(parser)
     parser.add_argument("--platform", metavar="OS/ARCH", help="platform of an image index to check")
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds for all lookups")

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from imageward import errors, settings
+from imageward import commands, errors, settings
 from imageward.commands import check
 from imageward.policy import quantities
 from imageward.prepull import planner, report
@@ -17,19 +17,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="registry reached over plain HTTP (repeatable)",
-    )
+    commands.add_registry_arguments(parser)
     parser.add_argument("--budget", metavar="QUANTITY", help="byte budget per node, e.g. 20Gi")
     parser.add_argument("--min-share", type=int, default=1, metavar="N")
     parser.add_argument("--platform", default="linux/amd64", metavar="OS/ARCH")
-    parser.add_argument(
-        "--docker-config", metavar="FILE", help="docker config.json with credentials"
-    )
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
 
