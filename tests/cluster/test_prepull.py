@@ -329,3 +329,45 @@ def test_image_volume_without_the_feature_is_reported(
 
     condition = utils.wait_for("Ready=False with ImageVolumeUnsupported", unsupported, timeout=40)
     assert condition["status"] == "False" and "InitContainer" in condition["message"]
+
+
+def test_images_of_workloads_are_taken_weighted_by_replicas(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "api", "namespace": namespace, "labels": {"tier": "web"}},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {
+                    "metadata": {"labels": {"app": "api"}},
+                    "spec": {"containers": [{"name": "api", "image": shared_images[1]}]},
+                },
+            },
+        }
+    )
+    _apply(
+        cluster,
+        namespace,
+        _prepull(
+            "workloads",
+            [shared_images[0]],
+            fromWorkloads={
+                "kinds": ["Deployment"],
+                "labelSelector": {"matchLabels": {"tier": "web"}},
+            },
+        ),
+    )
+    status = utils.wait_for(
+        "both images resolved",
+        lambda: len((s := _status(cluster, namespace, "workloads")).get("images") or []) == 2 and s,
+        timeout=40,
+    )
+    weights = {i["image"]: i["weight"] for i in status["images"]}
+    assert weights == {shared_images[0]: 1, shared_images[1]: 3}
