@@ -67,7 +67,8 @@ class AdmissionReview(TypedDict):
     request: AdmissionRequest
 
 
-def _type(value: object) -> str:
+def build_json_type(value: object) -> str:
+    """The JSON type name of a decoded value, for errors about malformed input."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -85,7 +86,7 @@ def _type(value: object) -> str:
 
 def _shown(value: object) -> str:
     """A bad value as the error shows it: strings quoted and cut, anything else by type."""
-    return repr(value[:60]) if isinstance(value, str) else _type(value)
+    return repr(value[:60]) if isinstance(value, str) else build_json_type(value)
 
 
 def _mapping(value: object, path: str, *, required: bool) -> Mapping[str, Any] | None:
@@ -94,7 +95,7 @@ def _mapping(value: object, path: str, *, required: bool) -> Mapping[str, Any] |
             raise errors.MalformedReviewError(path, "required")
         return None
     if not isinstance(value, Mapping):
-        raise errors.MalformedReviewError(path, f"must be an object, not {_type(value)}")
+        raise errors.MalformedReviewError(path, f"must be an object, not {build_json_type(value)}")
     return value
 
 
@@ -105,7 +106,9 @@ def _string(obj: Mapping[str, Any], key: str, path: str, *, required: bool = Fal
             raise errors.MalformedReviewError(f"{path}.{key}", "required")
         return ""
     if not isinstance(value, str):
-        raise errors.MalformedReviewError(f"{path}.{key}", f"must be a string, not {_type(value)}")
+        raise errors.MalformedReviewError(
+            f"{path}.{key}", f"must be a string, not {build_json_type(value)}"
+        )
     if required and not value:
         raise errors.MalformedReviewError(f"{path}.{key}", "must not be empty")
     return value
@@ -139,12 +142,12 @@ def _parse_user(obj: Mapping[str, Any], path: str) -> UserInfo:
     if raw_groups is not None:
         if not isinstance(raw_groups, list | tuple):
             raise errors.MalformedReviewError(
-                f"{path}.groups", f"must be an array, not {_type(raw_groups)}"
+                f"{path}.groups", f"must be an array, not {build_json_type(raw_groups)}"
             )
         for index, group in enumerate(raw_groups):
             if not isinstance(group, str):
                 raise errors.MalformedReviewError(
-                    f"{path}.groups[{index}]", f"must be a string, not {_type(group)}"
+                    f"{path}.groups[{index}]", f"must be a string, not {build_json_type(group)}"
                 )
             groups.append(group)
     return {
@@ -170,7 +173,7 @@ def parse_request(obj: object, *, path: str = "request") -> AdmissionRequest:
     dry_run = request.get("dryRun")
     if dry_run is not None and not isinstance(dry_run, bool):
         raise errors.MalformedReviewError(
-            f"{path}.dryRun", f"must be a boolean, not {_type(dry_run)}"
+            f"{path}.dryRun", f"must be a boolean, not {build_json_type(dry_run)}"
         )
     return {
         "uid": _string(request, "uid", path, required=True),

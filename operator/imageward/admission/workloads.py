@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
 from imageward import errors
+from imageward.admission import reviews
 from imageward.registry import model as registry_model
 
 ContainerKind = Literal["containers", "initContainers", "ephemeralContainers"]
@@ -139,22 +140,6 @@ def build_field_path(segments: Iterable[Segment]) -> str:
 # ---------------------------------------------------------------------------- typed reads
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
-
-
 class _Reader:
     """Typed access to one object body; every error names the kind and the field path."""
 
@@ -170,7 +155,7 @@ class _Reader:
         if value is None:
             return None
         if not isinstance(value, Mapping):
-            raise self.fail(path, f"must be an object, not {_json_type(value)}")
+            raise self.fail(path, f"must be an object, not {reviews.build_json_type(value)}")
         return value
 
     def walk(self, value: object, path: FieldPath, keys: Iterable[str]) -> Mapping[str, Any] | None:
@@ -188,14 +173,14 @@ class _Reader:
             return iter(())
         # JSON has only arrays; tuples are accepted for callers building bodies in Python.
         if not isinstance(value, list | tuple):
-            raise self.fail(path, f"must be an array, not {_json_type(value)}")
+            raise self.fail(path, f"must be an array, not {reviews.build_json_type(value)}")
         return enumerate(value)
 
     def string(self, value: object, path: FieldPath) -> str | None:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise self.fail(path, f"must be a string, not {_json_type(value)}")
+            raise self.fail(path, f"must be a string, not {reviews.build_json_type(value)}")
         return value
 
     def string_map(self, value: object, path: FieldPath) -> dict[str, str]:
@@ -204,7 +189,7 @@ class _Reader:
         result: dict[str, str] = {}
         for key, item in (found or {}).items():
             if not isinstance(key, str):
-                raise self.fail(path, f"keys must be strings, not {_json_type(key)}")
+                raise self.fail(path, f"keys must be strings, not {reviews.build_json_type(key)}")
             text = self.string(item, (*path, key))
             result[key] = text if text is not None else ""
         return result
@@ -356,7 +341,7 @@ def parse_pod_view(
     shown_kind = kind if kind is not None else "object"
     if not isinstance(body, Mapping):
         raise errors.MalformedObjectError(
-            shown_kind, "", f"must be an object, not {_json_type(body)}"
+            shown_kind, "", f"must be an object, not {reviews.build_json_type(body)}"
         )
     if kind is None:
         found_kind = body.get("kind")
