@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -409,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-bench-"))
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
+        # Logs are worth a look only while the bench runs; nothing stays in /tmp.
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         plane = stack.enter_context(controlplane.ControlPlane(nodes=1))
         registry = stack.enter_context(registries.start_anonymous())
         direct = TimedProxy(registry.url)

@@ -23,9 +23,11 @@ starting the program.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -84,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(harness.load_note())
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-check-bench-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # nothing stays in /tmp
     tool = cosign.Cosign(workdir / "cosign")
     key = tool.generate_key_pair("release")
     policy = workdir / "policy.yaml"
