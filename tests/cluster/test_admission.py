@@ -10,7 +10,6 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,20 +20,6 @@ from tests.cluster import helpers
 from tests.conftest import RunningOperator
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def policies(
-    cluster: controlplane.ControlPlane, imageward_operator: RunningOperator
-) -> Iterator[helpers.Policies]:
-    made = helpers.Policies(cluster)
-    yield made
-    made.delete_all()
-
-
-@pytest.fixture
-def anonymous(registry_set: registries.Registries) -> registries.Registry:
-    return registry_set.anonymous
 
 
 # -- size, layers, root user ------------------------------------------------------------

@@ -10,7 +10,6 @@ import base64
 import datetime
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,20 +27,6 @@ from tests.unit.signatures import build, fakesigstore
 pytestmark = pytest.mark.cluster
 
 DENIED = 'admission webhook "validate.imageward.io" denied the request'
-
-
-@pytest.fixture
-def policies(
-    cluster: controlplane.ControlPlane, imageward_operator: RunningOperator
-) -> Iterator[helpers.Policies]:
-    made = helpers.Policies(cluster)
-    yield made
-    made.delete_all()
-
-
-@pytest.fixture
-def anonymous(registry_set: registries.Registries) -> registries.Registry:
-    return registry_set.anonymous
 
 
 @pytest.fixture

@@ -97,11 +97,6 @@ def check(tmp_path: pathlib.Path, registry_set: registries.Registries) -> Check:
 
 
 @pytest.fixture
-def anonymous(registry_set: registries.Registries) -> registries.Registry:
-    return registry_set.anonymous
-
-
-@pytest.fixture
 def prefix() -> str:
     return f"cli{helpers.uid()}"
 

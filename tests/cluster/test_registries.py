@@ -9,7 +9,6 @@ import pathlib
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,25 +17,7 @@ from imageward.localcluster import images, registries, tokenissuer
 pytestmark = pytest.mark.cluster
 
 
-# Module-scoped: a registry starts in ~0.1 s, but there is no reason to pay it per test.
-@pytest.fixture(scope="module")
-def anonymous_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registry]:
-    with registries.start_anonymous(workdir=tmp_path_factory.mktemp("anonymous")) as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registry]:
-    with registries.start_htpasswd(workdir=tmp_path_factory.mktemp("htpasswd")) as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
-def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registry]:
-    with registries.start_token(workdir=tmp_path_factory.mktemp("token")) as registry:
-        yield registry
-
-
+# The three variants' module fixtures are in tests/cluster/conftest.py.
 @pytest.fixture(params=["anonymous", "htpasswd", "token"])
 def any_registry(request: pytest.FixtureRequest) -> registries.Registry:
     registry: registries.Registry = request.getfixturevalue(f"{request.param}_registry")

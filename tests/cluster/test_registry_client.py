@@ -42,24 +42,6 @@ def push_set(registry: registries.Registry, prefix: str) -> Pushed:
 
 
 @pytest.fixture(scope="module")
-def anonymous_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registry]:
-    with registries.start_anonymous(workdir=tmp_path_factory.mktemp("anonymous")) as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registry]:
-    with registries.start_htpasswd(workdir=tmp_path_factory.mktemp("htpasswd")) as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
-def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registries.Registry]:
-    with registries.start_token(workdir=tmp_path_factory.mktemp("token")) as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
 def anonymous_set(anonymous_registry: registries.Registry) -> Pushed:
     return push_set(anonymous_registry, "set")
 
