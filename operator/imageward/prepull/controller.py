@@ -25,27 +25,12 @@ from imageward.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
+# Which client method lists a kind's workloads in one namespace.
 _LISTS = {
-    model.WorkloadKind.DEPLOYMENT: (
-        "apps",
-        "list_namespaced_deployment",
-        "list_deployment_for_all_namespaces",
-    ),
-    model.WorkloadKind.STATEFUL_SET: (
-        "apps",
-        "list_namespaced_stateful_set",
-        "list_stateful_set_for_all_namespaces",
-    ),
-    model.WorkloadKind.DAEMON_SET: (
-        "apps",
-        "list_namespaced_daemon_set",
-        "list_daemon_set_for_all_namespaces",
-    ),
-    model.WorkloadKind.CRON_JOB: (
-        "batch",
-        "list_namespaced_cron_job",
-        "list_cron_job_for_all_namespaces",
-    ),
+    model.WorkloadKind.DEPLOYMENT: ("apps", "list_namespaced_deployment"),
+    model.WorkloadKind.STATEFUL_SET: ("apps", "list_namespaced_stateful_set"),
+    model.WorkloadKind.DAEMON_SET: ("apps", "list_namespaced_daemon_set"),
+    model.WorkloadKind.CRON_JOB: ("batch", "list_namespaced_cron_job"),
 }
 
 
@@ -90,7 +75,7 @@ async def _workload_images(
     node_count = len((node_listing or {}).get("items") or [])
     workloads: list[dict[str, Any]] = []
     for kind in source.kinds:
-        group, namespaced, _cluster_wide = _LISTS[kind]
+        group, namespaced = _LISTS[kind]
         api = state.kube.apps if group == "apps" else state.kube.batch
         for ns in namespaces or []:
             listing = await state.kube.call(
