@@ -36,7 +36,7 @@ go_install() { # NAME VERSION PACKAGE@VERSION
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION minor=${KUBERNETES_VERSION#*.}; minor=${minor%%.*}
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local missing=()
   for n in "${names[@]}"; do have "$n" "$v" || missing+=("$n"); done
   [ ${#missing[@]} -eq 0 ] && { log "kubernetes $v cached"; return; }
