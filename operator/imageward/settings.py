@@ -31,11 +31,12 @@ class RegistrySettings:
     lookup_deadline: float = 8.0
     """Seconds for a whole lookup (auth, redirects, retries) unless the caller passes one."""
 
-    max_manifest_bytes: int = 4 * 1024 * 1024
-    """Manifests and indexes larger than this are refused (real ones are a few KiB)."""
+    max_manifest_bytes: int = 1024 * 1024
+    """Manifests and indexes larger than this are refused (real ones are a few KiB; a
+    1,000-layer manifest is about 200 KiB)."""
 
-    max_config_bytes: int = 8 * 1024 * 1024
-    """Image config blobs larger than this are refused."""
+    max_config_bytes: int = 2 * 1024 * 1024
+    """Image config blobs larger than this are refused (forbidRootUser then refuses)."""
 
     retries: int = 2
     """Extra attempts after a 5xx or a connection error, inside the deadline."""
@@ -129,6 +130,11 @@ class Settings:
     docker_config: str | None = None
     """The operator's own registry credentials (a docker config.json), tried last."""
 
+    docker_config_registries: tuple[str, ...] = ()
+    """Registry host globs the operator's own credentials are used for (empty: every
+    registry they name). Anyone who may create a pod learns the digest, size and user of
+    images these credentials can read, from refusal messages: scope them."""
+
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
     prepull: PrePullSettings = dataclasses.field(default_factory=PrePullSettings)
@@ -183,6 +189,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "ADMISSION_DEADLINE": ("admission", "deadline", float),
     "EXCLUDED_NAMESPACES": ("admission", "excluded_namespaces", _parse_list),
     "DOCKER_CONFIG": ("", "docker_config", str),
+    "DOCKER_CONFIG_REGISTRIES": ("", "docker_config_registries", _parse_list),
     "VALIDATING_WEBHOOK": ("admission", "validating_configuration", str),
     "MUTATING_WEBHOOK": ("admission", "mutating_configuration", str),
     "WEBHOOK_SERVICE": ("admission", "service", str),

@@ -390,6 +390,30 @@ def _specificity(entry: AuthEntry) -> tuple[int, int]:
     return (0 if "*" in entry.host or "?" in entry.host else 1, len(entry.path))
 
 
+def build_scoped_config(config: DockerConfig, registries: Iterable[str]) -> DockerConfig:
+    """`config` with only the entries for registries matching one of the host globs
+    (`registry.acme.internal:5000`, `*.acme.io`); every entry when none are given.
+
+    Raises errors.ConfigurationError naming a glob that cannot be parsed.
+    """
+    from imageward.policy import globs  # policy imports registry: import late
+
+    patterns = []
+    for text in registries:
+        try:
+            patterns.append(globs.parse_host_pattern(text))
+        except globs.PatternError as e:
+            raise errors.ConfigurationError(f"credential scope {text!r}: {e}") from e
+    if not patterns:
+        return config
+    kept = tuple(
+        entry
+        for entry in config.entries
+        if any(globs.evaluate_host_pattern(pattern, entry.host) for pattern in patterns)
+    )
+    return dataclasses.replace(config, entries=kept)
+
+
 def build_credential_chain(
     sources: Iterable[DockerConfig], registry: str, repository: str
 ) -> tuple[Credentials, ...]:

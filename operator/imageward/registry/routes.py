@@ -95,10 +95,36 @@ def build_referrers_url(
     return f"{endpoint.base_url}/v2/{repository}/referrers/{digest}{_query(endpoint, extra)}"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def build_origin(url: str) -> tuple[str, str]:
-    """(scheme, host[:port]) of a URL: credentials are only ever sent back to the same one."""
+    """(scheme, host:port) of a URL: credentials are only ever sent back to the same one.
+
+    The host is lower-cased and the port made explicit (`https://ghcr.io` and
+    `https://GHCR.io:443` are one origin); user information never counts as the host.
+    """
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number: an origin of its own, never equal
+        return scheme, parts.netloc.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return scheme, f"{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}"
+
+
+def evaluate_followable(current: str, target: str) -> bool:
+    """Whether a redirect or a `Link` from `current` to `target` may be followed at all:
+    HTTP(S) only, and never from HTTPS down to plain HTTP."""
+    target_scheme = urllib.parse.urlsplit(target).scheme.lower()
+    if target_scheme not in ("http", "https"):
+        return False
+    return not (
+        target_scheme == "http" and urllib.parse.urlsplit(current).scheme.lower() == "https"
+    )
 
 
 def build_redirect_url(current: str, location: str) -> str:
