@@ -224,7 +224,8 @@ async def _check(
             )
         if mutate is not None:
             pins = {item.image: item.pin for item in outcome.images if item.pin}
-            ops = patches.build_pin_patch(view, pins)
+            new = workloads.build_new_containers(old if operation == "UPDATE" else None, view, kind)
+            ops = patches.build_pin_patch(view, pins, only=new)
             if ops:
                 mutate.fns.append(lambda raw: _apply_ops(raw, ops))
     except kopf.AdmissionError:
@@ -298,7 +299,9 @@ def _register_admission() -> None:
 _register_admission()
 
 
-@kopf.on.mutate("v1", "pods", id=webhooks.PIN_DIGEST_ID, operations=["CREATE"])
+@kopf.on.mutate(
+    "v1", "pods", id=webhooks.PIN_DIGEST_ID, operations=["CREATE", "UPDATE"], subresource="*"
+)
 async def pin_digest(
     *,
     body: kopf.Body,
@@ -319,7 +322,7 @@ async def pin_digest(
     try:
         await _check(
             body=body,
-            old=None,
+            old=kwargs.get("old"),
             operation=kwargs.get("operation"),
             subresource=subresource,
             resource=resource,

@@ -54,8 +54,9 @@ class Runtime:
         credentials: list[registry_auth.DockerConfig] = []
         if config.docker_config:
             path = pathlib.Path(config.docker_config)
+            parsed = registry_auth.parse_docker_config(path.read_bytes(), source=str(path))
             credentials.append(
-                registry_auth.parse_docker_config(path.read_bytes(), source=str(path))
+                registry_auth.build_scoped_config(parsed, config.docker_config_registries)
             )
         return cls(
             config,

@@ -404,6 +404,22 @@ def parse_platform(view: PodView) -> registry_model.Platform | None:
     return registry_model.Platform(os=view.node_os or "linux", architecture=view.node_arch)
 
 
+def build_new_containers(
+    old_body: object | None, view: PodView, kind: str
+) -> frozenset[tuple[str, str, str]]:
+    """(kind, name, image) of the containers an UPDATE brings that the old object did
+    not run: the only ones a mutation may touch (pinning a running container's image
+    would restart it). Every container of a CREATE, or of an unreadable old object."""
+    every = frozenset((c.kind, c.name, c.image) for c in view.containers)
+    if old_body is None:
+        return every
+    try:
+        old = parse_pod_view(old_body, kind=kind)
+    except errors.MalformedObjectError:
+        return every
+    return every - {(c.kind, c.name, c.image) for c in old.containers}
+
+
 def images_changed(old_body: object | None, new_body: object, kind: str) -> bool:
     """Whether an UPDATE brings an image the old object did not run in that container.
 

@@ -403,7 +403,19 @@ def verify_bundle(
                 "invalid_signature", f"signature does not verify with its certificate ({authority})"
             )
         return model.Check("untrusted", f"keyless signature not trusted by {authority}: {e}")
-    return bundle.check_statement(payload_type, payload, digest)
+    return _signed_by(
+        bundle.check_statement(payload_type, payload, digest), sigstore_bundle.signing_certificate
+    )
+
+
+def build_signer(cert: x509.Certificate) -> str:
+    """The identity a Fulcio certificate was issued to, as thresholds count signers."""
+    issuer, subjects = certificate_identity(cert)
+    return f"keyless {issuer or '(no issuer)'} {' '.join(sorted(subjects)) or '(no subject)'}"
+
+
+def _signed_by(check: model.Check, cert: x509.Certificate) -> model.Check:
+    return dataclasses.replace(check, signer=build_signer(cert)) if check.verified else check
 
 
 def _signed_by_certificate(envelope: bundle.DsseEnvelope, cert: x509.Certificate) -> bool:
@@ -662,4 +674,4 @@ def verify_legacy(
         _check_rekor_body(entry.body, payload, raw, leaf)
     except model.Refused as refused:
         return refused.check
-    return legacy.check_payload(payload, digest)
+    return _signed_by(legacy.check_payload(payload, digest), leaf)

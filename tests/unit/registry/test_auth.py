@@ -354,3 +354,29 @@ def test_default_docker_config_paths() -> None:
         pathlib.Path("/etc/docker-cfg/config.json"),
         pathlib.Path("/home/u/.dockercfg"),
     ]
+
+
+def test_operator_credentials_scoped_to_named_registries() -> None:
+    # Review finding 12: the operator's credentials are used for every pod's images
+    # unless scoped; scoped, they reach only the registries named.
+    config = auth.parse_docker_config(
+        json.dumps(
+            {
+                "auths": {
+                    "registry.acme.internal:5000": {"auth": base64.b64encode(b"u:p").decode()},
+                    "ghcr.io": {"auth": base64.b64encode(b"g:p").decode()},
+                    "mirror.acme.io": {"auth": base64.b64encode(b"m:p").decode()},
+                }
+            }
+        ),
+        source="operator",
+    )
+    scoped = auth.build_scoped_config(config, ["registry.acme.internal:5000", "*.acme.io"])
+    assert sorted(entry.host for entry in scoped.entries) == [
+        "mirror.acme.io",
+        "registry.acme.internal:5000",
+    ]
+    assert auth.build_credential_chain([scoped], "ghcr.io", "acme/web") == ()
+    assert auth.build_scoped_config(config, []) is config
+    with pytest.raises(errors.ConfigurationError, match="credential scope 'a/b'"):
+        auth.build_scoped_config(config, ["a/b"])
