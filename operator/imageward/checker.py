@@ -292,10 +292,11 @@ async def _fetch_signature_set(
 # Verification results per (digest, authorities, signature set). The registry side hands
 # out the same SignatureSet object while it is fresh, so a warm admission of a signed
 # image costs a lookup here instead of parsing and checking every signature again.
+# Bounded by the bytes of the sets it keeps alive (each up to 1 MiB of signature blobs).
 _VERIFIED: cachetools.LRUCache[
     tuple[str, tuple[signatures_verify.Authority, ...], int],
     tuple[signatures_verify.SignatureSet, signatures_verify.VerificationResult],
-] = cachetools.LRUCache(maxsize=4096)
+] = cachetools.LRUCache(maxsize=32 * 1024 * 1024, getsizeof=lambda hit: 1024 + hit[0].size)
 
 
 def _verify(

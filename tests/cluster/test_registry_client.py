@@ -610,7 +610,8 @@ async def test_oversized_manifest_is_refused(
     _, result = await timed_facts(anonymous_client, ref(proxy.host, anonymous_set.small))
 
     assert isinstance(result, errors.TooLargeError)
-    assert "over the limit of 4194304" in str(result) or "exceeds the limit of 4194304" in str(
+    limit = settings.RegistrySettings().max_manifest_bytes  # 1 MiB
+    assert f"over the limit of {limit}" in str(result) or f"exceeds the limit of {limit}" in str(
         result
     )
 

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 
 from imageward import errors
 from imageward.admission import reviews
-from imageward.registry import model as registry_model
+from imageward.registry import platforms as registry_platforms
 
 ContainerKind = Literal["containers", "initContainers", "ephemeralContainers"]
 
@@ -391,17 +391,12 @@ def parse_pod_view(
     )
 
 
-def parse_platform(view: PodView) -> registry_model.Platform | None:
-    """The platform whose image nodes will pull, when the pod pins an architecture.
-
-    The OS defaults to linux (the spec's default platform family). An OS alone names no
-    platform (Platform needs an architecture), so the engine's default applies: every
-    linux platform of an index must pass. Label values carry no variant (no "/"), so
-    the variant is left open and matches any.
-    """
-    if view.node_arch is None:
-        return None
-    return registry_model.Platform(os=view.node_os or "linux", architecture=view.node_arch)
+def parse_platform(view: PodView) -> registry_platforms.PlatformChoice:
+    """The nodes the pod may run on, as far as it says: its OS (spec.os.name, node
+    selector or affinity) and architecture. What it leaves open stays open: a pod that
+    names no OS may land on Windows nodes too, so their index entries are checked.
+    Label values carry no variant, so every variant a node may have counts."""
+    return registry_platforms.PlatformChoice(os=view.node_os, architecture=view.node_arch)
 
 
 def build_new_containers(

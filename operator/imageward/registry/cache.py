@@ -49,7 +49,9 @@ _IMAGE_BYTES = 1024  # a PlatformImage with its config fields
 
 
 def estimate_image_bytes(image: model.PlatformImage) -> int:
-    return _IMAGE_BYTES + _LAYER_BYTES * len(image.layers)
+    # Config labels are what a hostile config can make large (2 MiB of them fit).
+    labels = sum(len(key) + len(value) + 120 for key, value in image.config.labels)
+    return _IMAGE_BYTES + _LAYER_BYTES * len(image.layers) + labels
 
 
 def estimate_facts_bytes(facts: model.ImageFacts) -> int:

@@ -414,7 +414,8 @@ class RegistryClient:
     async def _runnable_images(
         self, call: _Call, index: manifests.ImageIndex, choice: platforms.PlatformChoice
     ) -> list[model.PlatformImage]:
-        """The platform images nodes the pod may land on would run, in index order.
+        """The platform images nodes the pod may land on would run: the one the first
+        node platform (a base variant: amd64 before amd64/v2) takes comes first.
 
         For every node platform `choice` allows, the entry containerd would take
         (`platforms.select_entries`), nested indexes followed (at most

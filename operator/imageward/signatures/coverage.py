@@ -101,6 +101,9 @@ def evaluate_coverage(
             )
         elif top_reason == verify.NO_SIGNATURE and entry_reason != verify.NO_SIGNATURE:
             failures.append((name, f"{first.label}: {entry_reason}"))
+        elif top_reason == verify.NO_SIGNATURE:
+            where = ", ".join(e.label for e, _ in missing)
+            failures.append((name, f"{verify.NO_SIGNATURE} on the index or on {where}"))
         else:
             failures.append((name, top_reason))
     return Coverage(verified=verified, failures=tuple(failures))

@@ -150,7 +150,11 @@ def test_operator_environment_names_the_objects_the_chart_made(
     assert image == "ghcr.io/imageward/imageward:0.1.0"
     assert env["IMAGEWARD_HELPER_IMAGE"] == env["IMAGEWARD_AGENT_IMAGE"] == image
     assert env["IMAGEWARD_PAUSE_IMAGE"].startswith("registry.k8s.io/pause:")
-    for absent in ("IMAGEWARD_DOCKER_CONFIG", "IMAGEWARD_REGISTRY_CA_BUNDLE"):
+    for absent in (
+        "IMAGEWARD_DOCKER_CONFIG",
+        "IMAGEWARD_DOCKER_CONFIG_REGISTRIES",
+        "IMAGEWARD_REGISTRY_CA_BUNDLE",
+    ):
         assert absent not in env
 
 
@@ -168,6 +172,8 @@ def test_all_on_mounts_registry_credentials_and_ca(all_on: list[chart.Manifest])
     configmaps = {m["metadata"]["name"] for m in chart.find_all(all_on, "ConfigMap")}
     assert volumes["registry-ca"]["configMap"]["name"] in configmaps
     assert env["IMAGEWARD_INSECURE_REGISTRIES"] == "registry.local:5000"
+    # The operator's credentials are scoped to the registries named.
+    assert env["IMAGEWARD_DOCKER_CONFIG_REGISTRIES"] == "registry.local:5000,*.acme.io"
     assert env["IMAGEWARD_REGISTRY_MIRRORS"] == (
         "docker.io=mirror.local:5000,ghcr.io=mirror.local:5001"
     )
@@ -253,11 +259,15 @@ def test_validating_webhook(default: list[chart.Manifest]) -> None:
     assert "annotations" not in configuration["metadata"]
 
 
-def test_mutating_webhook_pins_digests_of_created_pods(default: list[chart.Manifest]) -> None:
+def test_mutating_webhook_pins_digests_of_new_images(default: list[chart.Manifest]) -> None:
     (webhook,) = chart.find(default, "MutatingWebhookConfiguration")["webhooks"]
     assert webhook["clientConfig"]["service"]["path"] == "/imageward-pin-digest"
     assert "caBundle" not in webhook["clientConfig"]
-    assert [(r["resources"], r["operations"]) for r in webhook["rules"]] == [(["pods"], ["CREATE"])]
+    # Created pods, images an update changes, ephemeral containers (kubectl debug).
+    assert [(r["resources"], r["operations"]) for r in webhook["rules"]] == [
+        (["pods"], ["CREATE", "UPDATE"]),
+        (["pods/ephemeralcontainers"], ["UPDATE"]),
+    ]
     assert webhook["reinvocationPolicy"] == "IfNeeded"
     assert webhook["namespaceSelector"] == _expected_selector()
     assert webhook["sideEffects"] == "NoneOnDryRun"

@@ -380,3 +380,23 @@ def test_operator_credentials_scoped_to_named_registries() -> None:
     assert auth.build_scoped_config(config, []) is config
     with pytest.raises(errors.ConfigurationError, match="credential scope 'a/b'"):
         auth.build_scoped_config(config, ["a/b"])
+
+
+def test_operator_credentials_from_settings_are_scoped(tmp_path: pathlib.Path) -> None:
+    from imageward import runtime, settings
+
+    path = tmp_path / "config.json"
+    pair = base64.b64encode(b"u:p").decode()
+    path.write_text(
+        json.dumps({"auths": {"ghcr.io": {"auth": pair}, "r.acme:5000": {"auth": pair}}})
+    )
+    config = settings.from_env(
+        environ={
+            "IMAGEWARD_DOCKER_CONFIG": str(path),
+            "IMAGEWARD_DOCKER_CONFIG_REGISTRIES": "r.acme:5000",
+        }
+    )
+    (loaded,) = runtime.load_operator_credentials(config)
+    assert [entry.host for entry in loaded.entries] == ["r.acme:5000"]
+    unscoped = settings.from_env(environ={"IMAGEWARD_DOCKER_CONFIG": str(path)})
+    assert len(runtime.load_operator_credentials(unscoped)[0].entries) == 2

@@ -93,3 +93,14 @@ def test_single_manifest_is_its_own_digest() -> None:
     assert coverage.evaluate_coverage(["a"], result(AMD64, a="k1")).verified == 1
     missing = coverage.evaluate_coverage(["a"], result(AMD64, a=None))
     assert missing == coverage.Coverage(verified=0, failures=(("a", verify.NO_SIGNATURE),))
+
+
+def test_unsigned_index_names_the_entries_nodes_would_pull() -> None:
+    found = coverage.evaluate_coverage(
+        ["release"],
+        result(INDEX, release=None),
+        [pulled("windows/amd64 (sha256:3333…)", ARM64, release=None)],
+    )
+    assert found.failures == (
+        ("release", "no signature found on the index or on windows/amd64 (sha256:3333…)"),
+    )
