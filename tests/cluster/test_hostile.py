@@ -673,9 +673,13 @@ def test_hostile_registry_cannot_exhaust_memory_or_the_deadline(
         assert "deadline" not in answer.stderr
     after = _rss(pid)
     grown = after - before
+    print(
+        f"hostile flood: {count} images, operator RSS {before >> 20} -> {after >> 20} MiB, "
+        f"slowest admission {slowest:.2f}s"
+    )
     # The caches hold at most ~32 MiB each of manifests, platform images and facts.
     assert after < CHART_MEMORY_LIMIT, f"operator RSS {after >> 20} MiB"
-    assert grown < 160 * 1024 * 1024, f"operator grew {grown >> 20} MiB for {count} images"
+    assert grown < 200 * 1024 * 1024, f"operator grew {grown >> 20} MiB for {count} images"
     # Every admission answered well inside the webhook's timeout (10 s here).
     assert slowest < 5.0, f"slowest admission {slowest:.1f}s"
     # And the operator still answers an ordinary image promptly.
