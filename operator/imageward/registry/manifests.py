@@ -256,7 +256,7 @@ def parse_content(body: bytes, *, content_type: str | None) -> Content:
     """Parse a manifest or index body; the media type comes from the document and header."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ManifestError(f"not JSON ({e.__class__.__name__}: {str(e)[:100]})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("not a JSON object")
@@ -390,7 +390,7 @@ def parse_config(body: bytes) -> model.ImageConfig:
     """The few fields policies read from an image config blob."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ManifestError(f"image config is not JSON ({e.__class__.__name__})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("image config is not a JSON object")
