@@ -42,6 +42,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
+from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import certificate_transparency, verification
@@ -410,8 +411,8 @@ def _signed_by_certificate(envelope: bundle.DsseEnvelope, cert: x509.Certificate
     """Only to name the failure: a bad signature says more than a chain error after it."""
     try:
         key = keys.from_crypto_key(cert.public_key(), authority="certificate")
-    except (model.AuthorityError, ValueError):  # an unusable key signs nothing
-        return False
+    except (model.AuthorityError, ValueError, crypto_exceptions.UnsupportedAlgorithm):
+        return False  # an unusable key (an unsupported curve, say) signs nothing
     signed = bundle.pae(envelope.payload_type, envelope.payload)
     return any(keys.verify_signature(key, sig, signed) for sig in envelope.signatures)
 
@@ -653,7 +654,7 @@ def verify_legacy(
             key = keys.from_crypto_key(leaf.public_key(), authority=authority)
         except model.AuthorityError as e:
             raise model.Refused("unsupported", f"certificate key: {e.reason}") from e
-        except ValueError as e:
+        except (ValueError, crypto_exceptions.UnsupportedAlgorithm) as e:
             raise model.Refused("malformed", f"certificate key cannot be read: {e}") from e
         if not keys.verify_signature(key, raw, payload):
             raise model.Refused(
