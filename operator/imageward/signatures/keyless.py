@@ -445,7 +445,11 @@ def verify_rekor_bundle(annotation: str | None, root: TrustedRoot) -> RekorEntry
             "untrusted",
             f"keyless signature has no transparency log entry ({legacy.REKOR_BUNDLE_ANNOTATION})",
         )
-    document = model.parse_json(annotation.encode("utf-8"), what="Rekor bundle annotation")
+    try:
+        raw = annotation.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in the manifest's JSON)
+        raise model.Refused("malformed", "Rekor bundle annotation is not valid Unicode") from None
+    document = model.parse_json(raw, what="Rekor bundle annotation")
     payload = document.get("Payload")
     if not isinstance(payload, dict):
         raise model.Refused("malformed", "Rekor bundle annotation has no Payload")

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from imageward.signatures import bundle, keyless, model
+from imageward.signatures import bundle, keyless, legacy, model
 from tests.fuzz import targets
 
 
@@ -52,3 +52,19 @@ def test_a_certificate_with_an_unsupported_curve_refuses_the_keyless_bundle() ->
     assert check == model.Check(
         "invalid_signature", "signature does not verify with its certificate (github-actions)"
     )
+
+
+def test_a_rekor_bundle_annotation_with_a_lone_surrogate_is_malformed() -> None:
+    # Found by the unit suite's smoke run: `annotation.encode()` raised UnicodeEncodeError.
+    data = crasher("keyless_legacy", "rekor-bundle-lone-surrogate")
+    (signature,) = legacy.parse_signature_manifest(data)
+    assert signature.rekor_bundle is not None and "\ud800" in signature.rekor_bundle
+    check = keyless.verify_legacy(
+        signature,
+        targets.keyless_payload(),
+        targets.DIGEST,
+        targets.keyless_identity(),
+        targets.keyless_root(),
+        authority="github-actions",
+    )
+    assert check == model.Check("malformed", "Rekor bundle annotation is not valid Unicode")
