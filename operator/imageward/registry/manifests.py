@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imageward.registry import model, reference
+from imageward.registry import gojson, model, reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -260,6 +260,8 @@ def parse_content(body: bytes, *, content_type: str | None) -> Content:
         raise ManifestError(f"not JSON ({e.__class__.__name__}: {str(e)[:100]})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("not a JSON object")
+    if problem := gojson.evaluate_field_spelling(document, gojson.MANIFEST, "manifest"):
+        raise ManifestError(problem)  # read otherwise by containerd: `Manifests`, `Layers`
     media_type = _resolve_media_type(document, parse_content_type(content_type))
     subject_value = document.get("subject")
     subject = None if subject_value is None else _descriptor(subject_value, "subject")
@@ -394,6 +396,8 @@ def parse_config(body: bytes) -> model.ImageConfig:
         raise ManifestError(f"image config is not JSON ({e.__class__.__name__})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("image config is not a JSON object")
+    if problem := gojson.evaluate_field_spelling(document, gojson.IMAGE_CONFIG, "image config"):
+        raise ManifestError(problem)  # read otherwise by containerd: `user` next to `User`
     container = document.get("config")
     if container is None:
         container = {}
