@@ -302,8 +302,21 @@ def fuzz_target(name: str, args: argparse.Namespace) -> Report:
     if crashes.is_dir():
         for path in sorted(set(crashes.glob("crash-*.txt")) - before):
             signature = path.read_text().partition("\n")[0]
-            report.crashes.append(f"new: {signature}: {path.with_suffix('')}")
+            note = "" if reproduces(name, path.with_suffix("")) else NOT_REPRODUCED
+            report.crashes.append(f"new: {signature}: {path.with_suffix('')}{note}")
     return report
+
+
+NOT_REPRODUCED = (
+    " (does not fail without atheris: a nesting depth right at the recursion limit, which"
+    " atheris's frames push over; deepen it before keeping it)"
+)
+
+
+def reproduces(name: str, path: pathlib.Path) -> bool:
+    """Whether a saved input also fails in a plain interpreter (no instrumentation)."""
+    command = [sys.executable, __file__, "--target", name, "--replay", str(path)]
+    return subprocess.run(command, capture_output=True, check=False, cwd=ROOT).returncode != 0
 
 
 def replay(name: str, files: Sequence[str]) -> int:
