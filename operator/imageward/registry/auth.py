@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from imageward import errors
-from imageward.registry import reference
+from imageward.registry import gojson, reference
 
 #: Token values go into a header: printable ASCII only, so a hostile token endpoint
 #: cannot inject header lines.
@@ -248,8 +248,22 @@ def _decode_auth(value: str) -> tuple[str, str]:
     return username, password
 
 
+def _go_field(document: Mapping[str, Any], name: str) -> tuple[str | None, Any]:
+    """(key, value) of a field as kubelet's Go decoder finds it: in any letter case.
+
+    `Auths` or `Username` fill kubelet's fields too, so reading only the exact key would
+    leave imageward without the credentials kubelet pulls with. Two spellings of one
+    field (Go takes the last) are refused rather than guessed.
+    """
+    folded = gojson.fold(name)
+    keys = [key for key in document if isinstance(key, str) and gojson.fold(key) == folded]
+    if len(keys) > 1:
+        raise ValueError(f"keys {', '.join(map(repr, keys))} are one field to kubelet")
+    return (keys[0], document[keys[0]]) if keys else (None, None)
+
+
 def _optional_str(entry: Mapping[str, Any], name: str) -> str | None:
-    value = entry.get(name)
+    value = _go_field(entry, name)[1]
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -298,7 +312,12 @@ def parse_docker_config(data: bytes | str | Mapping[str, Any], *, source: str) -
             raise errors.CredentialsError(source, f"not JSON: {e}") from e
     if not isinstance(document, Mapping):
         raise errors.CredentialsError(source, "not a JSON object")
-    auths = document.get("auths") if "auths" in document else document
+    try:
+        found, auths = _go_field(document, "auths")
+    except ValueError as e:
+        raise errors.CredentialsError(source, str(e)) from e
+    if found is None:
+        auths = document  # the legacy `.dockercfg` layout: registries at the top
     if auths is None:
         auths = {}
     if not isinstance(auths, Mapping):

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from imageward import errors
 from imageward.localcluster import images
-from imageward.registry import gojson, manifests
+from imageward.registry import auth, gojson, manifests
 
 UNSIGNED = {
     "mediaType": manifests.OCI_MANIFEST,
@@ -96,3 +97,39 @@ def test_real_documents_and_map_keys_pass() -> None:
     config = b'{"config": {"Labels": {"a": "1", "A": "2"}}, "container_config": {"User": "0"}}'
     assert manifests.parse_config(config).labels == (("A", "2"), ("a", "1"))
     assert gojson.fold("\u212a") == gojson.fold("k") == "K"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"Auths": {"ghcr.io": {"auth": "dTpw"}}},
+        {"auths": {"ghcr.io": {"Username": "u", "Password": "p"}}},
+        {"auths": {"ghcr.io": {"AUTH": "dTpw"}}},
+    ],
+)
+def test_docker_config_fields_are_read_in_any_case_as_kubelet_does(config: Any) -> None:
+    # Before: no credentials at all (an `Auths` file read as a legacy .dockercfg), while
+    # kubelet pulls with them; imageward's anonymous lookup then failed as `lookup`.
+    parsed = auth.parse_docker_config(json.dumps(config), source="Secret shop/pull")
+    (entry,) = parsed.entries
+    assert (entry.host, entry.credentials.username, entry.credentials.password) == (
+        "ghcr.io",
+        "u",
+        "p",
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"auths": {}, "Auths": {}}, "keys 'auths', 'Auths' are one field to kubelet"),
+        (
+            {"auths": {"x.io": {"username": "a", "Username": "b"}}},
+            "entry 'x.io': keys 'username', 'Username' are one field to kubelet",
+        ),
+    ],
+)
+def test_docker_config_fields_spelled_twice_are_refused(config: Any, reason: str) -> None:
+    with pytest.raises(errors.CredentialsError) as excinfo:
+        auth.parse_docker_config(json.dumps(config), source="Secret shop/pull")
+    assert excinfo.value.reason == reason
