@@ -431,7 +431,7 @@ class RekorEntry:
 def _load_certificates(pem: str, *, what: str) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(pem.encode("utf-8"))
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:  # InvalidVersion is no ValueError
         raise model.Refused("malformed", f"{what} is not PEM certificates: {e}") from e
 
 

@@ -68,3 +68,21 @@ def test_a_rekor_bundle_annotation_with_a_lone_surrogate_is_malformed() -> None:
         authority="github-actions",
     )
     assert check == model.Check("malformed", "Rekor bundle annotation is not valid Unicode")
+
+
+def test_a_certificate_with_an_invalid_x509_version_is_malformed() -> None:
+    # Found in a 120 s run: cryptography raises InvalidVersion, which is no ValueError.
+    data = crasher("keyless_legacy", "certificate-invalid-version")
+    (signature,) = legacy.parse_signature_manifest(data)
+    check = keyless.verify_legacy(
+        signature,
+        targets.keyless_payload(),
+        targets.DIGEST,
+        targets.keyless_identity(),
+        targets.keyless_root(),
+        authority="github-actions",
+    )
+    assert check == model.Check(
+        "malformed",
+        "signature certificate is not PEM certificates: 34 is not a valid X509 version",
+    )
