@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imageward.registry import model, platforms, reference
+from imageward.registry import gojson, model, platforms, reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -261,10 +261,12 @@ def parse_content(body: bytes, *, content_type: str | None) -> Content:
     """Parse a manifest or index body; the media type comes from the document and header."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ManifestError(f"not JSON ({e.__class__.__name__}: {str(e)[:100]})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("not a JSON object")
+    if problem := gojson.evaluate_field_spelling(document, gojson.MANIFEST, "manifest"):
+        raise ManifestError(problem)  # read otherwise by containerd: `Manifests`, `Layers`
     media_type = _resolve_media_type(document, parse_content_type(content_type))
     subject_value = document.get("subject")
     subject = None if subject_value is None else _descriptor(subject_value, "subject")
@@ -348,10 +350,12 @@ def parse_config(body: bytes) -> model.ImageConfig:
     """The few fields policies read from an image config blob."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ManifestError(f"image config is not JSON ({e.__class__.__name__})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("image config is not a JSON object")
+    if problem := gojson.evaluate_field_spelling(document, gojson.IMAGE_CONFIG, "image config"):
+        raise ManifestError(problem)  # read otherwise by containerd: `user` next to `User`
     container = document.get("config")
     if container is None:
         container = {}

@@ -174,9 +174,11 @@ def parse_reference(text: str) -> model.ImageReference:
     if not name:
         raise errors.InvalidReferenceError(text, "empty repository name")
     host, path = split_domain(name)
-    host = build_canonical_host(host)
-    if not HOST_RE.fullmatch(host):
+    # Checked as written, before canonicalising: `c:443:443` would become a valid `c:443`,
+    # and a Kelvin sign would lower-case into an ASCII `k` (containerd refuses both).
+    if not host.isascii() or not HOST_RE.fullmatch(host.lower()):
         raise errors.InvalidReferenceError(text, f"invalid registry host {host!r}")
+    host = build_canonical_host(host)
     port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host.rpartition("]")[2] else ""
     if port and not 0 < int(port) < 65536:
         raise errors.InvalidReferenceError(text, f"invalid registry port {port}")

@@ -139,11 +139,11 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit(), and float("²") raises
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a 10-digit year
         return None
     if when is None:
         return None
@@ -154,7 +154,7 @@ def parse_error_body(body: bytes, *, limit: int = 300) -> str:
     """What a registry said in an error answer: `CODE: message` entries, else the text."""
     try:
         document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         document = None
     if isinstance(document, Mapping) and isinstance(document.get("errors"), list):
         parts = []

@@ -42,6 +42,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
+from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import certificate_transparency, verification
@@ -422,8 +423,8 @@ def _signed_by_certificate(envelope: bundle.DsseEnvelope, cert: x509.Certificate
     """Only to name the failure: a bad signature says more than a chain error after it."""
     try:
         key = keys.from_crypto_key(cert.public_key(), authority="certificate")
-    except (model.AuthorityError, ValueError):  # an unusable key signs nothing
-        return False
+    except (model.AuthorityError, ValueError, crypto_exceptions.UnsupportedAlgorithm):
+        return False  # an unusable key (an unsupported curve, say) signs nothing
     signed = bundle.pae(envelope.payload_type, envelope.payload)
     return any(keys.verify_signature(key, sig, signed) for sig in envelope.signatures)
 
@@ -442,7 +443,7 @@ class RekorEntry:
 def _load_certificates(pem: str, *, what: str) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(pem.encode("utf-8"))
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:  # InvalidVersion is no ValueError
         raise model.Refused("malformed", f"{what} is not PEM certificates: {e}") from e
 
 
@@ -456,7 +457,11 @@ def verify_rekor_bundle(annotation: str | None, root: TrustedRoot) -> RekorEntry
             "untrusted",
             f"keyless signature has no transparency log entry ({legacy.REKOR_BUNDLE_ANNOTATION})",
         )
-    document = model.parse_json(annotation.encode("utf-8"), what="Rekor bundle annotation")
+    try:
+        raw = annotation.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in the manifest's JSON)
+        raise model.Refused("malformed", "Rekor bundle annotation is not valid Unicode") from None
+    document = model.parse_json(raw, what="Rekor bundle annotation")
     payload = document.get("Payload")
     if not isinstance(payload, dict):
         raise model.Refused("malformed", "Rekor bundle annotation has no Payload")
@@ -665,7 +670,7 @@ def verify_legacy(
             key = keys.from_crypto_key(leaf.public_key(), authority=authority)
         except model.AuthorityError as e:
             raise model.Refused("unsupported", f"certificate key: {e.reason}") from e
-        except ValueError as e:
+        except (ValueError, crypto_exceptions.UnsupportedAlgorithm) as e:
             raise model.Refused("malformed", f"certificate key cannot be read: {e}") from e
         if not keys.verify_signature(key, raw, payload):
             raise model.Refused(
