@@ -112,9 +112,6 @@ class PrePullSettings:
     helper_image: str = "ghcr.io/imageward/imageward:0.1.0"
     """Image holding /imageward-helper, the static binary pre-pull init containers run."""
 
-    agent_image: str = "ghcr.io/imageward/imageward:0.1.0"
-    """Image running `imageward agent` in Layers mode."""
-
     pause_image: str = "registry.k8s.io/pause:3.10"
     """The long-lived container of pre-pull pods."""
 
@@ -237,7 +234,6 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
     "HELPER_IMAGE": ("prepull", "helper_image", str),
-    "AGENT_IMAGE": ("prepull", "agent_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),
     "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),
     "AGENT_ENABLED": ("prepull", "agent_enabled", _parse_bool),
