@@ -141,6 +141,10 @@ class PrePullSettings:
     max_layers_prepulls_per_namespace: int = 32
     """Layers-mode PrePulls served at once per namespace, so one tenant cannot take them all."""
 
+    max_plan_bytes_total: int = 32 * 1024 * 1024
+    """Bytes of all plan documents together (every node agent reads and keeps each one,
+    so this bounds the agents' memory); a plan that would go over is refused."""
+
     cache_max_objects: int = 100_000
     """Objects each watch-fed cache holds (workloads per kind, nodes, namespaces)."""
 
@@ -247,6 +251,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
         _parse_plan_count,
     ),
     "PREPULL_CACHE_MAX_OBJECTS": ("prepull", "cache_max_objects", _parse_positive),
+    "PREPULL_MAX_PLAN_BYTES_TOTAL": ("prepull", "max_plan_bytes_total", _parse_positive),
 }
 
 

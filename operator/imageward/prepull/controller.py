@@ -415,6 +415,17 @@ async def _apply_layers_mode(
         plan_text = plans.build_plan_text(document)
     except plans.PlanTooLargeError as e:
         return [status.Problem(status.REASON_PLAN_TOO_LARGE, str(e))], None
+    held = sum(record.size for record in others)
+    if held + len(plan_text) > config.prepull.max_plan_bytes_total:
+        return [
+            status.Problem(
+                status.REASON_TOO_MANY_PLANS,
+                f"this plan ({len(plan_text)} bytes) and the {len(others)} served already "
+                f"({held} bytes) are over the {config.prepull.max_plan_bytes_total} bytes "
+                "every node agent keeps (IMAGEWARD_PREPULL_MAX_PLAN_BYTES_TOTAL); plan fewer "
+                "layers (layers.budgetPerNode, layers.minShare)",
+            )
+        ], None
     sources = {
         (source["registry"], source["repository"])
         for layer in document["layers"]
@@ -653,17 +664,13 @@ async def _layers_progress(
         node_selector=nodes.build_effective_selector(spec.node_selector),
         tolerations=spec.tolerations,
     )
-    if nodes_status.desired and nodes_status.unserved == nodes_status.desired:
-        config = state.settings
-        problems.append(
-            status.Problem(
-                status.REASON_AGENT_NOT_RUNNING,
-                f"no node-agent pod runs on the {nodes_status.desired} selected node(s) "
-                f"(pods in {config.namespace} labelled {config.prepull.agent_selector}); "
-                "Layers mode needs the chart's agent DaemonSet (agent.enabled), and its "
-                "nodeSelector and tolerations must cover these nodes",
-            )
-        )
+    missing = reports.evaluate_agents_missing(
+        nodes_status,
+        namespace=state.settings.namespace,
+        selector=state.settings.prepull.agent_selector,
+    )
+    if missing is not None:
+        problems.append(missing)
     return nodes_status
 
 

@@ -38,6 +38,8 @@ class PlanRecord:
     name: str
     uid: str
     plan_hash: str
+    size: int = 0
+    """Characters of its plan.json (what every agent parses and keeps)."""
 
 
 def project_plan(body: Mapping[str, Any]) -> PlanRecord | None:
@@ -46,12 +48,14 @@ def project_plan(body: Mapping[str, Any]) -> PlanRecord | None:
         return None
     namespace, name, uid = identity
     annotations = (body.get("metadata") or {}).get("annotations") or {}
+    text = (body.get("data") or {}).get(plans.PLAN_KEY)
     return PlanRecord(
         key=plans.build_prepull_key(namespace, name, uid),
         namespace=namespace,
         name=name,
         uid=uid,
         plan_hash=str(annotations.get(plans.ANNOTATION_PLAN_HASH) or ""),
+        size=len(text) if isinstance(text, str) else 0,
     )
 
 

@@ -139,7 +139,14 @@ def parse_agent_pod(body: Mapping[str, Any]) -> AgentPod:
             continue
         report = parse_report(condition)
         if report is not None:
-            reports[kind] = report
+            # Only a failure's message is ever shown (status.failures): the operator keeps
+            # nothing else of the others, so thousands of nodes cost little memory.
+            message = (
+                _shorten(report.message, status.MAX_FAILURE_MESSAGE)
+                if report.reason in FAILED_REASONS
+                else ""
+            )
+            reports[kind] = dataclasses.replace(report, message=message)
     node = (body.get("spec") or {}).get("nodeName")
     return AgentPod(
         name=str(metadata.get("name") or ""),
@@ -200,4 +207,19 @@ def build_layers_node_status(
         failed=failed,
         failures=status.select_failures(failures),
         unserved=unserved,
+    )
+
+
+def evaluate_agents_missing(
+    nodes_status: status.NodeStatus, *, namespace: str, selector: str
+) -> status.Problem | None:
+    """A problem when no selected node has a node-agent pod: the DaemonSet is missing, or
+    its nodeSelector and tolerations leave these nodes out."""
+    if not nodes_status.desired or nodes_status.unserved < nodes_status.desired:
+        return None
+    return status.Problem(
+        status.REASON_AGENT_NOT_RUNNING,
+        f"no node-agent pod runs on the {nodes_status.desired} selected node(s) (pods in "
+        f"{namespace} labelled {selector}); Layers mode needs the chart's agent DaemonSet "
+        "(agent.enabled), and its nodeSelector and tolerations must cover these nodes",
     )

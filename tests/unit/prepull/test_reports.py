@@ -203,3 +203,19 @@ def test_an_agent_pod_with_hostile_conditions_stays_bounded() -> None:
         },
     }
     assert len(reports.parse_agent_pod(body).reports) == reports.MAX_REPORTS
+
+
+def test_no_agent_on_any_selected_node_is_a_problem_naming_the_fix() -> None:
+    def missing(desired: int, unserved: int) -> status.Problem | None:
+        return reports.evaluate_agents_missing(
+            status.NodeStatus(desired, 0, 0, unserved=unserved),
+            namespace="imageward-system",
+            selector="app.kubernetes.io/name=imageward-agent",
+        )
+
+    problem = missing(3, 3)
+    assert problem is not None and problem.reason == "AgentNotRunning"
+    assert "imageward-system labelled app.kubernetes.io/name=imageward-agent" in problem.message
+    assert "agent.enabled" in problem.message
+    assert missing(3, 1) is None  # some nodes are served: progress, not a problem
+    assert missing(0, 0) is None
