@@ -141,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--poll-interval",
         default="5s",
         metavar="DURATION",
-        help="how often the plan file is checked for changes (5s)",
+        help="how often plan files are read again, and the longest a cluster agent waits "
+        "before it looks at its plans and reports again (5s)",
     )
     parser.add_argument(
         "--resync-interval",
@@ -167,7 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node",
         default=os.environ.get("NODE_NAME"),
-        help="node name shown in the progress (default $NODE_NAME)",
+        help="this node's name: shown in the progress; with --from-cluster, the Node whose "
+        "labels and taints select plans (default $NODE_NAME)",
     )
 
 
