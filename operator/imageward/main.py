@@ -187,6 +187,30 @@ _PROGRESS_INTERVAL = 5.0  # seconds between node-progress refreshes of each PreP
 # `imageward.io/paused: "true"` stops reconciling a PrePull (what it made stays as it is),
 # e.g. while someone investigates a node; remove the annotation to resume.
 _NOT_PAUSED = {constants.ANNOTATION_PAUSED: kopf.ABSENT}
+# Where each PrePull's last findings live: Kopf's per-object memo (in memory; after a
+# restart the resume handler reconciles first and finds them again).
+_FINDINGS = "prepull_findings"
+
+
+def _prepull(memo: kopf.Memo) -> prepull_controller.PrePullState:
+    value: prepull_controller.PrePullState = memo["prepull"]
+    return value
+
+
+@kopf.on.startup()
+async def prepull_start(memo: kopf.Memo, **_: Any) -> None:
+    # After `start` (handlers run in the order they are defined): it makes the runtime.
+    state = prepull_controller.PrePullState(_runtime(memo))
+    memo["prepull"] = state
+    # Plans of PrePulls deleted while no operator watched are found and deleted.
+    state.start_sweeping()
+
+
+@kopf.on.cleanup()
+async def prepull_stop(memo: kopf.Memo, **_: Any) -> None:
+    state = memo.get("prepull")
+    if state is not None:
+        await state.close()
 
 
 def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) -> None:
@@ -200,9 +224,10 @@ def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) ->
 @kopf.on.create(*_PREPULL, annotations=_NOT_PAUSED)
 @kopf.on.update(*_PREPULL, field="spec", annotations=_NOT_PAUSED)
 async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    fields = await prepull_controller.reconcile(
-        _runtime(memo), body, previous_status=body.get("status") or {}
+    fields, findings = await prepull_controller.reconcile(
+        _prepull(memo), body, previous_status=body.get("status") or {}
     )
+    memo[_FINDINGS] = findings
     _patch_status(body, patch, fields)
 
 
@@ -214,29 +239,38 @@ async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *
     annotations=_NOT_PAUSED,
 )
 async def prepull_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    state = _runtime(memo)
+    state = _prepull(memo)
     previous = body.get("status") or {}
     try:
         spec = prepull_model.parse_prepull(body)
     except prepull_model.PrePullError:
         return  # prepull_changed reported it; nothing runs until the spec is fixed
-    if prepull_controller.refresh_due(spec.refresh_interval, previous.get("lastResolved")):
-        fields = await prepull_controller.reconcile(state, body, previous_status=previous)
+    findings = memo.get(_FINDINGS)
+    generation = int(body["metadata"].get("generation") or 0)
+    if findings is None or prepull_controller.evaluate_refresh_due(
+        spec, findings, previous.get("lastResolved"), generation
+    ):
+        fields, findings = await prepull_controller.reconcile(state, body, previous_status=previous)
+        memo[_FINDINGS] = findings
     else:
         fields = await prepull_controller.node_progress(
             state,
-            body["metadata"]["name"],
-            body["metadata"]["namespace"],
+            body,
             spec,
             previous.get("images") or [],
-            int(body["metadata"].get("generation") or 0),
-            [],
+            findings,
             previous.get("conditions") or [],
         )
     _patch_status(body, patch, fields)
 
 
-@kopf.on.delete(*_PREPULL, optional=True)
-async def prepull_deleted(*, name: str, namespace: str | None, **_: Any) -> None:
-    # The DaemonSet and ConfigMap are owned by the PrePull: the garbage collector removes them.
-    prepull_controller.forget_metrics(namespace or "", name)
+@kopf.on.event(*_PREPULL)
+async def prepull_event(
+    *, event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # Owner references cannot reach the operator's namespace: a Layers-mode plan is
+    # deleted here when its PrePull goes (and by the sweep if no operator saw it go).
+    if event.get("type") != "DELETED":
+        return
+    uid = (event.get("object") or {}).get("metadata", {}).get("uid")
+    await prepull_controller.forget(_prepull(memo), namespace or "", name, uid)
