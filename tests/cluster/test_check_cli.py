@@ -129,6 +129,7 @@ def test_allow_deny_and_warn_with_the_json_contract(
                 "decision": "allow",
                 "violations": [],
                 "warnings": [],
+                "attestations": [],
             }
         ]
     }
@@ -150,6 +151,7 @@ def test_allow_deny_and_warn_with_the_json_contract(
             }
         ],
         "warnings": [],
+        "attestations": [],
     }
 
     warn = check.policy_file(
