@@ -211,9 +211,8 @@ def test_hostile_envelopes_are_refusals_with_their_reason(
     oversized = signatures_verify.SignatureSet(
         attestation_manifests=(json.dumps({"layers": [layer]}).encode(),),
         problems={
-            layer[
-                "digest"
-            ]: "is 9437184 bytes (per its descriptor), over the limit of 4194304 for one attestation"
+            layer["digest"]: "is 9437184 bytes (per its descriptor), "
+            "over the limit of 4194304 for one attestation"
         },
     )
     assert (
@@ -288,8 +287,9 @@ def test_evaluation_errors_are_answers() -> None:
     answer = cel.evaluate(program, {}, {}, NOW)
     assert answer.value is None and "missing" in answer.error
     bound = cel.compile_condition(
-        "cel.bind(n, predicate.?count.orValue(0), n > 2) && 'A,B'.lowerAscii().split(',').size() == 2"
-        " && timestamp(predicate.at) > now - duration('1h')"
+        "cel.bind(n, predicate.?count.orValue(0), n > 2) && "
+        "'A,B'.lowerAscii().split(',').size() == 2 && "
+        "timestamp(predicate.at) > now - duration('1h')"
     )
     assert bound.uses_now
     at = (NOW - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
