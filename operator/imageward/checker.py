@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cachetools
 
@@ -27,6 +29,10 @@ from imageward.registry import platforms as registry_platforms
 from imageward.registry import reference as registry_reference
 from imageward.signatures import coverage as signatures_coverage
 from imageward.signatures import verify as signatures_verify
+
+if TYPE_CHECKING:
+    from imageward.attestations import evaluate as attestations_evaluate
+    from imageward.attestations import verify as attestations_verify
 
 
 class ImageSource(Protocol):
@@ -46,6 +52,7 @@ class ImageSource(Protocol):
         digest: registry_model.Digest,
         *,
         credentials: Sequence[registry_auth.DockerConfig],
+        attestations: bool = False,
     ) -> signatures_verify.SignatureSet: ...
 
     async def resolve(
@@ -67,12 +74,23 @@ class Context:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AttestationReport:
+    """One attestation entry of one policy, judged for one image (`imageward check`)."""
+
+    policy: str
+    name: str
+    result: str  # pass | fail | error
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ImageOutcome:
     image: str
     digest: registry_model.Digest | None
     decision: evaluate.Decision
     results: tuple[evaluate.PolicyResult, ...]
     pin: registry_model.Digest | None  # set when a matching policy pins and the image is allowed
+    attestations: tuple[AttestationReport, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,7 +120,11 @@ _SignatureSet = signatures_verify.SignatureSet | _Failure
 
 
 def _needs_images(policy: model.ImagePolicy) -> bool:
-    return evaluate.needs_platform_images(policy) or policy.rules.signatures is not None
+    return (
+        evaluate.needs_platform_images(policy)
+        or policy.rules.signatures is not None
+        or bool(policy.rules.attestations)
+    )
 
 
 async def check_images(
@@ -179,15 +201,18 @@ async def _check_image(
             usable.append((loaded, loaded.policy))
 
     signed = [(loaded, policy) for loaded, policy in usable if policy.rules.signatures]
+    attested = [(loaded, policy) for loaded, policy in usable if loaded.attestations]
+    wants_sets = bool(signed or attested)
+    with_attestations = bool(attested)
     facts: registry_model.ImageFacts | None = None
     resolved: registry_model.Digest | None = reference.digest
     failure: _Failure | None = None
     top_set: _SignatureSet | None = None
     try:
         async with asyncio.timeout_at(_loop_deadline(until)):
-            if signed:
-                # Resolve the tag first, then fetch facts and signatures side by side:
-                # one round trip less on the critical path than one after the other.
+            if wants_sets:
+                # Resolve the tag first, then fetch facts, signatures and attestations side
+                # by side: one round trip less on the critical path than one after the other.
                 resolved = resolved or await source.resolve(
                     reference, credentials=context.credentials
                 )
@@ -197,7 +222,9 @@ async def _check_image(
                         platform=context.platform,
                         credentials=context.credentials,
                     ),
-                    _fetch_signature_set(reference, resolved, context, source, until),
+                    _fetch_signature_set(
+                        reference, resolved, context, source, until, with_attestations
+                    ),
                 )
             elif any(_needs_images(policy) for _, policy in usable):
                 facts = await source.fetch_facts(
@@ -214,17 +241,27 @@ async def _check_image(
         facts is not None
         and facts.is_index
         and top_set is not None
-        and not all(
-            _vouched_by_top(loaded, policy, facts.digest, top_set) for loaded, policy in signed
+        and not (
+            all(_vouched_by_top(loaded, policy, facts.digest, top_set) for loaded, policy in signed)
+            and all(
+                _attested_by_top(entry, facts.digest, top_set)
+                for loaded, _ in attested
+                for entry in loaded.attestations
+            )
         )
     ):
-        # The index itself is not signed enough: each platform manifest a node
-        # could select must be (another round trip, only for such images).
+        # The index itself is not signed (or attested) enough: each platform manifest a
+        # node could select must be (another round trip, only for such images).
         digests = [i.digest for i in facts.images]
         fetched = await asyncio.gather(
-            *(_fetch_signature_set(reference, d, context, source, until) for d in digests)
+            *(
+                _fetch_signature_set(reference, d, context, source, until, with_attestations)
+                for d in digests
+            )
         )
         entry_sets = dict(zip(digests, fetched, strict=True))
+
+    reports: list[AttestationReport] = []
 
     for loaded, policy in usable:
         violations = evaluate.evaluate_static(policy, reference)
@@ -240,6 +277,20 @@ async def _check_image(
                     violations += _signature_violations(
                         loaded, policy, reference, facts, top_set, entry_sets
                     )
+                if loaded.attestations:
+                    assert top_set is not None
+                    found, judged = _attestation_violations(
+                        loaded, policy, reference, facts, top_set, entry_sets
+                    )
+                    violations += found
+                    reports += judged
+            if failure is not None and loaded.attestations:
+                reports += [
+                    AttestationReport(policy.name, entry.name, "error", failure.text)
+                    if failure.outage
+                    else AttestationReport(policy.name, entry.name, "fail", failure.text)
+                    for entry in loaded.attestations
+                ]
         result = evaluate.build_policy_result(policy, violations)
         _count_evaluations(policy, violations)
         results.append(result)
@@ -254,7 +305,7 @@ async def _check_image(
         and any(policy.pin_digest for _, policy in usable)
     ):
         pin = digest
-    return ImageOutcome(image, digest, decision, tuple(results), pin)
+    return ImageOutcome(image, digest, decision, tuple(results), pin, tuple(reports))
 
 
 def _failure_violation(
@@ -279,10 +330,15 @@ async def _fetch_signature_set(
     context: Context,
     source: ImageSource,
     until: float,
+    attestations: bool = False,
 ) -> _SignatureSet:
-    """The signatures of one digest, or why they could not be fetched."""
+    """The signatures (and attestations) of one digest, or why they could not be fetched."""
     try:
         async with asyncio.timeout_at(_loop_deadline(until)):
+            if attestations:
+                return await source.fetch_signatures(
+                    reference, digest, credentials=context.credentials, attestations=True
+                )
             return await source.fetch_signatures(reference, digest, credentials=context.credentials)
     except (TimeoutError, errors.ImagewardError) as e:
         failure = _failure(e, reference.registry)
@@ -391,6 +447,169 @@ def _signature_violations(
     ]
 
 
+# -- attestations -----------------------------------------------------------------------
+
+# Verifications of one digest's attestations of one predicate type by one set of
+# authorities, per signature set (as _VERIFIED): parsing envelopes and checking
+# signatures happens once per set, whichever policies ask.
+_ATTESTED: cachetools.LRUCache[
+    tuple[str, str, tuple[signatures_verify.Authority, ...], int],
+    tuple[signatures_verify.SignatureSet, attestations_verify.Verification],
+] = cachetools.LRUCache(maxsize=64 * 1024 * 1024, getsizeof=lambda hit: 1024 + hit[0].size)
+
+# Judged entries: by digest, policy generation, entry and the content of the sets
+# judged (manifests name every blob by digest), until the time a verdict could change.
+_JUDGED: cachetools.LRUCache[
+    tuple[str, str, int, str, str],
+    tuple[attestations_evaluate.EntryResult, float | None],
+] = cachetools.LRUCache(maxsize=16384)
+_FINGERPRINTS: cachetools.LRUCache[int, tuple[signatures_verify.SignatureSet, str]] = (
+    cachetools.LRUCache(maxsize=4096)
+)
+
+
+def _fingerprint(found: _SignatureSet) -> str:
+    if isinstance(found, _Failure):
+        return f"failure {found.outage} {found.text}"
+    hit = _FINGERPRINTS.get(id(found))
+    if hit is not None and hit[0] is found:
+        return hit[1]
+    digest = hashlib.sha256()
+    for part in (
+        *found.legacy_manifests,
+        *found.bundle_manifests,
+        *found.attestation_manifests,
+        *(f"{k}={v}".encode() for k, v in sorted(found.problems.items())),
+    ):
+        digest.update(hashlib.sha256(part).digest())
+    text = digest.hexdigest()
+    _FINGERPRINTS[id(found)] = (found, text)
+    return text
+
+
+def _attestation_verification(
+    digest: registry_model.Digest,
+    found: _SignatureSet,
+    entry: attestations_evaluate.LoadedEntry,
+) -> attestations_verify.Verification:
+    from imageward.attestations import verify as attestations_verify
+
+    if isinstance(found, _Failure):
+        problems = {} if found.outage else {"attestations": found.text}
+        return attestations_verify.verify(
+            digest,
+            signatures_verify.SignatureSet(problems=problems),
+            entry.authorities,
+            entry.rule.predicate_type,
+            threshold=entry.rule.threshold,
+        )
+    key = (digest, entry.rule.predicate_type, entry.authorities, id(found))
+    hit = _ATTESTED.get(key)
+    if hit is not None and hit[0] is found:
+        return hit[1]
+    verification = attestations_verify.verify(
+        digest,
+        found,
+        entry.authorities,
+        entry.rule.predicate_type,
+        threshold=entry.rule.threshold,
+    )
+    _ATTESTED[key] = (found, verification)
+    return verification
+
+
+def _attested_by_top(
+    entry: attestations_evaluate.LoadedEntry, digest: registry_model.Digest, top: _SignatureSet
+) -> bool:
+    """Whether the index's own attestations meet the entry's threshold (or, for an
+    optional entry, the index has none at all), so platform manifests need not be read."""
+    if isinstance(top, _Failure):
+        return False
+    verification = _attestation_verification(digest, top, entry)
+    return verification.result.distinct_signers >= entry.rule.threshold
+
+
+def _attestation_violations(
+    loaded: LoadedPolicy,
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    facts: registry_model.ImageFacts,
+    top_set: _SignatureSet,
+    entry_sets: Mapping[registry_model.Digest, _SignatureSet],
+) -> tuple[list[evaluate.Violation], list[AttestationReport]]:
+    violations: list[evaluate.Violation] = []
+    reports: list[AttestationReport] = []
+    now = datetime.datetime.now(datetime.UTC)
+    pulled_sets = [
+        (image, entry_sets[image.digest]) for image in facts.images if image.digest in entry_sets
+    ]
+    fingerprint = "|".join(
+        [_fingerprint(top_set), *(_fingerprint(found) for _, found in pulled_sets)]
+    )
+    for entry in loaded.attestations:
+        key = (facts.digest, policy.name, policy.generation, entry.name, fingerprint)
+        cached = _JUDGED.get(key)
+        if cached is not None and (cached[1] is None or cached[1] > now.timestamp()):
+            judged = cached[0]
+        else:
+            judged = _judge_entry(entry, facts, top_set, pulled_sets, now)
+            if judged.result != "error":
+                expires = judged.changes_at.timestamp() if judged.changes_at else None
+                _JUDGED[key] = (judged, expires)
+        metrics.attestation_verifications.labels(
+            policy=policy.name, attestation=entry.name, result=judged.result
+        ).inc()
+        reports.append(AttestationReport(policy.name, entry.name, judged.result, judged.message))
+        if judged.result == "error":
+            violations.append(
+                evaluate.build_lookup_violation(
+                    policy,
+                    reference,
+                    f"attestation {entry.name}: {judged.message}",
+                    digest=facts.digest,
+                )
+            )
+        elif judged.result == "fail":
+            violations.append(
+                evaluate.build_attestation_violation(
+                    policy, reference, digest=facts.digest, name=entry.name, detail=judged.message
+                )
+            )
+    return violations, reports
+
+
+def _judge_entry(
+    entry: attestations_evaluate.LoadedEntry,
+    facts: registry_model.ImageFacts,
+    top_set: _SignatureSet,
+    pulled_sets: Sequence[tuple[registry_model.PlatformImage, _SignatureSet]],
+    now: datetime.datetime,
+) -> attestations_evaluate.EntryResult:
+    from imageward.attestations import evaluate as attestations_evaluate
+
+    top = _attestation_verification(facts.digest, top_set, entry)
+    pulled = [
+        attestations_evaluate.Pulled(
+            signatures_coverage.build_label(image),
+            image.digest,
+            _attestation_verification(image.digest, found, entry),
+        )
+        for image, found in pulled_sets
+    ]
+    judged = attestations_evaluate.evaluate_entry(entry, top, pulled, now=now)
+    if judged.result == "pass":
+        return judged
+    outages = [
+        found.text
+        for found in (top_set, *(found for _, found in pulled_sets))
+        if isinstance(found, _Failure) and found.outage
+    ]
+    if outages:
+        # Undecidable, not refused: what was needed could not be fetched.
+        return attestations_evaluate.EntryResult(entry.name, "error", outages[0])
+    return judged
+
+
 def _count_attempts(
     policy: model.ImagePolicy, result: signatures_verify.VerificationResult
 ) -> None:
@@ -428,5 +647,6 @@ def _rules_of(policy: model.ImagePolicy) -> list[str]:
         (rules.max_layer_size is not None, constants.RULE_MAX_LAYER_SIZE),
         (rules.forbid_root_user, constants.RULE_FORBID_ROOT_USER),
         (rules.signatures is not None, constants.RULE_SIGNATURES),
+        (bool(rules.attestations), constants.RULE_ATTESTATIONS),
     ]
     return [rule for enabled, rule in present if enabled]

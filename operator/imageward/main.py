@@ -160,7 +160,10 @@ async def policy_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **
 
 def _references_objects(body: kopf.Body) -> bool:
     rules = (body.get("spec") or {}).get("rules") or {}
-    authorities = (rules.get("signatures") or {}).get("authorities") or []
+    authorities = list((rules.get("signatures") or {}).get("authorities") or [])
+    for entry in rules.get("attestations") or []:
+        if isinstance(entry, dict):
+            authorities += entry.get("authorities") or []
     return any(
         (a.get("key") or {}).get("secretRef") or (a.get("keyless") or {}).get("trustedRoot")
         for a in authorities

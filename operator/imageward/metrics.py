@@ -37,6 +37,13 @@ signature_verifications = prometheus_client.Counter(
     ["policy", "authority", "format", "result"],
     registry=REGISTRY,
 )
+attestation_verifications = prometheus_client.Counter(
+    "imageward_attestation_verifications_total",
+    "Attestation entries evaluated per policy, attestation (entry name) and result "
+    "(pass, fail, error).",
+    ["policy", "attestation", "result"],
+    registry=REGISTRY,
+)
 registry_requests = prometheus_client.Counter(
     "imageward_registry_requests_total",
     "HTTP requests sent to registries, by registry, kind and status code.",

@@ -11,14 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from imageward import errors
 from imageward.policy import globs, model
 from imageward.signatures import keys
 from imageward.signatures import model as signatures_model
 from imageward.signatures import verify as signatures_verify
+
+if TYPE_CHECKING:
+    from imageward.attestations import evaluate as attestations_evaluate
 
 #: Reads `data[key]` of a Secret (base64-decoded) or ConfigMap; None when it does not exist.
 SecretReader = Callable[[model.SecretKeyRef], Awaitable[bytes | None]]
@@ -35,6 +38,8 @@ class LoadedPolicy:
     policy: model.ImagePolicy | None  # None: unusable, see `error`
     error: errors.PolicyError | None = None
     authorities: tuple[signatures_verify.Authority, ...] = ()
+    #: `rules.attestations`, authorities resolved and CEL conditions compiled.
+    attestations: tuple[attestations_evaluate.LoadedEntry, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -73,7 +78,20 @@ async def load_policy(
     except errors.PolicyError as e:
         return _unusable(obj, e)
     try:
-        authorities = await _resolve_authorities(policy, read_secret, read_config_map)
+        signatures = policy.rules.signatures
+        authorities = (
+            await _resolve_authorities(
+                policy.name, signatures.authorities, read_secret, read_config_map
+            )
+            if signatures is not None
+            else ()
+        )
+        attestations = tuple(
+            [
+                await _load_attestation(policy.name, entry, read_secret, read_config_map)
+                for entry in policy.rules.attestations
+            ]
+        )
     except errors.PolicyError as e:
         return dataclasses.replace(
             _unusable(obj, e), match=policy.match, generation=policy.generation
@@ -84,19 +102,44 @@ async def load_policy(
         match=policy.match,
         policy=policy,
         authorities=authorities,
+        attestations=attestations,
     )
 
 
+async def _load_attestation(
+    policy: str,
+    entry: model.Attestation,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> attestations_evaluate.LoadedEntry:
+    """An attestation entry's authorities resolved and its conditions compiled (once)."""
+    from imageward.attestations import cel
+    from imageward.attestations import evaluate as attestations_evaluate
+
+    where = f"spec.rules.attestations[{entry.name}]"
+    try:
+        authorities = await _resolve_authorities(
+            policy, entry.authorities, read_secret, read_config_map
+        )
+    except errors.PolicyError as e:
+        raise errors.PolicyError(policy, f"{where}: {e.reason}") from e
+    programs = []
+    for index, condition in enumerate(entry.conditions):
+        try:
+            programs.append(cel.compile_condition(condition.expression))
+        except cel.CelError as e:
+            raise errors.PolicyError(policy, f"{where}.conditions[{index}]: {e}") from None
+    return attestations_evaluate.LoadedEntry(entry, authorities, tuple(programs))
+
+
 async def _resolve_authorities(
-    policy: model.ImagePolicy,
+    policy_name: str,
+    authorities: Sequence[model.Authority],
     read_secret: SecretReader | None,
     read_config_map: ConfigMapReader | None,
 ) -> tuple[signatures_verify.Authority, ...]:
-    signatures = policy.rules.signatures
-    if signatures is None:
-        return ()
     resolved: list[signatures_verify.Authority] = []
-    for authority in signatures.authorities:
+    for authority in authorities:
         try:
             if authority.key is not None:
                 pem = await _key_pem(authority.name, authority.key, read_secret)
@@ -129,8 +172,8 @@ async def _resolve_authorities(
                     )
                 )
         except signatures_model.AuthorityError as e:
-            raise errors.PolicyError(policy.name, str(e)) from e
-    _refuse_duplicates(policy.name, resolved)
+            raise errors.PolicyError(policy_name, str(e)) from e
+    _refuse_duplicates(policy_name, resolved)
     return tuple(resolved)
 
 

@@ -6,6 +6,7 @@ tests put the session's registry and a fresh namespace in their place, nothing e
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import uuid
@@ -34,6 +35,8 @@ def test_every_example_is_covered() -> None:
         "policies/signed-only.yaml",
         "policies/size-limits.yaml",
         "policies/production-namespace.yaml",
+        "policies/no-critical-cves.yaml",
+        "policies/sbom-required.yaml",
         "prepulls/web-tier.yaml",
         "prepulls/shared-layers.yaml",
     }
@@ -207,6 +210,117 @@ def test_production_namespace_rules_and_pinning(
         assert unpinned["spec"]["containers"][0]["image"] == latest
     finally:
         cluster.kubectl("delete", "namespace", production, "--wait=false", check=False)
+
+
+def _secret(
+    cluster: controlplane.ControlPlane, name: str, namespace: str, pub: pathlib.Path
+) -> None:
+    secret = cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        name,
+        "-n",
+        namespace,
+        f"--from-file=cosign.pub={pub}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", input=secret)
+
+
+def test_no_critical_cves_scanned_within_seven_days(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    cosign_tool: cosign.Cosign,
+    imageward_operator: RunningOperator,
+    tmp_path: pathlib.Path,
+) -> None:
+    from tests.cluster import test_attestations
+
+    key = cosign_tool.generate_key_pair(f"scanner-{_uid()}")
+    _secret(cluster, "scanner-key", imageward_operator.namespace, key.public_key)
+    try:
+        now = test_attestations.NOW
+        cases = {
+            "clean": test_attestations.vuln_scan([("CVE-2026-0002", "HIGH")]),
+            "ignored": test_attestations.vuln_scan([("CVE-2026-0001", "CRITICAL")]),
+            "critical": test_attestations.vuln_scan([("CVE-2026-0666", "CRITICAL")]),
+            "stale": test_attestations.vuln_scan([], finished=now - datetime.timedelta(days=8)),
+        }
+        refs = {}
+        for case, scan in cases.items():
+            manifest = images.nonroot_image(f"{case}-{_uid()}")
+            refs[case] = example.push(f"ex/{_uid()}", manifest)
+            predicate = tmp_path / f"{case}.json"
+            predicate.write_text(json.dumps(scan))
+            pinned = f"{refs[case].rsplit(':', 1)[0]}@{manifest.digest}"
+            cosign_tool.attest(
+                pinned, key, predicate, predicate_type="vuln", legacy=case == "stale"
+            )
+        policy = example.apply("policies/no-critical-cves.yaml")
+        name = policy["metadata"]["name"]
+
+        assert example.run("clean", refs["clean"]).returncode == 0
+        assert example.run("ignored", refs["ignored"]).returncode == 0
+        critical = example.run("critical", refs["critical"])
+        assert critical.returncode != 0
+        assert f"ImagePolicy {name}: {refs['critical']}" in critical.stderr
+        assert "CVE-2026-0666 (CRITICAL)" in critical.stderr
+        stale = example.run("stale", refs["stale"])
+        assert stale.returncode != 0 and "over vulnerabilities.maxScanAge 168h" in stale.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "secret",
+            "scanner-key",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_sbom_required(
+    example: Example, cosign_tool: cosign.Cosign, tmp_path: pathlib.Path
+) -> None:
+    from tests.cluster import test_attestations
+
+    key = cosign_tool.generate_key_pair(f"build-{_uid()}")
+    manifest = images.nonroot_image(f"sbom-{_uid()}")
+    with_sbom = example.push(f"ex/{_uid()}", manifest)
+    predicate = tmp_path / "sbom.spdx.json"
+    predicate.write_text(json.dumps(test_attestations.spdx_document()))
+    cosign_tool.attest(
+        f"{with_sbom.rsplit(':', 1)[0]}@{manifest.digest}",
+        key,
+        predicate,
+        predicate_type="spdxjson",
+    )
+    without = example.push(f"ex/{_uid()}", images.nonroot_image(f"nosbom-{_uid()}"))
+    body = example.load("policies/sbom-required.yaml")
+    body["spec"]["rules"]["attestations"][0]["authorities"][0]["key"]["pem"] = key.public_pem
+    example.cluster.apply(body)
+    example.applied.append(body)
+    name = body["metadata"]["name"]
+    utils.wait_for(
+        "sbom-required Ready",
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (example.cluster.get_json("imagepolicy", name).get("status") or {}).get(
+                "conditions", []
+            )
+        ),
+        timeout=30,
+    )
+    assert example.run("with-sbom", with_sbom).returncode == 0
+    refused = example.run("without", without)
+    assert refused.returncode != 0
+    assert (
+        "attestation sbom: has no attestation of predicateType https://spdx.dev/Document (required)"
+    ) in refused.stderr
 
 
 def _prepull_status(cluster: controlplane.ControlPlane, namespace: str, name: str) -> Any:

@@ -62,6 +62,10 @@ class SignatureSet:
     legacy_manifests: tuple[bytes, ...] = ()
     bundle_manifests: tuple[bytes, ...] = ()
     blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    #: The manifest at tag `sha256-<hex>.att` (legacy attestations: DSSE envelopes as
+    #: layers), when attestations were asked for; attestation bundles are referrers,
+    #: among `bundle_manifests`.
+    attestation_manifests: tuple[bytes, ...] = ()
     #: What the registry served but could not be used, by blob digest (or by the
     #: manifest or list it concerns): missing, over a size cap, tampered. Each such
     #: signature is refused with its reason; the others still count.
@@ -73,6 +77,7 @@ class SignatureSet:
         return (
             sum(len(m) for m in self.legacy_manifests)
             + sum(len(m) for m in self.bundle_manifests)
+            + sum(len(m) for m in self.attestation_manifests)
             + sum(len(b) for b in self.blobs.values())
         )
 

@@ -213,8 +213,8 @@ _DELETE = object()
             "1Gi",
             (
                 "spec.rules.maxCompresedSize: unknown field (known: allowedRegistries, "
-                "forbidRootUser, forbiddenTags, maxCompressedSize, maxLayerSize, maxLayers, "
-                "requireDigest, requireNumericUser, signatures)"
+                "attestations, forbidRootUser, forbiddenTags, maxCompressedSize, maxLayerSize, "
+                "maxLayers, requireDigest, requireNumericUser, signatures)"
             ),
         ),
         (
