@@ -361,3 +361,44 @@ def test_envelope_parsing_takes_either_base64(release_key: build.PrivateKey, dig
     )
     parsed = envelopes.parse_envelope(json.dumps(dsse).encode(), what="layer")
     assert parsed.payload_type == build.INTOTO
+
+
+def test_one_attested_platform_never_vouches_for_its_sibling(
+    release_key: build.PrivateKey,
+    digest: registry_model.Digest,
+    other_digest: registry_model.Digest,
+) -> None:
+    # An unattested index: each platform manifest a node could select must carry its own
+    # attestation (or the index one); amd64 attested, arm64 not, is a refusal.
+    entry = _entry(release_key)
+    index = registry_model.Digest("sha256:" + "9" * 64)
+    none = attestations_verify.verify(
+        index, signatures_verify.SignatureSet(), entry.authorities, VULN
+    )
+
+    def pulled(label: str, subject: str, attested: bool) -> attestations_evaluate.Pulled:
+        found = (
+            _legacy_set(build.envelope(_statement(subject, _scan([])), release_key))
+            if attested
+            else signatures_verify.SignatureSet()
+        )
+        verification = attestations_verify.verify(
+            registry_model.Digest(subject), found, entry.authorities, VULN
+        )
+        return attestations_evaluate.Pulled(label, registry_model.Digest(subject), verification)
+
+    half = attestations_evaluate.evaluate_entry(
+        entry,
+        none,
+        [pulled("linux/amd64", digest, True), pulled("linux/arm64", other_digest, False)],
+        now=NOW,
+    )
+    assert half.result == "fail"
+    assert "linux/arm64" in half.message
+    both = attestations_evaluate.evaluate_entry(
+        entry,
+        none,
+        [pulled("linux/amd64", digest, True), pulled("linux/arm64", other_digest, True)],
+        now=NOW,
+    )
+    assert both.result == "pass", both.message
