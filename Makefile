@@ -37,7 +37,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 image: packages
-	bash hack/build-image.sh $(if $(IMAGE_REGISTRY),--push $(IMAGE_REGISTRY)/$(IMAGE_REPOSITORY):$(IMAGE_TAG)) >/dev/null
+	bash hack/build-image.sh $(if $(IMAGE_REGISTRY),--push $(IMAGE_REGISTRY)/$(IMAGE_REPOSITORY):$(IMAGE_TAG))
 
 dev: setup
 	$(BIN)/imageward dev
