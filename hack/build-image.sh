@@ -157,20 +157,23 @@ build() {
   fi
   local tag=localhost/imageward:$key build_log=$images/imageward-$key.log
   log "building $tag from $root/Dockerfile (log: $build_log)"
-  if ! "${B[@]}" bud --isolation chroot --layers --pull=never --identity-label=false \
-      --build-arg "PYTHON_IMAGE=localhost/imageward-base/build:$base_key" \
-      --build-arg "RUNTIME_IMAGE=localhost/imageward-base/runtime:$base_key" \
-      "${volumes[@]}" --tag "$tag" --file "$root/Dockerfile" "$root" >"$build_log" 2>&1; then
+  # Each log line gets a time stamp: where a slow build spends its time.
+  "${B[@]}" bud --isolation chroot --layers --pull=never --identity-label=false \
+    --build-arg "PYTHON_IMAGE=localhost/imageward-base/build:$base_key" \
+    --build-arg "RUNTIME_IMAGE=localhost/imageward-base/runtime:$base_key" \
+    "${volumes[@]}" --tag "$tag" --file "$root/Dockerfile" "$root" 2>&1 \
+    | while IFS= read -r line; do printf '%(%H:%M:%S)T %s\n' -1 "$line"; done >"$build_log"
+  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
     tail -30 "$build_log" >&2
     die "buildah bud failed (whole log: $build_log)"
   fi
-  grep '^trim-venv:' "$build_log" >&2 || true
+  grep -o 'trim-venv: .*' "$build_log" >&2 || true
 
   rm -rf "$layout.tmp"
+  log "writing the OCI layout"
   "${B[@]}" push --quiet --digestfile "$images/.digest" "$tag" "oci:$layout.tmp:imageward" >&2
-  mv "$layout.tmp" "$layout"
   local seconds=$((SECONDS - started))
-  python3 - "$layout" "$key" "$(cat "$images/.digest")" "$seconds" >"$layout.json" <<'EOF'
+  python3 - "$layout.tmp" "$key" "$(cat "$images/.digest")" "$seconds" >"$layout.json" <<'EOF'
 import json, pathlib, sys
 layout, key, digest, seconds = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 blob = lambda d: layout / "blobs" / d.replace(":", "/")
@@ -180,6 +183,7 @@ print(json.dumps({"key": key, "digest": digest, "layers": layers, "compressed_si
                   "build_seconds": seconds}, indent=1))
 EOF
   rm -f "$images/.digest"
+  mv "$layout.tmp" "$layout"
   log "built in ${seconds}s: $(python3 -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["digest"][:19], round(d["compressed_size"] / 1e6, 1), "MB compressed in", len(d["layers"]), "layers")' "$layout.json")"

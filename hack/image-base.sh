@@ -11,7 +11,7 @@
 #          the final image must not carry it).
 # Both: merged /usr set up by mmdebstrap's hook (no usrmerge, so no perl), no /dev nodes, no
 # docs (copyright files stay), man pages, info, locales, lintian data, apt lists or caches,
-# logs or *-old backups.
+# logs or *-old backups. The runtime base has no iconv modules either (see runtime_trim).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -41,17 +41,22 @@ trim=(
 runtime_packages=python3,ca-certificates,python-is-python3
 build_packages=$runtime_packages,python3-pip,python3-venv
 
-strap() { # NAME PACKAGES
-  mmdebstrap --variant=minbase --format=tar --include="$2" \
-    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr "${trim[@]}" \
-    "$suite" "$out/$1.tar.tmp" "${sources[@]}" >"$out/$1.log" 2>&1 \
-    || { tail -20 "$out/$1.log" >&2; return 1; }
-  mv "$out/$1.tar.tmp" "$out/$1.tar"
+# The runtime base also drops glibc's iconv modules (8 MB, 2.9 MB compressed): Python's
+# codecs are its own, and UTF-8, ASCII and Latin-1 are built into libc.
+runtime_trim=(--dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/gconv/*')
+
+strap() { # NAME PACKAGES [MMDEBSTRAP OPTIONS...]
+  local name=$1 packages=$2; shift 2
+  mmdebstrap --variant=minbase --format=tar --include="$packages" \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr "${trim[@]}" "$@" \
+    "$suite" "$out/$name.tar.tmp" "${sources[@]}" >"$out/$name.log" 2>&1 \
+    || { tail -20 "$out/$name.log" >&2; return 1; }
+  mv "$out/$name.tar.tmp" "$out/$name.tar"
 }
 
 # Both at once: they are network- and dpkg-bound, and fetching side by side keeps the
 # window in which the archive could change between them short.
-strap runtime "$runtime_packages" & runtime_pid=$!
+strap runtime "$runtime_packages" "${runtime_trim[@]}" & runtime_pid=$!
 strap build "$build_packages" & build_pid=$!
 status=0
 wait "$runtime_pid" || status=1

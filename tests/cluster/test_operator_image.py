@@ -66,6 +66,26 @@ def test_a_second_build_comes_from_the_cache(operator_image: operatorimage.Built
     assert again.digest == operator_image.digest
 
 
+def test_make_image_pushes_the_same_digest_where_asked(
+    operator_image: operatorimage.BuiltImage, anonymous_registry: registries.Registry
+) -> None:
+    """`make image IMAGE_REGISTRY=...` runs this: skopeo from the cached layout, digest kept."""
+    root = operatorimage.repository_root()
+    reference = f"{anonymous_registry.host}/make/imageward:{helpers.uid()}"
+    result = subprocess.run(
+        ["bash", str(root / operatorimage.BUILD_SCRIPT), "--push", reference],
+        capture_output=True,
+        text=True,
+        timeout=operatorimage.DEFAULT_BUILD_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(operator_image.layout)
+
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    assert anonymous_registry.client().manifest_digest(repository, tag) == operator_image.digest
+
+
 def test_the_pushed_image_is_configured_as_users_rely_on(
     pushed: images.Pushed, anonymous_registry: registries.Registry
 ) -> None:
