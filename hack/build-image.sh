@@ -149,6 +149,7 @@ build() {
     wipe_store
     mkdir -p "$store"
   fi
+  "${B[@]}" rm --all >/dev/null 2>&1 || true # working containers a killed build left
   ensure_bases
 
   local ca=${IMAGEWARD_BUILD_CA-/etc/ssl/certs/ca-certificates.crt} volumes=()
@@ -158,7 +159,7 @@ build() {
   local tag=localhost/imageward:$key build_log=$images/imageward-$key.log
   log "building $tag from $root/Dockerfile (log: $build_log)"
   # Each log line gets a time stamp: where a slow build spends its time.
-  "${B[@]}" bud --isolation chroot --layers --pull=never --identity-label=false \
+  "${B[@]}" bud --isolation chroot --layers --force-rm --pull=never --identity-label=false \
     --build-arg "PYTHON_IMAGE=localhost/imageward-base/build:$base_key" \
     --build-arg "RUNTIME_IMAGE=localhost/imageward-base/runtime:$base_key" \
     "${volumes[@]}" --tag "$tag" --file "$root/Dockerfile" "$root" 2>&1 \
@@ -183,6 +184,7 @@ print(json.dumps({"key": key, "digest": digest, "layers": layers, "compressed_si
                   "build_seconds": seconds}, indent=1))
 EOF
   rm -f "$images/.digest"
+  rm -rf "$layout"
   mv "$layout.tmp" "$layout"
   log "built in ${seconds}s: $(python3 -c 'import json, sys
 d = json.load(open(sys.argv[1]))
