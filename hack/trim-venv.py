@@ -8,7 +8,7 @@ Run by the Dockerfile with the virtualenv's own interpreter (standard library on
 
 `trim` removes, in order, and prints what each step saved:
 
-1. whole modules nobody imports, named in REMOVED_PACKAGES with the reason;
+1. whole modules nobody imports, named in REMOVED_MODULES with the reason;
 2. test modules shipped inside packages (`tests/` directories, `*_test.py` files);
 3. the bytecode (not the source) of modules that no import statement reachable from the
    required distributions names: a module found only by a dynamic import still works,
@@ -32,13 +32,21 @@ import shutil
 import sys
 from collections.abc import Iterable, Iterator
 
-#: module -> why it can go. Checked by `verify`: nothing may import these.
-REMOVED_PACKAGES = {
+#: module (a package or a single module, source or extension) -> why it can go.
+#: Checked by `trim` and `verify`: nothing may import these.
+REMOVED_MODULES = {
     "kubernetes.aio": (
         "kubernetes >= 35 ships an asyncio copy of the whole client (67 MB with bytecode); "
         "`import kubernetes` does not load it, imageward uses the synchronous client "
         "(imageward/kube.py) and Kopf its own aiohttp client"
     ),
+    **{
+        f"cel_expr_python.ext.{name}": (
+            "each CEL extension is a 5 MB library of its own (cel-cpp linked in again); "
+            "imageward/attestations/cel.py loads ext_bindings, ext_optional and ext_strings"
+        )
+        for name in ("ext_math", "ext_encoders", "ext_proto")
+    },
 }
 
 _CACHE_TAG = sys.implementation.cache_tag  # cpython-311
@@ -179,15 +187,22 @@ def trim(venv: pathlib.Path, requirements: pathlib.Path, report: pathlib.Path) -
     removed: list[str] = []
     print(f"trim-venv: site-packages {before / 1e6:.1f} MB")
 
-    # 1. Whole packages nobody imports.
+    # 1. Whole modules nobody imports.
     saved = 0
-    for module in REMOVED_PACKAGES:
+    for module in REMOVED_MODULES:
         path = sp.joinpath(*module.split("."))
+        files = [p for p in path.parent.glob(f"{path.name}.*") if p.is_file()]
+        files += _bytecode(path.with_suffix(".py"))
+        if not path.is_dir() and not files:
+            continue
         if path.is_dir():
             saved += _size(path)
             shutil.rmtree(path)
-            removed.append(module)
-    print(f"trim-venv: 1. unused packages {sorted(REMOVED_PACKAGES)}: -{saved / 1e6:.1f} MB")
+        for file in files:
+            saved += _size(file)
+            file.unlink()
+        removed.append(module)
+    print(f"trim-venv: 1. unused modules {sorted(REMOVED_MODULES)}: -{saved / 1e6:.1f} MB")
 
     # 2. Test modules inside packages.
     saved, tests = 0, 0
@@ -257,7 +272,7 @@ def imports_of_removed(
     removed = list(removed)
     return [
         f"{path.relative_to(sp)}:{line} imports {imported}, which hack/trim-venv.py "
-        "removes: keep it (edit REMOVED_PACKAGES)"
+        "removes: keep it (edit REMOVED_MODULES)"
         for name, path in sorted(modules.items())
         for imported, line in imported_names(name, path)
         if _is_under(imported, removed)

@@ -69,6 +69,11 @@ def venv(tmp_path: pathlib.Path) -> pathlib.Path:
         },
     )
     install(sp, "rich", {"rich/__init__.py": "", "rich/console.py": ""})
+    ext = sp / "cel_expr_python" / "ext"
+    ext.mkdir(parents=True)
+    for name in ("ext_math", "ext_strings"):  # extension modules: a library and its stub
+        (ext / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+        (ext / f"{name}.pyi").write_text("")
     return venv
 
 
@@ -94,7 +99,12 @@ def test_trim_removes_unused_packages_tests_and_unreachable_bytecode(
     assert not (sp / "kubernetes" / "aio").exists()
     assert not (sp / "kubernetes" / "config" / "kube_config_test.py").exists()
     assert not (sp / "urllib3" / "tests").exists()
+    assert sorted(ext.name for ext in (sp / "cel_expr_python" / "ext").iterdir()) == [
+        "ext_strings.cpython-311-x86_64-linux-gnu.so",
+        "ext_strings.pyi",
+    ]
     assert sorted(report["removed"]) == [
+        "cel_expr_python.ext.ext_math",
         "kubernetes.aio",
         "kubernetes.config.kube_config_test",
         "urllib3.tests",
@@ -155,4 +165,4 @@ def test_imageward_never_imports_what_the_image_removes(trim_venv: types.ModuleT
     package = ROOT / "operator"
     modules = trim_venv.discover_modules(package)
 
-    assert trim_venv.imports_of_removed(modules, trim_venv.REMOVED_PACKAGES, package) == []
+    assert trim_venv.imports_of_removed(modules, trim_venv.REMOVED_MODULES, package) == []
