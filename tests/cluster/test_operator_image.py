@@ -130,9 +130,10 @@ def test_it_runs_as_its_non_root_user_on_a_read_only_root(
     version = ctr_run(containerd_daemon, pulled, "imageward", "--version")
     assert (version.returncode, version.stdout.strip()) == (0, f"imageward {imageward.__version__}")
 
-    usage = ctr_run(containerd_daemon, pulled, "imageward", "check", "--help")
-    assert usage.returncode == 0, usage.stderr
-    assert usage.stdout.startswith("usage: imageward check")
+    for command in ("check", "agent"):  # the chart's agent DaemonSet runs `imageward agent`
+        usage = ctr_run(containerd_daemon, pulled, "imageward", command, "--help")
+        assert usage.returncode == 0, usage.stderr
+        assert usage.stdout.startswith(f"usage: imageward {command}")
 
 
 def test_the_static_helper_is_where_prepull_runs_it(
