@@ -17,12 +17,23 @@ from collections.abc import Iterator
 import pytest
 
 from imageward import webhooks
-from imageward.localcluster import containerd, controlplane, cosign, processes, registries
+from imageward.localcluster import (
+    containerd,
+    controlplane,
+    cosign,
+    processes,
+    realnode,
+    registries,
+)
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[controlplane.ControlPlane]:
-    with controlplane.ControlPlane(nodes=3) as plane:
+    # Advertised on this machine's address (not 127.0.0.1) so that pods of the real node,
+    # when a test asks for it, reach the apiserver through the `kubernetes` Service.
+    with controlplane.ControlPlane(
+        nodes=3, advertise_address=controlplane.primary_address()
+    ) as plane:
         previous = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(plane.kubeconfig)
         try:
@@ -54,6 +65,35 @@ def registry_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registrie
 def containerd_daemon() -> Iterator[containerd.Containerd]:
     with containerd.Containerd() as daemon:
         yield daemon
+
+
+@pytest.fixture(scope="session")
+def real_node(
+    cluster: controlplane.ControlPlane,
+    registry_set: registries.Registries,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[realnode.RealNode]:
+    """The machine's one real kubelet node, joined to the session's cluster and shared by
+    every test that asks for it (a real node changes the host: never two at once).
+
+    It is tainted: put a pod on it with `real_node.placement` (nodeSelector + toleration).
+    The session registries are in its containerd's pull configuration; add others with
+    `real_node.add_registry(host)`. `real_node.containerd.ctr(...)` inspects its content
+    store. Its logs are in the `real-node*` pytest temporary directory. Stopping restores
+    the host; a node left by a crashed run is cleaned up when this one starts.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root (kubelet, containerd, iptables)")
+    if not cluster.advertise_address:
+        pytest.skip("this machine has no address besides 127.0.0.1 for pods to reach")
+    node = realnode.RealNode(cluster, log_dir=tmp_path_factory.mktemp("real-node"))
+    for registry in registry_set:
+        node.add_registry(registry.host)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")
