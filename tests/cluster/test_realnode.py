@@ -8,6 +8,8 @@ usable afterwards), so they run last in this module.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import pathlib
 import signal
@@ -144,6 +146,47 @@ def test_exec_runs_a_command_in_a_running_container(
     _wait_phase(cluster, namespace, name, "Running")
     result = cluster.kubectl("exec", "-n", namespace, name, "--", "/imageward-helper", "x")
     assert result.stdout.strip() == HELPER_OUTPUT
+
+
+def test_kubelet_pulls_from_a_token_registry_with_the_pods_pull_secret(
+    real_node: realnode.RealNode,
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    registry_set: registries.Registries,
+) -> None:
+    registry = registry_set.token  # Bearer tokens from its issuer, as real registries do
+    pushed = registry.client().push(f"realnode/private-{_uid()}", _tools_image(), tag="1.0")
+    config = base64.b64encode(json.dumps(registry.docker_config()).encode()).decode()
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "pull", "namespace": namespace},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": config},
+        }
+    )
+    # First without the secret (before anything put the image on the node: a present image
+    # is not pulled again, so its credentials are not checked; KEP-2535 is off in 1.34).
+    without = f"nosecret-{_uid()}"
+    _create(cluster, namespace, _pod(real_node, without, pushed.ref, command=["/imageward-helper"]))
+
+    def pull_refused() -> str | None:
+        status = cluster.get_json("pod", without, "-n", namespace)["status"]
+        for container in status.get("containerStatuses", []):
+            reason = container["state"].get("waiting", {}).get("reason")
+            if reason in ("ErrImagePull", "ImagePullBackOff"):
+                return str(container["state"]["waiting"].get("message", reason))
+        return None
+
+    message = utils.wait_for("the pull without a secret to be refused", pull_refused)
+    assert "authorization failed" in message, message
+    name = f"secret-{_uid()}"
+    pod = _pod(real_node, name, pushed.ref, command=["/imageward-helper"])
+    pod["spec"]["imagePullSecrets"] = [{"name": "pull"}]
+    _create(cluster, namespace, pod)
+    _wait_phase(cluster, namespace, name, "Succeeded")
+    assert cluster.kubectl("logs", "-n", namespace, name).stdout.strip() == HELPER_OUTPUT
 
 
 def test_pod_reaches_the_apiserver_through_the_kubernetes_service(
