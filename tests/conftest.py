@@ -90,10 +90,30 @@ def real_node(
     for registry in registry_set:
         node.add_registry(registry.host)
     node.start()
+    _session_real_nodes.append(node)
     try:
         yield node
     finally:
+        _session_real_nodes.remove(node)
         node.stop()
+
+
+_session_real_nodes: list[realnode.RealNode] = []
+
+
+@pytest.fixture
+def real_node_slot() -> Iterator[None]:
+    """For a test that starts a real node of its own (`imageward dev --real-node`): one
+    real node per machine, so the session's, if it runs, stops for the test and starts
+    again after it."""
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root (kubelet, containerd, iptables)")
+    paused = [node for node in _session_real_nodes if node.running]
+    for node in paused:
+        node.stop()
+    yield
+    for node in paused:
+        node.start()
 
 
 @pytest.fixture(scope="session")

@@ -673,6 +673,11 @@ class RealNode:
     # -- what tests use ----------------------------------------------------------------------
 
     @property
+    def running(self) -> bool:
+        """Started and not stopped (its daemons may have died meanwhile)."""
+        return self._journal is not None
+
+    @property
     def socket(self) -> pathlib.Path:
         """The node's containerd socket (for `ctr --address`)."""
         return self.layout.socket
