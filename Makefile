@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export IMAGEWARD_CACHE ?= $(HOME)/.cache/imageward
 PYTEST_ARGS ?=
 
-.PHONY: all setup packages tools venv dev test unit cluster-tests lint format bench clean
+.PHONY: all setup packages tools venv dev dev-real-node test unit cluster-tests lint format bench clean
 
 all: test
 
@@ -30,6 +30,11 @@ $(BIN)/.installed: pyproject.toml
 
 dev: setup
 	$(BIN)/imageward dev
+
+# One real kubelet node beside the kwok ones: needs root, changes kernel settings,
+# iptables and mounts while it runs (restored on stop). See README "A real node".
+dev-real-node: setup
+	$(BIN)/imageward dev --real-node
 
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)

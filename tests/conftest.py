@@ -86,7 +86,10 @@ def real_node(
         pytest.skip("a real node needs root (kubelet, containerd, iptables)")
     if not cluster.advertise_address:
         pytest.skip("this machine has no address besides 127.0.0.1 for pods to reach")
-    node = realnode.RealNode(cluster, log_dir=tmp_path_factory.mktemp("real-node"))
+    # Another test run on this machine may hold the machine's one real node: wait for it.
+    node = realnode.RealNode(
+        cluster, log_dir=tmp_path_factory.mktemp("real-node"), lock_timeout=1200
+    )
     for registry in registry_set:
         node.add_registry(registry.host)
     node.start()

@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from imageward.localcluster import controlplane, hoststate, images, realnode, registries, tools
+from imageward.localcluster import (
+    controlplane,
+    faultproxy,
+    hoststate,
+    images,
+    realnode,
+    registries,
+    tools,
+)
 from tests import utils
 
 pytestmark = pytest.mark.cluster
@@ -146,6 +154,36 @@ def test_exec_runs_a_command_in_a_running_container(
     _wait_phase(cluster, namespace, name, "Running")
     result = cluster.kubectl("exec", "-n", namespace, name, "--", "/imageward-helper", "x")
     assert result.stdout.strip() == HELPER_OUTPUT
+
+
+def test_kubelet_pulls_can_go_through_another_endpoint(
+    real_node: realnode.RealNode,
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    anonymous_registry: registries.Registry,
+    tools_image: str,
+) -> None:
+    # What a benchmark does to put the node's pulls behind a slow link: the registry's
+    # hosts.toml names the fault proxy as the host to pull from.
+    image = images.build_image(
+        [*_tools_image().layers, images.random_layer(256 * 1024, seed=_uid())],
+        platform=realnode.host_platform(),
+        user=images.NONROOT_USER,
+        env=(),
+        entrypoint=["/imageward-helper"],
+    )
+    pushed = anonymous_registry.client().push(f"realnode/proxied-{_uid()}", image, tag="1.0")
+    with faultproxy.FaultProxy(anonymous_registry.url) as proxy:
+        real_node.add_registry(anonymous_registry.host, endpoint=proxy.url)
+        try:
+            name = f"proxied-{_uid()}"
+            _create(cluster, namespace, _pod(real_node, name, pushed.ref))
+            _wait_phase(cluster, namespace, name, "Succeeded")
+        finally:
+            real_node.add_registry(anonymous_registry.host)
+        top = image.layers[-1]
+        assert proxy.count(f"/blobs/{top.digest}") == 1
+        assert proxy.sent_bytes(f"/blobs/{top.digest}") == top.size
 
 
 def test_kubelet_pulls_from_a_token_registry_with_the_pods_pull_secret(

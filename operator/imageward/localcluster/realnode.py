@@ -589,8 +589,11 @@ def finish_teardown(layout: Layout) -> None:
 # -- the lock ------------------------------------------------------------------------------
 
 
-def _acquire_lock(path: pathlib.Path) -> int:
+def _acquire_lock(path: pathlib.Path, *, timeout: float = 0.0) -> int:
+    """Take the machine's real-node lock, waiting up to `timeout` seconds for its holder."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    waited = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -598,6 +601,12 @@ def _acquire_lock(path: pathlib.Path) -> int:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            if time.monotonic() < deadline:
+                if not waited:
+                    logger.warning("waiting for the real node of pid %s to stop", holder)
+                    waited = True
+                time.sleep(1.0)
+                continue
             raise RealNodeError(
                 f"a real node already runs on this machine (pid {holder}, lock {path}); "
                 "only one per machine: its kubelet owns fixed host paths"
@@ -641,7 +650,10 @@ class RealNode:
         lock_path: pathlib.Path = LOCK_PATH,
         taint: bool = True,
         startup_timeout: float = 90.0,
+        lock_timeout: float = 0.0,
     ) -> None:
+        """`lock_timeout`: how long `start()` waits for another process's real node on this
+        machine to stop (0: fail at once, naming its pid)."""
         self.plane = plane
         self.name = name
         self.layout = Layout(base_dir)
@@ -649,6 +661,7 @@ class RealNode:
         self.log_dir = log_dir or pathlib.Path(tempfile.mkdtemp(prefix="imageward-realnode-"))
         self.taint = taint
         self.startup_timeout = startup_timeout
+        self.lock_timeout = lock_timeout
         self.pause_image = PAUSE_IMAGE
         self.node_ip = ""
         self.before: hoststate.Snapshot | None = None
@@ -748,7 +761,7 @@ class RealNode:
                 "start it with advertise_address=controlplane.primary_address()"
             )
         self.node_ip = self.plane.advertise_address
-        self._lock_fd = _acquire_lock(self.lock_path)
+        self._lock_fd = _acquire_lock(self.lock_path, timeout=self.lock_timeout)
         try:
             self._recover()
             self.before = take_host_snapshot(self.layout.base)

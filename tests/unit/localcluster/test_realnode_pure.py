@@ -11,6 +11,8 @@ import io
 import json
 import pathlib
 import tarfile
+import threading
+import time
 import tomllib
 
 import pytest
@@ -132,6 +134,17 @@ def test_one_lock_holder_per_machine(tmp_path: pathlib.Path) -> None:
         realnode._release_lock(path, fd)
     assert not path.exists()
     realnode._release_lock(path, realnode._acquire_lock(path))
+
+
+def test_lock_waits_for_its_holder_up_to_a_timeout(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "realnode.lock"
+    fd = realnode._acquire_lock(path)
+    started = time.monotonic()
+    with pytest.raises(realnode.RealNodeError, match="already runs"):
+        realnode._acquire_lock(path, timeout=1.5)
+    assert time.monotonic() - started >= 1.5
+    threading.Timer(0.5, realnode._release_lock, (path, fd)).start()
+    realnode._release_lock(path, realnode._acquire_lock(path, timeout=10))
 
 
 def test_cri_config_has_what_the_project_machines_need(tmp_path: pathlib.Path) -> None:
