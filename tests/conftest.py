@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -79,17 +81,22 @@ def real_node(
     It is tainted: put a pod on it with `real_node.placement` (nodeSelector + toleration).
     The session registries are in its containerd's pull configuration; add others with
     `real_node.add_registry(host)`. `real_node.containerd.ctr(...)` inspects its content
-    store. Its logs are in the `real-node*` pytest temporary directory. Stopping restores
+    store. Its logs are in /tmp/imageward-realnode-logs/run-<pid>. Stopping restores
     the host; a node left by a crashed run is cleaned up when this one starts.
     """
     if os.geteuid() != 0:
         pytest.skip("a real node needs root (kubelet, containerd, iptables)")
     if not cluster.advertise_address:
         pytest.skip("this machine has no address besides 127.0.0.1 for pods to reach")
+    # Logs outside pytest's temporary directories, which other test runs on the machine
+    # rotate away: each run's stay in run-<pid> until a later run finds that pid gone.
+    logs = pathlib.Path(tempfile.gettempdir()) / "imageward-realnode-logs"
+    for old in logs.glob("run-*"):
+        if not pathlib.Path("/proc", old.name.removeprefix("run-")).exists():
+            shutil.rmtree(old, ignore_errors=True)
+    log_dir = logs / f"run-{os.getpid()}"
     # Another test run on this machine may hold the machine's one real node: wait for it.
-    node = realnode.RealNode(
-        cluster, log_dir=tmp_path_factory.mktemp("real-node"), lock_timeout=1200
-    )
+    node = realnode.RealNode(cluster, log_dir=log_dir, lock_timeout=1200)
     for registry in registry_set:
         node.add_registry(registry.host)
     node.start()

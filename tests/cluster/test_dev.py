@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from imageward import dev
-from imageward.localcluster import hoststate, realnode, tools
+from imageward.localcluster import realnode, tools
 from tests import utils
 
 pytestmark = pytest.mark.cluster
@@ -176,5 +176,5 @@ def test_dev_with_a_real_node_runs_real_pods_and_restores_the_host(
 
     rest = run.stop()
     assert run.process.returncode == 0, run.text + rest
-    changes = hoststate.differences(before, realnode.take_host_snapshot())
+    changes = realnode.host_changes(before)
     assert not changes, "imageward dev --real-node left the host changed:\n" + "\n".join(changes)

@@ -73,7 +73,12 @@ def _create(cluster: controlplane.ControlPlane, namespace: str, pod: dict[str, A
 
 
 def _wait_phase(
-    cluster: controlplane.ControlPlane, namespace: str, name: str, phase: str, timeout: float = 90
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    name: str,
+    phase: str,
+    timeout: float = 90,
+    node: realnode.RealNode | None = None,
 ) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         pod: dict[str, Any] = cluster.get_json("pod", name, "-n", namespace)
@@ -82,7 +87,15 @@ def _wait_phase(
             raise AssertionError(f"pod {namespace}/{name} failed: {status}")
         return pod if status.get("phase") == phase else None
 
-    return utils.wait_for(f"pod {namespace}/{name} {phase}", reached, timeout=timeout)
+    try:
+        return utils.wait_for(f"pod {namespace}/{name} {phase}", reached, timeout=timeout)
+    except AssertionError as e:
+        # What a person needs to see why: the pod's events, and the kubelet's last words.
+        described = cluster.kubectl("describe", "pod", name, "-n", namespace, check=False)
+        kubelet = ""
+        if node is not None and node.running:
+            kubelet = f"\n--- kubelet ({node.kubelet.log_path}):\n{node.kubelet.log_tail(3000)}"
+        raise AssertionError(f"{e}\n{described.stdout[-3000:]}{kubelet}") from None
 
 
 def _tools_image() -> images.Manifest:
@@ -135,7 +148,7 @@ def test_pod_of_a_registry_image_runs_and_its_logs_show_its_output(
 ) -> None:
     name = f"hello-{_uid()}"
     _create(cluster, namespace, _pod(real_node, name, tools_image, command=["/imageward-helper"]))
-    pod = _wait_phase(cluster, namespace, name, "Succeeded")
+    pod = _wait_phase(cluster, namespace, name, "Succeeded", node=real_node)
     assert pod["spec"]["nodeName"] == real_node.name
     logs = cluster.kubectl("logs", "-n", namespace, name).stdout
     assert logs.strip() == HELPER_OUTPUT
@@ -151,7 +164,7 @@ def test_exec_runs_a_command_in_a_running_container(
 ) -> None:
     name = f"paused-{_uid()}"
     _create(cluster, namespace, _pod(real_node, name, tools_image, restart="Always"))
-    _wait_phase(cluster, namespace, name, "Running")
+    _wait_phase(cluster, namespace, name, "Running", node=real_node)
     result = cluster.kubectl("exec", "-n", namespace, name, "--", "/imageward-helper", "x")
     assert result.stdout.strip() == HELPER_OUTPUT
 
@@ -178,7 +191,7 @@ def test_kubelet_pulls_can_go_through_another_endpoint(
         try:
             name = f"proxied-{_uid()}"
             _create(cluster, namespace, _pod(real_node, name, pushed.ref))
-            _wait_phase(cluster, namespace, name, "Succeeded")
+            _wait_phase(cluster, namespace, name, "Succeeded", node=real_node)
         finally:
             real_node.add_registry(anonymous_registry.host)
         top = image.layers[-1]
@@ -223,7 +236,7 @@ def test_kubelet_pulls_from_a_token_registry_with_the_pods_pull_secret(
     pod = _pod(real_node, name, pushed.ref, command=["/imageward-helper"])
     pod["spec"]["imagePullSecrets"] = [{"name": "pull"}]
     _create(cluster, namespace, pod)
-    _wait_phase(cluster, namespace, name, "Succeeded")
+    _wait_phase(cluster, namespace, name, "Succeeded", node=real_node)
     assert cluster.kubectl("logs", "-n", namespace, name).stdout.strip() == HELPER_OUTPUT
 
 
@@ -260,7 +273,7 @@ def test_pod_reaches_the_apiserver_through_the_kubernetes_service(
     )
     pod["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}]
     _create(cluster, namespace, pod)
-    _wait_phase(cluster, namespace, name, "Succeeded", timeout=120)
+    _wait_phase(cluster, namespace, name, "Succeeded", timeout=120, node=real_node)
     logs = cluster.kubectl("logs", "-n", namespace, name).stdout
     assert f"system:serviceaccount:{namespace}:default" in logs, logs
     assert "https://10.96.0.1:443/apis/authentication.k8s.io/v1/selfsubjectreviews" in logs, logs
@@ -268,7 +281,7 @@ def test_pod_reaches_the_apiserver_through_the_kubernetes_service(
 
 def _assert_host_as_before(before: hoststate.Snapshot | None) -> None:
     assert before is not None
-    changes = hoststate.differences(before, realnode.take_host_snapshot())
+    changes = realnode.host_changes(before)
     assert not changes, "the real node left the host changed:\n" + "\n".join(changes)
 
 
@@ -288,7 +301,7 @@ def _run_pause_pod(
     name = f"sleeper-{_uid()}"
     pod = _pod(node, name, node.pause_image, restart="Always", imagePullPolicy="Never")
     _create(cluster, namespace, pod)
-    _wait_phase(cluster, namespace, name, "Running")
+    _wait_phase(cluster, namespace, name, "Running", node=node)
     return name
 
 
@@ -366,7 +379,7 @@ def test_a_run_that_died_is_cleaned_up_by_the_next_start(
     _start_again(real_node, cluster)
     assert real_node.recovered
     assert real_node.before is not None
-    changes = hoststate.differences(before, real_node.before)
+    changes = realnode.host_changes(before, real_node.before)
     assert not changes, "the next start did not clean up:\n" + "\n".join(changes)
     name = _run_pause_pod(real_node, cluster, namespace)  # the new node runs pods
     assert cluster.get_json("pod", name, "-n", namespace)["spec"]["nodeName"] == real_node.name

@@ -11,9 +11,13 @@ paths. `Snapshot` records all of it as plain data (JSON, so it survives the proc
 took it); the `restore_*`/`remove_*` functions undo one kind each and return what they
 could not undo, so the caller can say exactly what was left behind.
 
-The snapshot leaves out what other harness users on the same machine change while a
-test runs (their private containerd instances mount under /tmp and create `/k8s.io/<id>`
-cgroups with `ctr run`); the real node never touches either.
+The snapshot covers where a real node acts, not the whole machine: other users of the
+same machine change it at any time (the harness's private containerd instances mount
+snapshots and create `/k8s.io/<id>` cgroups with `ctr run`, buildah mounts overlays in
+its own store, the machine's process supervisor makes cgroups per command). So mounts are
+those at or under the given `mount_scope` (the node's directories) and "/" itself (its
+propagation), cgroups are each hierarchy's top-level groups plus the whole tree of the
+ones given in `cgroup_trees` (kubepods); sysctls, nftables, links and paths are complete.
 """
 
 from __future__ import annotations
@@ -44,10 +48,6 @@ VOLATILE_SYSCTLS = frozenset(
         "kernel.hung_task_warnings",  # counts down
     }
 )
-
-#: Mounts under these prefixes belong to other users of the machine (pytest's temporary
-#: directories, the harness's private containerd instances); the real node never mounts there.
-FOREIGN_MOUNT_PREFIXES = ("/tmp/",)
 
 #: Top-level cgroups that `ctr run` makes (one per containerd namespace) for the harness's
 #: other containerd instances; the real node's pods live under `kubepods`.
@@ -333,17 +333,21 @@ def cgroup_hierarchies() -> list[pathlib.Path]:
     )
 
 
-def read_cgroups() -> list[str]:
-    """Cgroup directories of every hierarchy, as "<hierarchy>:<path>" (foreign ones left out)."""
+def read_cgroups(trees: Sequence[str] = ()) -> list[str]:
+    """Top-level cgroups of every hierarchy (foreign ones left out) and every cgroup below
+    the top-level ones named in `trees`, as "<hierarchy>:/<path>"."""
     found = []
     for hierarchy in cgroup_hierarchies():
-        for directory, subdirs, _ in os.walk(hierarchy):
-            relative = pathlib.Path(directory).relative_to(hierarchy)
-            if relative.parts and relative.parts[0] in FOREIGN_CGROUPS:
-                subdirs.clear()
+        for top in sorted(p for p in hierarchy.iterdir() if p.is_dir()):
+            if top.name in FOREIGN_CGROUPS:
                 continue
-            if relative.parts:
-                found.append(f"{hierarchy}:/{relative}")
+            found.append(f"{hierarchy}:/{top.name}")
+            if top.name in trees:
+                found += [
+                    f"{hierarchy}:/{pathlib.Path(d).relative_to(hierarchy)}"
+                    for d, _, _ in os.walk(top)
+                    if pathlib.Path(d) != top
+                ]
     return sorted(found)
 
 
@@ -365,8 +369,8 @@ def cgroup_processes(name: str) -> set[int]:
     return pids
 
 
-def remove_cgroup_tree(name: str, *, timeout: float = 10.0) -> list[str]:
-    """Kill every process in cgroup `name`, then remove its directories leaf-first."""
+def kill_cgroup_processes(name: str, *, timeout: float = 10.0) -> list[str]:
+    """SIGKILL every process in cgroup `name` until none is left; returns the survivors."""
     deadline = time.monotonic() + timeout
     while pids := cgroup_processes(name):
         for pid in pids:
@@ -375,6 +379,14 @@ def remove_cgroup_tree(name: str, *, timeout: float = 10.0) -> list[str]:
         if time.monotonic() > deadline:
             return [f"processes {sorted(pids)} in cgroup {name} survived SIGKILL"]
         time.sleep(0.05)
+    return []
+
+
+def remove_cgroup_tree(name: str, *, timeout: float = 10.0) -> list[str]:
+    """Kill every process in cgroup `name`, then remove its directories leaf-first."""
+    deadline = time.monotonic() + timeout
+    if survivors := kill_cgroup_processes(name, timeout=timeout):
+        return survivors
     left = []
     for hierarchy in cgroup_hierarchies():
         for directory in _tree_leaf_first(hierarchy / name):
@@ -437,8 +449,14 @@ class Snapshot:
         )
 
 
-def take_snapshot(paths: Sequence[str]) -> Snapshot:
-    mounts = [m for m in read_mounts() if not _under(m.mount_point, FOREIGN_MOUNT_PREFIXES)]
+def take_snapshot(
+    paths: Sequence[str], *, mount_scope: Sequence[str], cgroup_trees: Sequence[str] = ()
+) -> Snapshot:
+    """The host now: every sysctl, nftables table and link; mounts at or under
+    `mount_scope` (and "/"); top-level cgroups and the `cgroup_trees`; `paths`' existence."""
+    mounts = [
+        m for m in read_mounts() if m.mount_point == "/" or _under(m.mount_point, mount_scope)
+    ]
     return Snapshot(
         sysctls=read_sysctls(),
         mounts=tuple(sorted(set(mounts))),
@@ -446,7 +464,7 @@ def take_snapshot(paths: Sequence[str]) -> Snapshot:
         nftables=read_nftables(),
         iptables_saves=read_iptables_saves(),
         legacy_iptables=read_legacy_iptables(),
-        cgroups=tuple(read_cgroups()),
+        cgroups=tuple(read_cgroups(cgroup_trees)),
         paths={path: os.path.lexists(path) for path in paths},
     )
 

@@ -380,8 +380,36 @@ class Layout:
 
 
 def take_host_snapshot(base_dir: pathlib.Path = BASE_DIR) -> hoststate.Snapshot:
-    """The host as a real node (of `base_dir`) would change it: compare two of these."""
-    return hoststate.take_snapshot([*FIXED_PATHS, str(base_dir)])
+    """The host as a real node (of `base_dir`) would change it: compare two with
+    `host_changes`."""
+    return hoststate.take_snapshot(
+        [*FIXED_PATHS, str(base_dir)],
+        mount_scope=[*Layout(base_dir).mount_prefixes, *FIXED_PATHS],
+        cgroup_trees=[KUBEPODS_CGROUP],
+    )
+
+
+def stale_shim_sockets() -> list[str]:
+    """Shim sockets in /run/containerd/s that no process holds (what a dead shim leaves)."""
+    if not SHIM_SOCKETS.is_dir():
+        return []
+    alive = _listening_unix_paths()
+    return sorted(str(e) for e in SHIM_SOCKETS.iterdir() if e.is_socket() and str(e) not in alive)
+
+
+def host_changes(before: hoststate.Snapshot, after: hoststate.Snapshot | None = None) -> list[str]:
+    """What differs on the host between `before` and `after` (default: now) that a real
+    node could have left: `hoststate.differences`, except that /run/containerd is shared
+    by every containerd on the machine (the harness's other instances keep their runc
+    state and fifos there, made at any time), so there only stale shim sockets count."""
+    after = after or take_host_snapshot()
+    shared = str(SHIM_SOCKETS.parent)
+    changes = [
+        change
+        for change in hoststate.differences(before, after)
+        if not change.startswith(f"path {shared} ")
+    ]
+    return changes + [f"stale shim socket left: {path}" for path in stale_shim_sockets()]
 
 
 # -- the journal and leftovers -------------------------------------------------------------
@@ -477,13 +505,9 @@ def _listening_unix_paths() -> set[str]:
 
 def _remove_stale_shim_sockets() -> None:
     """Sockets in /run/containerd/s no process holds any more (shims of ours that died)."""
-    if not SHIM_SOCKETS.is_dir():
-        return
-    alive = _listening_unix_paths()
-    for entry in SHIM_SOCKETS.iterdir():
-        if str(entry) not in alive and entry.is_socket():
-            with contextlib.suppress(OSError):
-                entry.unlink()
+    for path in stale_shim_sockets():
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _remove_path(path: pathlib.Path) -> str | None:
@@ -538,9 +562,9 @@ def teardown(layout: Layout, journal: Journal) -> list[str]:
     if layout.socket.exists():
         _remove_tasks(layout.socket)
     _kill_recorded(journal, "containerd")
-    # Pods' processes whose shim lost its containerd, then the shims themselves (each
-    # names our socket on its command line).
-    left += hoststate.remove_cgroup_tree(KUBEPODS_CGROUP)
+    # Pods' processes whose shim lost its containerd (they keep mounts busy), then the
+    # shims themselves (each names our socket on its command line).
+    left += hoststate.kill_cgroup_processes(KUBEPODS_CGROUP)
     for pid in _processes_mentioning(f"-address {layout.socket}"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
