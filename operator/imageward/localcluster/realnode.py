@@ -691,7 +691,7 @@ class RealNode:
         self.before: hoststate.Snapshot | None = None
         self.start_seconds: float | None = None
         self.stop_seconds: float | None = None
-        #: what the last start found and removed of a previous run that crashed
+        #: whether the last start cleaned up after a previous run that died without stop()
         self.recovered: bool = False
         self._lock_fd: int | None = None
         self._journal: Journal | None = None
