@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export IMAGEWARD_CACHE ?= $(HOME)/.cache/imageward
 PYTEST_ARGS ?=
+FUZZ_ARGS ?=
 
-.PHONY: all setup packages tools venv dev dev-real-node test unit cluster-tests lint format bench clean
+.PHONY: all setup packages tools venv dev dev-real-node test unit cluster-tests lint format bench fuzz clean
 
 all: test
 
@@ -57,5 +58,15 @@ format: venv
 bench: setup
 	$(BIN)/python bench/run_all.py
 
+# Coverage-guided fuzzing of the parsers (not part of `make test`, whose unit suite runs a
+# short atheris-free smoke pass over the same targets). 60 s per target by default:
+#   make fuzz FUZZ_ARGS="--seconds 120 --target manifest"
+fuzz: $(BIN)/.fuzz-installed
+	$(BIN)/python bench/fuzz.py $(FUZZ_ARGS)
+
+$(BIN)/.fuzz-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,fuzz]'
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .fuzz

@@ -23,7 +23,9 @@ from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
 from imageward.registry import auth as registry_auth
 from imageward.registry import model as registry_model
+from imageward.registry import platforms as registry_platforms
 from imageward.registry import reference as registry_reference
+from imageward.signatures import coverage as signatures_coverage
 from imageward.signatures import verify as signatures_verify
 
 
@@ -34,7 +36,7 @@ class ImageSource(Protocol):
         self,
         reference: registry_model.ImageReference,
         *,
-        platform: registry_model.Platform | None,
+        platform: registry_platforms.PlatformChoice | registry_model.Platform | None,
         credentials: Sequence[registry_auth.DockerConfig],
     ) -> registry_model.ImageFacts: ...
 
@@ -60,7 +62,7 @@ class Context:
 
     namespace_labels: Mapping[str, str] | None = None
     pod_labels: Mapping[str, str] | None = None
-    platform: registry_model.Platform | None = None
+    platform: registry_platforms.PlatformChoice | registry_model.Platform | None = None
     credentials: Sequence[registry_auth.DockerConfig] = ()
 
 
@@ -79,8 +81,28 @@ class Outcome:
     decision: evaluate.Decision
 
 
-def _needs_facts(policy: model.ImagePolicy) -> bool:
-    return evaluate.needs_registry(policy) or policy.pin_digest
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why registry facts are missing: an outage (`lookup`, failurePolicy applies) or
+    content the registry served that cannot be used (a refusal, whatever the policy)."""
+
+    outage: bool
+    text: str
+
+
+def _failure(error: BaseException, registry: str) -> _Failure:
+    if isinstance(error, TimeoutError):
+        return _Failure(True, f"registry {registry} did not answer within the admission deadline")
+    if isinstance(error, errors.RegistryError):
+        return _Failure(error.outage, str(error))
+    return _Failure(False, str(error))
+
+
+_SignatureSet = signatures_verify.SignatureSet | _Failure
+
+
+def _needs_images(policy: model.ImagePolicy) -> bool:
+    return evaluate.needs_platform_images(policy) or policy.rules.signatures is not None
 
 
 async def check_images(
@@ -156,57 +178,67 @@ async def _check_image(
         else:
             usable.append((loaded, loaded.policy))
 
+    signed = [(loaded, policy) for loaded, policy in usable if policy.rules.signatures]
     facts: registry_model.ImageFacts | None = None
-    lookup_error: str | None = None
-    early: dict[registry_model.Digest, signatures_verify.SignatureSet | str] = {}
-    if any(_needs_facts(policy) for _, policy in usable):
-        try:
-            async with asyncio.timeout_at(_loop_deadline(until)):
-                if any(policy.rules.signatures for _, policy in usable):
-                    # Resolve the tag first, then fetch facts and signatures side by side:
-                    # one round trip less on the critical path than one after the other.
-                    resolved = reference.digest or await source.resolve(
-                        reference, credentials=context.credentials
-                    )
-                    facts, found = await asyncio.gather(
-                        source.fetch_facts(
-                            reference.with_digest(resolved),
-                            platform=context.platform,
-                            credentials=context.credentials,
-                        ),
-                        _fetch_signature_set(reference, resolved, context, source, until),
-                    )
-                    early[resolved] = found
-                else:
-                    facts = await source.fetch_facts(
-                        reference, platform=context.platform, credentials=context.credentials
-                    )
-        except TimeoutError:
-            lookup_error = (
-                f"registry {reference.registry} did not answer within the admission deadline"
-            )
-        except errors.ImagewardError as e:
-            lookup_error = str(e)
+    resolved: registry_model.Digest | None = reference.digest
+    failure: _Failure | None = None
+    top_set: _SignatureSet | None = None
+    try:
+        async with asyncio.timeout_at(_loop_deadline(until)):
+            if signed:
+                # Resolve the tag first, then fetch facts and signatures side by side:
+                # one round trip less on the critical path than one after the other.
+                resolved = resolved or await source.resolve(
+                    reference, credentials=context.credentials
+                )
+                facts, top_set = await asyncio.gather(
+                    source.fetch_facts(
+                        reference.with_digest(resolved),
+                        platform=context.platform,
+                        credentials=context.credentials,
+                    ),
+                    _fetch_signature_set(reference, resolved, context, source, until),
+                )
+            elif any(_needs_images(policy) for _, policy in usable):
+                facts = await source.fetch_facts(
+                    reference, platform=context.platform, credentials=context.credentials
+                )
+            elif resolved is None and any(policy.pin_digest for _, policy in usable):
+                resolved = await source.resolve(reference, credentials=context.credentials)
+    except (TimeoutError, errors.ImagewardError) as e:
+        failure = _failure(e, reference.registry)
 
-    digest = facts.digest if facts else reference.digest
-    signature_sets = await _fetch_signature_sets(
-        usable, reference, facts, context, source, until, early=early
-    )
+    digest = facts.digest if facts else resolved
+    entry_sets: dict[registry_model.Digest, _SignatureSet] = {}
+    if (
+        facts is not None
+        and facts.is_index
+        and top_set is not None
+        and not all(
+            _vouched_by_top(loaded, policy, facts.digest, top_set) for loaded, policy in signed
+        )
+    ):
+        # The index itself is not signed enough: each platform manifest a node
+        # could select must be (another round trip, only for such images).
+        digests = [i.digest for i in facts.images]
+        fetched = await asyncio.gather(
+            *(_fetch_signature_set(reference, d, context, source, until) for d in digests)
+        )
+        entry_sets = dict(zip(digests, fetched, strict=True))
 
     for loaded, policy in usable:
         violations = evaluate.evaluate_static(policy, reference)
-        if _needs_facts(policy):
-            if facts is None:
-                violations.append(
-                    evaluate.build_lookup_violation(policy, reference, lookup_error or "unknown")
-                )
-            else:
+        if _needs_images(policy) or policy.pin_digest:
+            if failure is not None:
+                violations.append(_failure_violation(policy, reference, failure, digest))
+            elif facts is not None:
                 violations += evaluate.evaluate_facts(
                     policy, reference, facts, platform=context.platform
                 )
                 if policy.rules.signatures is not None:
+                    assert top_set is not None
                     violations += _signature_violations(
-                        loaded, policy, reference, facts, signature_sets
+                        loaded, policy, reference, facts, top_set, entry_sets
                     )
         result = evaluate.build_policy_result(policy, violations)
         _count_evaluations(policy, violations)
@@ -215,25 +247,30 @@ async def _check_image(
     decision = evaluate.combine(results)
     pin = None
     if (
-        facts is not None
+        digest is not None
+        and failure is None
         and decision.allowed
         and reference.digest is None
         and any(policy.pin_digest for _, policy in usable)
     ):
-        pin = facts.digest
+        pin = digest
     return ImageOutcome(image, digest, decision, tuple(results), pin)
+
+
+def _failure_violation(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    failure: _Failure,
+    digest: registry_model.Digest | None,
+) -> evaluate.Violation:
+    if failure.outage:
+        return evaluate.build_lookup_violation(policy, reference, failure.text, digest=digest)
+    return evaluate.build_content_violation(policy, reference, failure.text, digest=digest)
 
 
 def _loop_deadline(until: float) -> float:
     # asyncio's clock may differ from time.monotonic(); convert the remaining time.
     return asyncio.get_running_loop().time() + max(0.0, until - time.monotonic())
-
-
-def _signed_digests(facts: registry_model.ImageFacts) -> list[registry_model.Digest]:
-    """A signature on the index or on any selected platform manifest counts."""
-    digests = [facts.digest]
-    digests += [image.digest for image in facts.images if image.digest != facts.digest]
-    return digests
 
 
 async def _fetch_signature_set(
@@ -242,46 +279,24 @@ async def _fetch_signature_set(
     context: Context,
     source: ImageSource,
     until: float,
-) -> signatures_verify.SignatureSet | str:
-    """The signatures of one digest, or the reason they could not be fetched."""
+) -> _SignatureSet:
+    """The signatures of one digest, or why they could not be fetched."""
     try:
         async with asyncio.timeout_at(_loop_deadline(until)):
             return await source.fetch_signatures(reference, digest, credentials=context.credentials)
-    except TimeoutError:
-        return "signature lookup did not finish within the admission deadline"
-    except errors.ImagewardError as e:
-        return f"signature lookup failed: {e}"
-
-
-async def _fetch_signature_sets(
-    usable: Sequence[tuple[LoadedPolicy, model.ImagePolicy]],
-    reference: registry_model.ImageReference,
-    facts: registry_model.ImageFacts | None,
-    context: Context,
-    source: ImageSource,
-    until: float,
-    *,
-    early: Mapping[registry_model.Digest, signatures_verify.SignatureSet | str],
-) -> dict[registry_model.Digest, signatures_verify.SignatureSet | str]:
-    """Signatures per digest (index and platform manifests), reusing those fetched early."""
-    if facts is None or not any(p.rules.signatures for _, p in usable):
-        return {}
-    digests = _signed_digests(facts)
-    missing = [d for d in digests if d not in early]
-    fetched = await asyncio.gather(
-        *(_fetch_signature_set(reference, d, context, source, until) for d in missing)
-    )
-    found = {**early, **dict(zip(missing, fetched, strict=True))}
-    return {d: found[d] for d in digests}
+    except (TimeoutError, errors.ImagewardError) as e:
+        failure = _failure(e, reference.registry)
+        return dataclasses.replace(failure, text=f"signature lookup failed: {failure.text}")
 
 
 # Verification results per (digest, authorities, signature set). The registry side hands
 # out the same SignatureSet object while it is fresh, so a warm admission of a signed
 # image costs a lookup here instead of parsing and checking every signature again.
+# Bounded by the bytes of the sets it keeps alive (each up to 1 MiB of signature blobs).
 _VERIFIED: cachetools.LRUCache[
     tuple[str, tuple[signatures_verify.Authority, ...], int],
     tuple[signatures_verify.SignatureSet, signatures_verify.VerificationResult],
-] = cachetools.LRUCache(maxsize=4096)
+] = cachetools.LRUCache(maxsize=32 * 1024 * 1024, getsizeof=lambda hit: 1024 + hit[0].size)
 
 
 def _verify(
@@ -298,44 +313,94 @@ def _verify(
     return result
 
 
+def _result_of(
+    digest: registry_model.Digest,
+    found: _SignatureSet,
+    authorities: tuple[signatures_verify.Authority, ...],
+) -> signatures_verify.VerificationResult:
+    """The verification of one digest; a set that could not be fetched verifies nothing
+    (and, when the registry served something unusable, says what)."""
+    if isinstance(found, _Failure):
+        problems = {} if found.outage else {"signatures": found.text}
+        return signatures_verify.verify(
+            digest, signatures_verify.SignatureSet(problems=problems), authorities, threshold=1
+        )
+    return _verify(digest, found, authorities)
+
+
+def _vouched_by_top(
+    loaded: LoadedPolicy,
+    policy: model.ImagePolicy,
+    digest: registry_model.Digest,
+    top: _SignatureSet,
+) -> bool:
+    """Whether the index's own signatures meet the policy's threshold (then the platform
+    manifests' signatures need not be fetched)."""
+    rule = policy.rules.signatures
+    assert rule is not None
+    if isinstance(top, _Failure):
+        return False
+    return _verify(digest, top, loaded.authorities).distinct_signers >= rule.threshold
+
+
 def _signature_violations(
     loaded: LoadedPolicy,
     policy: model.ImagePolicy,
     reference: registry_model.ImageReference,
     facts: registry_model.ImageFacts,
-    signature_sets: Mapping[registry_model.Digest, signatures_verify.SignatureSet | str],
+    top_set: _SignatureSet,
+    entry_sets: Mapping[registry_model.Digest, _SignatureSet],
 ) -> list[evaluate.Violation]:
     rule = policy.rules.signatures
     assert rule is not None
-    lookup_failures = [s for s in signature_sets.values() if isinstance(s, str)]
-    # Per authority: verified on any of the digests (index or platform manifest) counts.
-    reasons: dict[str, str | None] = {a.name: "no signature found" for a in loaded.authorities}
-    for digest, found in signature_sets.items():
-        if isinstance(found, str):
-            continue
-        result = _verify(digest, found, loaded.authorities)
-        for attempt in result.attempts:
-            metrics.signature_verifications.labels(
-                policy=policy.name,
-                authority=attempt.authority,
-                format=attempt.format,
-                result=attempt.result,
-            ).inc()
-        for outcome in result.outcomes:
-            if outcome.verified:
-                reasons[outcome.authority] = None
-            elif reasons.get(outcome.authority) is not None and (
-                digest == facts.digest or reasons[outcome.authority] == "no signature found"
-            ):
-                reasons[outcome.authority] = outcome.reason
-    verified = sum(1 for reason in reasons.values() if reason is None)
-    if verified < rule.threshold and lookup_failures and verified == 0:
-        return [
-            evaluate.build_lookup_violation(
-                policy, reference, lookup_failures[0], digest=facts.digest
+    authorities = loaded.authorities
+    top = _result_of(facts.digest, top_set, authorities)
+    _count_attempts(policy, top)
+    pulled: list[signatures_coverage.Pulled] = []
+    if facts.is_index and entry_sets:
+        for image in facts.images:
+            found = entry_sets.get(image.digest)
+            if found is None:
+                continue
+            result = _result_of(image.digest, found, authorities)
+            _count_attempts(policy, result)
+            pulled.append(
+                signatures_coverage.Pulled(
+                    signatures_coverage.build_label(image), image.digest, result
+                )
             )
-        ]
-    return evaluate.evaluate_signatures(policy, reference, digest=facts.digest, results=reasons)
+    coverage = signatures_coverage.evaluate_coverage([a.name for a in authorities], top, pulled)
+    if coverage.verified >= rule.threshold:
+        return []
+    outages = [
+        s.text
+        for s in (top_set, *(entry_sets.get(i.digest) for i in facts.images))
+        if isinstance(s, _Failure) and s.outage
+    ]
+    if outages:
+        # Undecidable, not refused: what was needed could not be fetched.
+        return [evaluate.build_lookup_violation(policy, reference, outages[0], digest=facts.digest)]
+    return [
+        evaluate.build_signatures_violation(
+            policy,
+            reference,
+            digest=facts.digest,
+            verified=coverage.verified,
+            failures=coverage.failures,
+        )
+    ]
+
+
+def _count_attempts(
+    policy: model.ImagePolicy, result: signatures_verify.VerificationResult
+) -> None:
+    for attempt in result.attempts:
+        metrics.signature_verifications.labels(
+            policy=policy.name,
+            authority=attempt.authority,
+            format=attempt.format,
+            result=attempt.result,
+        ).inc()
 
 
 def _count_evaluations(policy: model.ImagePolicy, violations: Sequence[evaluate.Violation]) -> None:

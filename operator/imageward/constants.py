@@ -26,3 +26,7 @@ RULE_MAX_LAYER_SIZE: Final = "maxLayerSize"
 RULE_FORBID_ROOT_USER: Final = "forbidRootUser"
 RULE_SIGNATURES: Final = "signatures"
 RULE_LOOKUP: Final = "lookup"
+#: When a pin-only policy's tag cannot be resolved to a digest from what the registry served.
+RULE_PIN_DIGEST: Final = "pinDigest"
+#: A refinement of forbidRootUser (reported under that rule id).
+FIELD_REQUIRE_NUMERIC_USER: Final = "requireNumericUser"

@@ -21,6 +21,12 @@ class RegistryError(ImagewardError):
     #: short machine-readable kind, also used in messages and metric-free logs
     kind = "registry error"
 
+    #: Whether this is an outage (the registry could not answer: unreachable, timeout,
+    #: 5xx, 429, auth) rather than an answer. Only outages are `lookup` failures that
+    #: `failurePolicy: Ignore` may admit; what a registry did serve (missing, malformed,
+    #: oversized, tampered) is content anyone who can push controls, so it refuses.
+    outage = False
+
     def __init__(
         self,
         message: str,
@@ -69,18 +75,22 @@ class NotFoundError(RegistryError):
 
 
 class UnauthorizedError(RegistryError):
+    outage = True
     kind = "unauthorized"
 
 
 class RateLimitedError(RegistryError):
+    outage = True
     kind = "rate limited"
 
 
 class RegistryTimeoutError(RegistryError):
+    outage = True
     kind = "timed out"
 
 
 class UnreachableError(RegistryError):
+    outage = True
     kind = "unreachable"
 
 
@@ -92,6 +102,7 @@ class ServerError(BadResponseError):
     """5xx answers (after retries): the registry's fault, worth trying again later."""
 
     kind = "server error"
+    outage = True
 
 
 class DigestMismatchError(RegistryError):

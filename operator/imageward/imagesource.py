@@ -15,18 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cachetools
 
 from imageward import errors, settings
-from imageward.registry import auth, client, manifests, model
+from imageward.registry import auth, client, manifests, model, platforms
+from imageward.registry import reference as registry_reference
+from imageward.signatures import bundle as signatures_bundle
+from imageward.signatures import legacy as signatures_legacy
 from imageward.signatures import verify as signatures_verify
 
 BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-_MAX_SIGNATURE_BLOB = 1024 * 1024  # a bundle or a simplesigning payload is a few KiB
-_MAX_SIGNATURE_MANIFESTS = 16  # a flood of referrers must not turn into a flood of fetches
+#: A bundle or a simple-signing payload is a few KiB (a keyless bundle with its
+#: certificate chain and log entry under 16 KiB): anything larger is not read.
+MAX_SIGNATURE_BLOB = 256 * 1024
+#: What one digest's signatures may make us read and hold, all blobs together: a
+#: flood of referrers or layers must not turn into a flood of fetches or of memory.
+MAX_SIGNATURE_BYTES = 1024 * 1024
+MAX_SIGNATURE_MANIFESTS = 16
 _SIGNATURE_BLOB_CACHE_BYTES = 16 * 1024 * 1024  # thousands of bundles (a few KiB each)
+_SIGNATURE_SET_CACHE_BYTES = 32 * 1024 * 1024
 
 _BlobKey = tuple[str, str, str]  # registry, repository, digest
 _SetKey = tuple[str, str, str, tuple[auth.DockerConfig, ...]]
@@ -48,7 +57,11 @@ class RegistryImageSource:
         # seen within that time. Keyed by credentials too: what one pull secret may
         # read is not served to a pod without it.
         self._sets: cachetools.TTLCache[_SetKey, signatures_verify.SignatureSet] = (
-            cachetools.TTLCache(maxsize=4096, ttl=config.signature_cache_ttl)
+            cachetools.TTLCache(
+                maxsize=_SIGNATURE_SET_CACHE_BYTES,
+                ttl=config.signature_cache_ttl,
+                getsizeof=lambda found: max(1, found.size),
+            )
         )
         self._sets_in_flight: dict[_SetKey, asyncio.Future[signatures_verify.SignatureSet]] = {}
 
@@ -62,7 +75,7 @@ class RegistryImageSource:
         self,
         reference: model.ImageReference,
         *,
-        platform: model.Platform | None,
+        platform: platforms.PlatformChoice | model.Platform | None,
         credentials: Sequence[auth.DockerConfig],
     ) -> model.ImageFacts:
         return await self.client.fetch_facts(reference, platform=platform, credentials=credentials)
@@ -112,13 +125,26 @@ class RegistryImageSource:
         digest: model.Digest,
         credentials: Sequence[auth.DockerConfig],
     ) -> signatures_verify.SignatureSet:
+        """Both formats' manifests and blobs of `digest`, within the byte budget.
+
+        Raises only outages (errors.RegistryError with `outage`): those make the
+        signatures undecidable. Content the registry did serve but that cannot be used
+        (a referrers list that is no index, a blob missing, oversized or tampered) is
+        recorded in `problems` (or as an unreadable manifest), so that signature alone
+        is refused and the others still count.
+        """
+        budget = _Budget(MAX_SIGNATURE_BYTES)
+        problems: dict[str, str] = {}
         legacy, bundles = await asyncio.gather(
-            self._fetch_legacy(reference, digest, credentials),
-            self._fetch_bundles(reference, digest, credentials),
+            self._fetch_legacy(reference, digest, credentials, budget, problems),
+            self._fetch_bundles(reference, digest, credentials, budget, problems),
         )
         blobs = {**legacy[1], **bundles[1]}
         return signatures_verify.SignatureSet(
-            legacy_manifests=legacy[0], bundle_manifests=bundles[0], blobs=blobs
+            legacy_manifests=legacy[0],
+            bundle_manifests=bundles[0],
+            blobs=blobs,
+            problems=problems,
         )
 
     async def _fetch_layers(
@@ -126,73 +152,176 @@ class RegistryImageSource:
         reference: model.ImageReference,
         fetched: manifests.FetchedManifest,
         credentials: Sequence[auth.DockerConfig],
+        budget: _Budget,
+        problems: dict[str, str],
+        *,
+        wanted: Callable[[manifests.Descriptor], bool],
     ) -> dict[str, bytes]:
         if not isinstance(fetched.content, manifests.ImageManifest):
             return {}
-        layers = fetched.content.layers[:_MAX_SIGNATURE_MANIFESTS]
+        layers: list[manifests.Descriptor] = []
+        for layer in fetched.content.layers:
+            if not wanted(layer):
+                continue  # not a signature layer: never fetched
+            if layer.size > MAX_SIGNATURE_BLOB:
+                problems[layer.digest] = (
+                    f"is {layer.size} bytes (per its descriptor), over the limit of "
+                    f"{MAX_SIGNATURE_BLOB} for one signature"
+                )
+            elif not budget.take(layer.size):
+                problems[layer.digest] = (
+                    f"was not read: the signatures of this image exceed {MAX_SIGNATURE_BYTES} "
+                    "bytes in all"
+                )
+            else:
+                layers.append(layer)
         bodies = await asyncio.gather(
-            *(self._fetch_blob(reference, layer.digest, credentials) for layer in layers)
+            *(self._fetch_blob(reference, layer, credentials, problems) for layer in layers)
         )
-        return {layer.digest: body for layer, body in zip(layers, bodies, strict=True)}
+        return {
+            layer.digest: body
+            for layer, body in zip(layers, bodies, strict=True)
+            if body is not None
+        }
 
     async def _fetch_blob(
         self,
         reference: model.ImageReference,
-        digest: model.Digest,
+        layer: manifests.Descriptor,
         credentials: Sequence[auth.DockerConfig],
-    ) -> bytes:
+        problems: dict[str, str],
+    ) -> bytes | None:
         """A signature blob, from the cache when this repository's blob was fetched before.
 
-        The client checks the bytes against `digest` while fetching, so what is kept is
-        exactly what the digest names.
+        The client checks the bytes against the digest while fetching, so what is kept
+        is exactly what the digest names. None (and a problem recorded) when what the
+        registry served cannot be used; outages raise.
         """
-        key = (reference.registry, reference.repository, digest)
+        key = (reference.registry, reference.repository, layer.digest)
         cached = self._blobs.get(key)
         if cached is not None:
             return cached
-        body = await self.client.fetch_blob(
-            reference, digest, max_bytes=_MAX_SIGNATURE_BLOB, credentials=credentials
-        )
-        self._blobs[key] = body  # at most _MAX_SIGNATURE_BLOB, well under the cache size
+        try:
+            body = await self.client.fetch_blob(
+                reference,
+                layer.digest,
+                max_bytes=min(layer.size, MAX_SIGNATURE_BLOB),
+                credentials=credentials,
+            )
+        except errors.RegistryError as e:
+            if e.outage:
+                raise
+            problems[layer.digest] = f"cannot be fetched: {e}"
+            return None
+        self._blobs[key] = body  # at most MAX_SIGNATURE_BLOB, well under the cache size
         return body
+
+    async def _fetch_manifest(
+        self,
+        ref: model.ImageReference,
+        credentials: Sequence[auth.DockerConfig],
+        problems: dict[str, str],
+    ) -> manifests.FetchedManifest | None:
+        """A signature manifest, or None with the problem recorded (outages raise)."""
+        try:
+            return await self.client.fetch_manifest(ref, credentials=credentials)
+        except errors.NotFoundError:
+            raise
+        except errors.RegistryError as e:
+            if e.outage:
+                raise
+            problems[ref.digest or ref.tag or str(ref)] = f"manifest {ref.reference}: {e}"
+            return None
 
     async def _fetch_legacy(
         self,
         reference: model.ImageReference,
         digest: model.Digest,
         credentials: Sequence[auth.DockerConfig],
+        budget: _Budget,
+        problems: dict[str, str],
     ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
-        algorithm, _, hex_digest = digest.partition(":")
-        tag_ref = dataclasses.replace(reference, tag=f"{algorithm}-{hex_digest}.sig", digest=None)
+        tag_ref = reference.with_tag(registry_reference.build_signature_tag(digest))
         try:
-            fetched = await self.client.fetch_manifest(tag_ref, credentials=credentials)
+            fetched = await self._fetch_manifest(tag_ref, credentials, problems)
         except errors.NotFoundError:
             return (), {}
-        return (fetched.body,), await self._fetch_layers(tag_ref, fetched, credentials)
+        if fetched is None:
+            return (), {}
+        blobs = await self._fetch_layers(
+            tag_ref,
+            fetched,
+            credentials,
+            budget,
+            problems,
+            wanted=lambda layer: layer.media_type == signatures_legacy.MEDIA_TYPE,
+        )
+        return (fetched.body,), blobs
 
     async def _fetch_bundles(
         self,
         reference: model.ImageReference,
         digest: model.Digest,
         credentials: Sequence[auth.DockerConfig],
+        budget: _Budget,
+        problems: dict[str, str],
     ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
         # No server-side artifactType filter: registries disagree on what a referrer's
         # artifactType is (go-containerregistry's reports the config media type, the
         # empty type for cosign bundles), and a filter they get wrong hides signatures.
         # The bundle parser checks each manifest's own artifactType and layers.
-        descriptors = await self.client.fetch_referrers(reference, digest, credentials=credentials)
-        chosen = [d for d in descriptors if _may_be_bundle(d)][:_MAX_SIGNATURE_MANIFESTS]
+        try:
+            descriptors = await self.client.fetch_referrers(
+                reference, digest, credentials=credentials
+            )
+        except errors.RegistryError as e:
+            if e.outage:
+                raise
+            problems[f"referrers of {digest}"] = f"referrers list cannot be read: {e}"
+            return (), {}
+        chosen = [d for d in descriptors if _may_be_bundle(d)][:MAX_SIGNATURE_MANIFESTS]
 
-        async def one(descriptor: manifests.Descriptor) -> tuple[bytes, dict[str, bytes]]:
-            ref = dataclasses.replace(reference, tag=None, digest=descriptor.digest)
-            fetched = await self.client.fetch_manifest(ref, credentials=credentials)
-            return fetched.body, await self._fetch_layers(ref, fetched, credentials)
+        async def one(descriptor: manifests.Descriptor) -> tuple[bytes, dict[str, bytes]] | None:
+            ref = reference.with_digest(descriptor.digest)
+            ref = dataclasses.replace(ref, tag=None)
+            try:
+                fetched = await self._fetch_manifest(ref, credentials, problems)
+            except errors.NotFoundError as e:
+                problems[descriptor.digest] = f"referrer manifest is listed but missing: {e}"
+                return None
+            if fetched is None:
+                return None
+            blobs = await self._fetch_layers(
+                ref,
+                fetched,
+                credentials,
+                budget,
+                problems,
+                wanted=lambda layer: layer.media_type.startswith(
+                    signatures_bundle.MEDIA_TYPE_PREFIX
+                ),
+            )
+            return fetched.body, blobs
 
-        results = await asyncio.gather(*(one(d) for d in chosen))
+        results = [r for r in await asyncio.gather(*(one(d) for d in chosen)) if r is not None]
         blobs: dict[str, bytes] = {}
         for _, found in results:
             blobs.update(found)
         return tuple(body for body, _ in results), blobs
+
+
+class _Budget:
+    """Bytes one digest's signatures may still take (declared sizes, before fetching)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def take(self, size: int) -> bool:
+        if size > self.left:
+            self.left = 0  # once over, nothing more: the order of fetches is not stable
+            return False
+        self.left -= size
+        return True
 
 
 _EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"

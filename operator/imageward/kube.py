@@ -119,6 +119,89 @@ class Kube:
         )
         return result
 
+    async def create_config_map(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            f"create ConfigMap {namespace}/{body['metadata']['name']}",
+            self.core.create_namespaced_config_map,
+            namespace,
+            body,
+        )
+        return result
+
+    async def replace_config_map(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Replace a ConfigMap; the body's resourceVersion makes a concurrent change fail (409)."""
+        result: dict[str, Any] = await self._call(
+            f"replace ConfigMap {namespace}/{name}",
+            self.core.replace_namespaced_config_map,
+            name,
+            namespace,
+            body,
+        )
+        return result
+
+    async def delete_config_map(self, namespace: str, name: str) -> bool:
+        """Delete a ConfigMap; False when it was not there."""
+        result = await self._call(
+            f"delete ConfigMap {namespace}/{name}",
+            self.core.delete_namespaced_config_map,
+            name,
+            namespace,
+        )
+        return result is not None
+
+    async def delete_daemon_set(self, namespace: str, name: str) -> bool:
+        """Delete a DaemonSet and, in the background, its pods; False when it was not there."""
+        result = await self._call(
+            f"delete DaemonSet {namespace}/{name}",
+            self.apps.delete_namespaced_daemon_set,
+            name,
+            namespace,
+            propagation_policy="Background",
+        )
+        return result is not None
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get Pod {namespace}/{name}", self.core.read_namespaced_pod, name, namespace
+        )
+        return result
+
+    async def patch_pod_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A strategic merge patch of a pod's status subresource (conditions merge by type)."""
+        result: dict[str, Any] | None = await self._call(
+            f"patch Pod {namespace}/{name} status",
+            self.core.patch_namespaced_pod_status,
+            name,
+            namespace,
+            patch,
+            _content_type="application/strategic-merge-patch+json",
+        )
+        return result
+
+    async def read_node(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get Node {name}", self.core.read_node, name
+        )
+        return result
+
+    async def read_namespaced_custom_object(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._call(
+            f"get {plural}.{group} {namespace}/{name}",
+            self.custom.get_namespaced_custom_object,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+        )
+        return result
+
     async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self._call(
             f"get ServiceAccount {namespace}/{name}",

@@ -14,10 +14,9 @@ from typing import Any
 
 import kopf
 
-from imageward import constants, errors, metrics, runtime, serving, webhooks
+from imageward import constants, metrics, runtime, serving
 from imageward import settings as imageward_settings
-from imageward.admission import messages, patches, workloads
-from imageward.admission import server as admission_server
+from imageward.admission import endpoints as admission_endpoints
 from imageward.policystore import LoadedPolicy
 from imageward.prepull import controller as prepull_controller
 from imageward.prepull import model as prepull_model
@@ -26,15 +25,6 @@ logger = logging.getLogger(__name__)
 
 
 _POLICY = (constants.GROUP, constants.VERSION, constants.IMAGEPOLICY_PLURAL)
-_WORKLOADS = (
-    ("", "v1", "pods"),
-    ("apps", "v1", "deployments"),
-    ("apps", "v1", "replicasets"),
-    ("apps", "v1", "statefulsets"),
-    ("apps", "v1", "daemonsets"),
-    ("batch", "v1", "jobs"),
-    ("batch", "v1", "cronjobs"),
-)
 
 
 def _runtime(memo: kopf.Memo) -> runtime.Runtime:
@@ -76,20 +66,26 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo["policy_task"] = asyncio.create_task(state.follow_policies(resource_version))
 
     material = await serving.obtain_material(config, state.kube)
-    cert_dir = tempfile.mkdtemp(prefix="imageward-tls-")
-    certfile, keyfile, _cafile = material.write(pathlib.Path(cert_dir))
-    settings.admission.server = admission_server.WebhookServer(
-        addr=config.admission.host,
-        port=config.admission.port,
-        certfile=str(certfile),
-        pkeyfile=str(keyfile),
-        file_check_interval=5.0,  # reload renewed certificates within seconds
-    )
-    if not config.admission.cert_dir:
+    if config.admission.cert_dir:
+        # cert-manager's files, served as they are so that its renewals are picked up.
+        directory = pathlib.Path(config.admission.cert_dir)
+        certfile, keyfile = directory / "tls.crt", directory / "tls.key"
+    else:
+        cert_dir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-tls-"))
+        certfile, keyfile, _cafile = material.write(cert_dir)
         await serving.apply_configurations(config, state.kube, material.ca_cert_pem)
         memo["tls_task"] = asyncio.create_task(
-            serving.keep_current(config, state.kube, pathlib.Path(cert_dir), material)
+            serving.keep_current(config, state.kube, cert_dir, material)
         )
+    server = admission_endpoints.Server(
+        state,
+        host=config.admission.host,
+        port=config.admission.port,
+        certfile=certfile,
+        keyfile=keyfile,
+    )
+    await server.start()
+    memo["admission_server"] = server
     if config.metrics_port:
         metrics.start_http_server(config.metrics_port)
         logger.info("metrics on :%d/metrics", config.metrics_port)
@@ -97,6 +93,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get("admission_server")
+    if server is not None:
+        await server.stop()
     for name in ("tls_task", "policy_task"):
         task = memo.get(name)
         if task is not None:
@@ -178,159 +177,7 @@ async def policy_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 # -- admission ---------------------------------------------------------------------------
-
-
-async def _check(
-    *,
-    body: kopf.Body,
-    old: Any,
-    operation: str | None,
-    subresource: str | None,
-    resource: kopf.Resource,
-    memo: kopf.Memo,
-    warnings: list[str],
-    dryrun: bool,
-    mutate: kopf.Patch | None,
-    record: bool = True,
-) -> None:
-    started = time.monotonic()
-    kind = body.get("kind") or ""
-    decision_label = "allow"
-    try:
-        if subresource not in (None, "", "ephemeralcontainers"):
-            return
-        try:
-            view = workloads.parse_pod_view(body, kind=kind or None)
-        except errors.MalformedObjectError as e:
-            decision_label = "deny"
-            raise kopf.AdmissionError(f"imageward: {e}", code=400) from e
-        if (
-            operation == "UPDATE"
-            and old is not None
-            and not workloads.images_changed(old, body, kind)
-        ):
-            return
-        state = _runtime(memo)
-        outcome = await state.check_view(view)
-        decision = outcome.decision
-        decision_label = decision.outcome
-        warnings.extend(messages.build_warnings(decision))
-        if not dryrun and (decision.audits or decision.warned):
-            _post_events(state, view, decision)
-        if not decision.allowed:
-            raise kopf.AdmissionError(
-                messages.build_refusal_message(decision, kind=view.kind, name=view.name or ""),
-                code=403,
-            )
-        if mutate is not None:
-            pins = {item.image: item.pin for item in outcome.images if item.pin}
-            ops = patches.build_pin_patch(view, pins)
-            if ops:
-                mutate.fns.append(lambda raw: _apply_ops(raw, ops))
-    except kopf.AdmissionError:
-        if decision_label == "allow":
-            decision_label = "deny"
-        raise
-    except Exception:
-        decision_label = "error"
-        raise
-    finally:
-        if record:
-            metrics.observe_admission(
-                resource.plural, operation or "", decision_label, time.monotonic() - started
-            )
-
-
-def _apply_ops(raw: Any, ops: list[Any]) -> None:
-    import jsonpatch
-
-    jsonpatch.apply_patch(raw, ops, in_place=True)
-
-
-def _post_events(state: runtime.Runtime, view: workloads.PodView, decision: Any) -> None:
-    if not view.namespace or not view.name:
-        return
-    involved = {"kind": view.kind, "name": view.name, "namespace": view.namespace}
-    for violation in decision.audits:
-        state.post_event(
-            namespace=view.namespace,
-            involved=involved,
-            reason="ImagePolicyAudit",
-            message=violation.message,
-        )
-    for warning in decision.warnings:
-        state.post_event(
-            namespace=view.namespace,
-            involved=involved,
-            reason="ImagePolicyWarning",
-            message=warning,
-        )
-
-
-def _register_admission() -> None:
-    for group, version, plural in _WORKLOADS:
-        resource = (group, version, plural) if group else (version, plural)
-
-        @kopf.on.validate(*resource, id=webhooks.VALIDATE_ID, subresource="*")
-        async def validate(
-            *,
-            body: kopf.Body,
-            subresource: str | None,
-            resource: kopf.Resource,
-            memo: Any,
-            warnings: list[str],
-            dryrun: bool,
-            **kwargs: Any,
-        ) -> None:
-            await _check(
-                body=body,
-                old=kwargs.get("old"),
-                operation=kwargs.get("operation"),
-                subresource=subresource,
-                resource=resource,
-                memo=memo,
-                warnings=warnings,
-                dryrun=dryrun,
-                mutate=None,
-            )
-
-
-_register_admission()
-
-
-@kopf.on.mutate("v1", "pods", id=webhooks.PIN_DIGEST_ID, operations=["CREATE"])
-async def pin_digest(
-    *,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    subresource: str | None,
-    resource: kopf.Resource,
-    memo: Any,
-    warnings: list[str],
-    dryrun: bool,
-    **kwargs: Any,
-) -> None:
-    # Refusals belong to the validating webhook, which sees the final (pinned) pod; this
-    # one only pins. A refusal here would be reported twice.
-    if not any(
-        p.policy is not None and p.policy.pin_digest for p in _runtime(memo).store.snapshot()
-    ):
-        return  # no policy pins: nothing to do, and no registry lookups twice per pod
-    try:
-        await _check(
-            body=body,
-            old=None,
-            operation=kwargs.get("operation"),
-            subresource=subresource,
-            resource=resource,
-            memo=memo,
-            warnings=[],
-            dryrun=True,  # no Events from the pinning pass: validation posts them
-            mutate=patch,
-            record=False,
-        )
-    except kopf.AdmissionError:
-        return
+# Served by `admission.endpoints` (started above), not through Kopf: see that module.
 
 
 # -- PrePull -------------------------------------------------------------------------------
@@ -340,6 +187,30 @@ _PROGRESS_INTERVAL = 5.0  # seconds between node-progress refreshes of each PreP
 # `imageward.io/paused: "true"` stops reconciling a PrePull (what it made stays as it is),
 # e.g. while someone investigates a node; remove the annotation to resume.
 _NOT_PAUSED = {constants.ANNOTATION_PAUSED: kopf.ABSENT}
+# Where each PrePull's last findings live: Kopf's per-object memo (in memory; after a
+# restart the resume handler reconciles first and finds them again).
+_FINDINGS = "prepull_findings"
+
+
+def _prepull(memo: kopf.Memo) -> prepull_controller.PrePullState:
+    value: prepull_controller.PrePullState = memo["prepull"]
+    return value
+
+
+@kopf.on.startup()
+async def prepull_start(memo: kopf.Memo, **_: Any) -> None:
+    # After `start` (handlers run in the order they are defined): it makes the runtime.
+    state = prepull_controller.PrePullState(_runtime(memo))
+    memo["prepull"] = state
+    # Plans of PrePulls deleted while no operator watched are found and deleted.
+    state.start_sweeping()
+
+
+@kopf.on.cleanup()
+async def prepull_stop(memo: kopf.Memo, **_: Any) -> None:
+    state = memo.get("prepull")
+    if state is not None:
+        await state.close()
 
 
 def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) -> None:
@@ -353,9 +224,10 @@ def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) ->
 @kopf.on.create(*_PREPULL, annotations=_NOT_PAUSED)
 @kopf.on.update(*_PREPULL, field="spec", annotations=_NOT_PAUSED)
 async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    fields = await prepull_controller.reconcile(
-        _runtime(memo), body, previous_status=body.get("status") or {}
+    fields, findings = await prepull_controller.reconcile(
+        _prepull(memo), body, previous_status=body.get("status") or {}
     )
+    memo[_FINDINGS] = findings
     _patch_status(body, patch, fields)
 
 
@@ -367,29 +239,38 @@ async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *
     annotations=_NOT_PAUSED,
 )
 async def prepull_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    state = _runtime(memo)
+    state = _prepull(memo)
     previous = body.get("status") or {}
     try:
         spec = prepull_model.parse_prepull(body)
     except prepull_model.PrePullError:
         return  # prepull_changed reported it; nothing runs until the spec is fixed
-    if prepull_controller.refresh_due(spec.refresh_interval, previous.get("lastResolved")):
-        fields = await prepull_controller.reconcile(state, body, previous_status=previous)
+    findings = memo.get(_FINDINGS)
+    generation = int(body["metadata"].get("generation") or 0)
+    if findings is None or prepull_controller.evaluate_refresh_due(
+        spec, findings, previous.get("lastResolved"), generation
+    ):
+        fields, findings = await prepull_controller.reconcile(state, body, previous_status=previous)
+        memo[_FINDINGS] = findings
     else:
         fields = await prepull_controller.node_progress(
             state,
-            body["metadata"]["name"],
-            body["metadata"]["namespace"],
+            body,
             spec,
             previous.get("images") or [],
-            int(body["metadata"].get("generation") or 0),
-            [],
+            findings,
             previous.get("conditions") or [],
         )
     _patch_status(body, patch, fields)
 
 
-@kopf.on.delete(*_PREPULL, optional=True)
-async def prepull_deleted(*, name: str, namespace: str | None, **_: Any) -> None:
-    # The DaemonSet and ConfigMap are owned by the PrePull: the garbage collector removes them.
-    prepull_controller.forget_metrics(namespace or "", name)
+@kopf.on.event(*_PREPULL)
+async def prepull_event(
+    *, event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # Owner references cannot reach the operator's namespace: a Layers-mode plan is
+    # deleted here when its PrePull goes (and by the sweep if no operator saw it go).
+    if event.get("type") != "DELETED":
+        return
+    uid = (event.get("object") or {}).get("metadata", {}).get("uid")
+    await prepull_controller.forget(_prepull(memo), namespace or "", name, uid)

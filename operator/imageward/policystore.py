@@ -130,7 +130,28 @@ async def _resolve_authorities(
                 )
         except signatures_model.AuthorityError as e:
             raise errors.PolicyError(policy.name, str(e)) from e
+    _refuse_duplicates(policy.name, resolved)
     return tuple(resolved)
+
+
+def _refuse_duplicates(policy: str, authorities: Iterable[signatures_verify.Authority]) -> None:
+    """Two authority entries with the same key (or the same keyless identity and root)
+    would let one signature count twice towards a threshold: the policy is unusable."""
+    seen: dict[object, str] = {}
+    for authority in authorities:
+        if isinstance(authority, signatures_verify.KeyAuthority):
+            identity: object = ("key", authority.key.spki)
+            what = f"the same key ({authority.key.fingerprint[:19]}…)"
+        else:
+            identity = ("keyless", str(authority.identity), authority.trusted_root.digest)
+            what = f"the same keyless identity ({authority.identity}) and trusted root"
+        if identity in seen:
+            raise errors.PolicyError(
+                policy,
+                f"authorities {seen[identity]} and {authority.name} have {what}: "
+                "one signer would count twice towards the threshold",
+            )
+        seen[identity] = authority.name
 
 
 async def _key_pem(

@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 _LOOKUP_TTL = 30.0  # seconds a Secret, ServiceAccount or Namespace read is reused
 
 
+def load_operator_credentials(config: settings.Settings) -> list[registry_auth.DockerConfig]:
+    """The operator's own docker config, scoped to `docker_config_registries` (if set):
+    tried for every pod's images after the pod's own pull secrets."""
+    if not config.docker_config:
+        return []
+    path = pathlib.Path(config.docker_config)
+    parsed = registry_auth.parse_docker_config(path.read_bytes(), source=str(path))
+    return [registry_auth.build_scoped_config(parsed, config.docker_config_registries)]
+
+
 class Runtime:
     def __init__(
         self,
@@ -51,17 +61,11 @@ class Runtime:
 
     @classmethod
     def build(cls, config: settings.Settings) -> Runtime:
-        credentials: list[registry_auth.DockerConfig] = []
-        if config.docker_config:
-            path = pathlib.Path(config.docker_config)
-            credentials.append(
-                registry_auth.parse_docker_config(path.read_bytes(), source=str(path))
-            )
         return cls(
             config,
             kube.Kube(kube.build_api_client()),
             imagesource.RegistryImageSource(config.registry),
-            credentials,
+            load_operator_credentials(config),
         )
 
     async def close(self) -> None:

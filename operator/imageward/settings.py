@@ -31,11 +31,12 @@ class RegistrySettings:
     lookup_deadline: float = 8.0
     """Seconds for a whole lookup (auth, redirects, retries) unless the caller passes one."""
 
-    max_manifest_bytes: int = 4 * 1024 * 1024
-    """Manifests and indexes larger than this are refused (real ones are a few KiB)."""
+    max_manifest_bytes: int = 1024 * 1024
+    """Manifests and indexes larger than this are refused (real ones are a few KiB; a
+    1,000-layer manifest is about 200 KiB)."""
 
-    max_config_bytes: int = 8 * 1024 * 1024
-    """Image config blobs larger than this are refused."""
+    max_config_bytes: int = 2 * 1024 * 1024
+    """Image config blobs larger than this are refused (forbidRootUser then refuses)."""
 
     retries: int = 2
     """Extra attempts after a 5xx or a connection error, inside the deadline."""
@@ -103,19 +104,50 @@ class AdmissionSettings:
     """Seconds between checks whether the serving certificate needs renewing."""
 
 
+#: Plans one node agent serves, so conditions one agent pod carries, at most.
+MAX_AGENT_PLANS = 256
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PrePullSettings:
     helper_image: str = "ghcr.io/imageward/imageward:0.1.0"
     """Image holding /imageward-helper, the static binary pre-pull init containers run."""
-
-    agent_image: str = "ghcr.io/imageward/imageward:0.1.0"
-    """Image running `imageward agent` in Layers mode."""
 
     pause_image: str = "registry.k8s.io/pause:3.10"
     """The long-lived container of pre-pull pods."""
 
     default_platform: str = "linux/amd64"
     """Platform planned for when a PrePull's nodeSelector does not name an architecture."""
+
+    agent_enabled: bool = True
+    """Whether the node-agent DaemonSet runs (chart value agent.enabled); without it a
+    Layers-mode PrePull is refused with reason AgentDisabled instead of waiting."""
+
+    agent_selector: str = "app.kubernetes.io/name=imageward,app.kubernetes.io/component=agent"
+    """Label selector of the node-agent pods in the operator's namespace: the one watch
+    through which per-node progress of every Layers-mode PrePull comes back."""
+
+    agent_key_secret: str = "imageward-agent-key"
+    """Secret (operator namespace) holding the key that seals pull credentials for the
+    agent; the operator creates it when missing, the agent pods mount it."""
+
+    cross_namespace: tuple[str, ...] = ()
+    """Namespaces whose PrePulls may use fromWorkloads.namespaceSelector, besides the
+    operator's own; everywhere else a PrePull reads its own namespace only."""
+
+    max_layers_prepulls: int = MAX_AGENT_PLANS
+    """Layers-mode PrePulls served at once, cluster-wide (each is one ConfigMap and one
+    condition on every agent pod); at most MAX_AGENT_PLANS."""
+
+    max_layers_prepulls_per_namespace: int = 32
+    """Layers-mode PrePulls served at once per namespace, so one tenant cannot take them all."""
+
+    max_plan_bytes_total: int = 32 * 1024 * 1024
+    """Bytes of all plan documents together (every node agent reads and keeps each one,
+    so this bounds the agents' memory); a plan that would go over is refused."""
+
+    cache_max_objects: int = 100_000
+    """Objects each watch-fed cache holds (workloads per kind, nodes, namespaces)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,6 +160,11 @@ class Settings:
 
     docker_config: str | None = None
     """The operator's own registry credentials (a docker config.json), tried last."""
+
+    docker_config_registries: tuple[str, ...] = ()
+    """Registry host globs the operator's own credentials are used for (empty: every
+    registry they name). Anyone who may create a pod learns the digest, size and user of
+    images these credentials can read, from refusal messages: scope them."""
 
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
@@ -163,6 +200,20 @@ def _parse_failure_policy(text: str) -> str:
     return text
 
 
+def _parse_positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _parse_plan_count(text: str) -> int:
+    value = _parse_positive(text)
+    if value > MAX_AGENT_PLANS:
+        raise ValueError(f"at most {MAX_AGENT_PLANS} (the plans one node agent serves)")
+    return value
+
+
 # variable suffix -> (group or "", field, parser)
 _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "NAMESPACE": ("", "namespace", str),
@@ -183,6 +234,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "ADMISSION_DEADLINE": ("admission", "deadline", float),
     "EXCLUDED_NAMESPACES": ("admission", "excluded_namespaces", _parse_list),
     "DOCKER_CONFIG": ("", "docker_config", str),
+    "DOCKER_CONFIG_REGISTRIES": ("", "docker_config_registries", _parse_list),
     "VALIDATING_WEBHOOK": ("admission", "validating_configuration", str),
     "MUTATING_WEBHOOK": ("admission", "mutating_configuration", str),
     "WEBHOOK_SERVICE": ("admission", "service", str),
@@ -193,9 +245,20 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
     "HELPER_IMAGE": ("prepull", "helper_image", str),
-    "AGENT_IMAGE": ("prepull", "agent_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),
     "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),
+    "AGENT_ENABLED": ("prepull", "agent_enabled", _parse_bool),
+    "AGENT_SELECTOR": ("prepull", "agent_selector", str),
+    "AGENT_KEY_SECRET": ("prepull", "agent_key_secret", str),
+    "PREPULL_CROSS_NAMESPACE": ("prepull", "cross_namespace", _parse_list),
+    "PREPULL_MAX_LAYERS": ("prepull", "max_layers_prepulls", _parse_plan_count),
+    "PREPULL_MAX_LAYERS_PER_NAMESPACE": (
+        "prepull",
+        "max_layers_prepulls_per_namespace",
+        _parse_plan_count,
+    ),
+    "PREPULL_CACHE_MAX_OBJECTS": ("prepull", "cache_max_objects", _parse_positive),
+    "PREPULL_MAX_PLAN_BYTES_TOTAL": ("prepull", "max_plan_bytes_total", _parse_positive),
 }
 
 

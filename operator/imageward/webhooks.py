@@ -154,15 +154,9 @@ def build_mutating_configuration(
     webhook = {
         "name": "pin-digest.imageward.io",
         "clientConfig": endpoint.client_config(PIN_DIGEST_ID, ca_bundle),
-        "rules": [
-            {
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE"],
-                "resources": ["pods"],
-                "scope": "Namespaced",
-            }
-        ],
+        # Pods as created, images changed by an UPDATE, and ephemeral containers added
+        # (`kubectl debug`): each new image is pinned, never one already running.
+        "rules": [dict(rule) for rule in _WORKLOAD_RULES[:2]],
         # A pin changes the pod; other mutating webhooks may change images after it.
         "reinvocationPolicy": "IfNeeded",
     }

@@ -27,11 +27,21 @@ from typing import Any
 import pytest
 
 from imageward import errors
-from imageward.localcluster import containerd, faultproxy, images, processes, registries, tools
-from imageward.prepull import agent, daemonset, planner
+from imageward.localcluster import (
+    containerd,
+    controlplane,
+    faultproxy,
+    images,
+    processes,
+    registries,
+    tools,
+)
+from imageward.prepull import agent, daemonset, planner, plans
 from imageward.prepull import containerd as ctrd
 from imageward.registry import model, reference
 from tests import utils
+from tests.cluster import agents
+from tests.conftest import RunningOperator
 
 pytestmark = pytest.mark.cluster
 
@@ -99,8 +109,8 @@ def write_plan(
     prepull: tuple[str, str, str] = ("shop", "web", "uid-1"),
     pull_secrets: Mapping[str, pathlib.Path] | None = None,
 ) -> dict[str, Any]:
-    """The plan file as the controller's ConfigMap holds it; pull-secret paths point at
-    test directories instead of the pod's mount points."""
+    """The plan file as the operator's plan ConfigMap holds it (every node), with pull
+    secrets kept in test directories (the plan-file form of the credentials)."""
     references = {ref: reference.parse_reference(ref) for ref in image_set.references}
     namespace, name, uid = prepull
     document = daemonset.build_plan_document(
@@ -466,14 +476,20 @@ def test_the_running_agent_serves_readiness_follows_plan_changes_and_keeps_its_l
 
     process = start()
     try:
-        status, body = _get(f"{base}/readyz")
-        assert status == 503, body
-        assert json.loads(body)["layers"]["total"] == len(first.layers)
+        # /readyz lists every plan the agent serves (here one); 503 until each is held.
+        def started() -> dict[str, Any] | None:
+            code, answer = _get(f"{base}/readyz")
+            document: dict[str, Any] = json.loads(answer)
+            plans_ = document["plans"]
+            return plans_[0] if code == 503 and plans_ and plans_[0]["layers"]["total"] else None
+
+        assert utils.wait_for("the agent to start", started)["layers"]["total"] == len(first.layers)
 
         def ready_with(plan_hash: str) -> dict[str, Any] | None:
             code, answer = _get(f"{base}/readyz")
             document: dict[str, Any] = json.loads(answer)
-            return document if code == 200 and document["planHash"] == plan_hash else None
+            (plan,) = document["plans"] or [{}]
+            return plan if code == 200 and plan.get("planHash") == plan_hash else None
 
         ready = utils.wait_for("the agent to be ready", lambda: ready_with(first_doc["hash"]))
         assert ready["bytes"]["held"] == first.bytes
@@ -612,3 +628,149 @@ def test_a_lease_nobody_renews_expires_and_lets_its_blobs_go(
     collect_garbage(containerd_daemon)
     assert lease_id not in leases(containerd_daemon)
     assert not planned & containerd_daemon.content_digests()
+
+
+# -- the cluster agent (--from-cluster), plans written as the operator writes them -------------
+
+
+def apply_plan_configmap(
+    cluster: controlplane.ControlPlane,
+    image_set: ImageSet,
+    plan: planner.Plan,
+    *,
+    name: str,
+    node_selector: dict[str, str],
+) -> str:
+    """A plan ConfigMap in the operator's namespace, as the operator writes it; its key."""
+    references = {ref: reference.parse_reference(ref) for ref in image_set.references}
+    uid = f"uid-{uuid.uuid4().hex[:8]}"
+    document = plans.build_plan_document(
+        name, "shop", uid, plan, references, node_selector=node_selector
+    )
+    cluster.apply(
+        plans.build_plan_configmap(
+            document,
+            namespace=agents.NAMESPACE,
+            plan_text=plans.build_plan_text(document),
+            sealed_credentials=None,
+            content_hash="test",
+        )
+    )
+    return plans.build_prepull_key("shop", name, uid)
+
+
+def test_the_cluster_agent_follows_its_node_and_sweeps_leases_of_gone_plans(
+    tmp_path: pathlib.Path,
+    cluster: controlplane.ControlPlane,
+    imageward_operator: RunningOperator,
+    registry_set: registries.Registries,
+    containerd_daemon: containerd.Containerd,
+    counting: faultproxy.FaultProxy,
+) -> None:
+    label = uuid.uuid4().hex[:8]
+    node = agents.labelled_node(cluster, label)
+    cluster.kubectl("label", "node", node, "imageward-test/moved=yes")
+    image_set = push_images(registry_set.anonymous, counting.host, count=2)
+    names = {f"keep-{label}", f"moved-{label}", f"elsewhere-{label}"}
+    keep, moved, elsewhere = sorted(names)[1], sorted(names)[2], sorted(names)[0]
+    selector = {"imageward-test/agent": label, "kubernetes.io/os": "linux"}
+    keys = {
+        keep: apply_plan_configmap(
+            cluster,
+            image_set,
+            planner.build_plan(image_set.plan_images([0]), budget=None),
+            name=keep,
+            node_selector=selector,
+        ),
+        moved: apply_plan_configmap(
+            cluster,
+            image_set,
+            planner.build_plan(image_set.plan_images([1]), budget=None),
+            name=moved,
+            node_selector={**selector, "imageward-test/moved": "yes"},
+        ),
+        # For another node only: never applied here.
+        elsewhere: apply_plan_configmap(
+            cluster,
+            image_set,
+            planner.build_plan(image_set.plan_images(), budget=None),
+            name=elsewhere,
+            node_selector={"imageward-test/agent": "some-other-node"},
+        ),
+    }
+    # A lease of a plan-file agent on the same containerd: never the cluster agent's to sweep.
+    plan_path = tmp_path / "file-plan.json"
+    write_plan(
+        plan_path,
+        image_set,
+        planner.build_plan(image_set.plan_images([0]), budget=None),
+        prepull=("shop", f"file-{label}", "uid-file"),
+    )
+    status, _, stderr = run_agent_once(plan_path, containerd_daemon, counting.host)
+    assert status == 0, stderr
+    kubeconfig = agents.identity(cluster, tmp_path)
+
+    def start() -> tuple[processes.ManagedProcess, str]:
+        return agents.start(
+            kubeconfig=kubeconfig,
+            node=node,
+            pod=None,
+            daemon=containerd_daemon,
+            key=tmp_path / "no-key",
+            insecure=[counting.host],
+            log_dir=tmp_path / "logs",
+            extra=["--node-refresh", "1s"],
+        )
+
+    def served(base: str) -> dict[str, bool]:
+        _, body = _get(f"{base}/readyz")
+        return {p["prepull"]["name"]: p["ready"] for p in json.loads(body)["plans"] if p["prepull"]}
+
+    process, base = start()
+    try:
+        utils.wait_for(
+            "both plans of this node held",
+            lambda: served(base) == {keep: True, moved: True},
+            timeout=60,
+        )
+        assert not leases_of(containerd_daemon, elsewhere)
+        (moved_lease,) = leases_of(containerd_daemon, moved)
+        assert f"{agent.LABEL_SCOPE}={agents.NAMESPACE}" in leases(containerd_daemon)[moved_lease]
+
+        # The node no longer matches one plan: that plan's lease goes, the other's stays.
+        cluster.kubectl("label", "node", node, "imageward-test/moved-")
+        utils.wait_for(
+            "the plan that no longer selects the node to be dropped",
+            lambda: served(base) == {keep: True} and not leases_of(containerd_daemon, moved),
+            timeout=30,
+        )
+        (keep_lease,) = leases_of(containerd_daemon, keep)
+        assert process.stop() == 0, process.log_tail()
+
+        # A plan deleted while no agent ran: the next agent sweeps the lease it had made.
+        cluster.kubectl(
+            "delete", "configmap", plans.build_plan_name(keys[keep]), "-n", agents.NAMESPACE
+        )
+        assert keep_lease in leases(containerd_daemon)
+        process, base = start()
+        utils.wait_for(
+            "the swept lease", lambda: keep_lease not in leases(containerd_daemon), timeout=30
+        )
+        assert served(base) == {}
+        assert leases_of(containerd_daemon, f"file-{label}"), "a plan-file agent's lease stays"
+    finally:
+        process.stop()
+        for key in keys.values():
+            cluster.kubectl(
+                "delete",
+                "configmap",
+                plans.build_plan_name(key),
+                "-n",
+                agents.NAMESPACE,
+                "--ignore-not-found",
+                check=False,
+            )
+        cluster.kubectl("delete", "node", node, check=False)
+        for name in (*names, f"file-{label}"):
+            for lease_id in leases_of(containerd_daemon, name):
+                containerd_daemon.ctr("leases", "delete", lease_id, check=False)

@@ -125,6 +125,7 @@ def test_every_object_is_accepted_by_the_apiserver(installed: Installed) -> None
         "RoleBinding",
         "Service",
         "Deployment",
+        "DaemonSet",  # the node agent of Layers mode
         "PodDisruptionBudget",
         "ConfigMap",
         "Secret",
@@ -156,8 +157,10 @@ def test_deployment_places_two_replicas_on_different_nodes(
         return bool(status.get("readyReplicas") == 2)
 
     utils.wait_for(f"deployment {ns}/{name} ready", ready, timeout=90)
+    # The Deployment's own selector: the release's agent DaemonSet has pods there too.
+    selector = chart.find(installed.manifests, "Deployment")["spec"]["selector"]["matchLabels"]
     pods = cluster.get_json(
-        "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={installed.release}"
+        "pods", "-n", ns, "-l", ",".join(f"{k}={v}" for k, v in selector.items())
     )["items"]
     nodes = {
         pod["spec"]["nodeName"] for pod in pods if not pod["metadata"].get("deletionTimestamp")
@@ -173,6 +176,12 @@ def _can_i(cluster: controlplane.ControlPlane, installed: Installed, *args: str)
     answer = result.stdout.strip()
     assert answer in {"yes", "no"}, f"kubectl auth can-i {args}: {result.stdout}{result.stderr}"
     return answer == "yes"
+
+
+def _agent_key(installed: Installed) -> str:
+    env = chart.env_of(chart.find(installed.manifests, "Deployment"))
+    name: str = env["IMAGEWARD_AGENT_KEY_SECRET"]
+    return name
 
 
 def test_service_account_may_do_what_the_operator_needs(
@@ -199,7 +208,13 @@ def test_service_account_may_do_what_the_operator_needs(
         # PrePull's own objects.
         ("create", "daemonsets.apps", "-n", "shop"),
         ("patch", "daemonsets.apps", "-n", "shop"),
-        ("create", "configmaps", "-n", "shop"),
+        ("delete", "daemonsets.apps", "-n", "shop"),
+        # Layers-mode plans, in the operator's namespace only; the agent's sealing key.
+        ("create", "configmaps", "-n", ns),
+        ("watch", "configmaps", "-n", ns),
+        ("delete", "configmaps", "-n", ns),
+        ("get", f"secrets/{_agent_key(installed)}", "-n", ns),
+        ("get", "configmaps", "-n", "shop"),  # keyless trustedRoot, by name
         # TLS: its Secret, and the CA patched into its two configurations.
         ("create", "secrets", "-n", ns),
         ("patch", f"secrets/{tls}", "-n", ns),
@@ -231,6 +246,12 @@ def test_service_account_may_not_do_more(
         ("impersonate", "serviceaccounts"),
         ("create", "serviceaccounts/token", "-n", ns),
         ("create", "pods", "-n", "shop"),
+        ("create", "pods", "-n", ns),
+        ("create", "configmaps", "-n", "shop"),
+        ("update", "configmaps", "-n", "shop"),
+        ("list", "configmaps", "-n", "shop"),
+        ("patch", f"secrets/{_agent_key(installed)}", "-n", ns),
+        ("delete", f"secrets/{_agent_key(installed)}", "-n", ns),
         ("delete", "pods", "-n", "shop"),
         ("create", "pods/exec", "-n", "shop"),
         ("update", "deployments.apps", "-n", "shop"),

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from imageward.localcluster import controlplane, cosign, images, registries
+from imageward.prepull import plans
 from tests import utils
 from tests.conftest import RunningOperator
 
@@ -230,7 +231,7 @@ def test_web_tier_prepull_reaches_every_node(
 
 
 def test_shared_layers_prepull_plans_only_shared_layers(
-    example: Example, cluster: controlplane.ControlPlane
+    example: Example, cluster: controlplane.ControlPlane, imageward_operator: RunningOperator
 ) -> None:
     web, api, _ = images.shared_base_images(3)
     example.push("shop/web", web)
@@ -246,11 +247,22 @@ def test_shared_layers_prepull_plans_only_shared_layers(
         timeout=60,
     )
     assert status["plan"]["layers"] == len(shared)
-    config_maps = cluster.get_json("configmaps", "-n", example.namespace)["items"]
-    plans = [
-        json.loads(c["data"]["plan.json"])
-        for c in config_maps
+    # Layers mode makes nothing in the PrePull's namespace: its plan is a ConfigMap of the
+    # operator's namespace, which the node agent there reads.
+    assert not cluster.get_json("daemonsets", "-n", example.namespace)["items"]
+    assert not [
+        c
+        for c in cluster.get_json("configmaps", "-n", example.namespace)["items"]
         if "plan.json" in (c.get("data") or {})
     ]
-    assert len(plans) == 1
-    assert {layer["digest"] for layer in plans[0]["layers"]} == shared
+    config_maps = cluster.get_json(
+        "configmaps", "-n", imageward_operator.namespace, "-l", plans.build_selector_text()
+    )["items"]
+    found = [
+        json.loads(c["data"]["plan.json"])
+        for c in config_maps
+        if c["metadata"]["annotations"]["imageward.io/prepull-namespace"] == example.namespace
+    ]
+    assert len(found) == 1
+    assert {layer["digest"] for layer in found[0]["layers"]} == shared
+    assert found[0]["prepull"]["name"] == "shared-layers"

@@ -4,6 +4,7 @@ and problems reported as conditions with reasons."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -308,6 +309,27 @@ def test_daemonset_refused_by_a_policy_is_reported(
         condition = utils.wait_for("Ready=False with DaemonSetRefused", refused, timeout=40)
         assert f"ImagePolicy {policy}" in condition["message"]
         assert "not in allowedRegistries" in condition["message"]
+        # Progress refreshes (every 5 s) keep saying what the Event said; they used to
+        # turn it into "Pending: the DaemonSet has not been created yet".
+        time.sleep(12)
+        status = _status(cluster, guarded, "refused")
+        for kind in ("Ready", "Degraded"):
+            later = _condition(status, kind)
+            assert later["reason"] == "DaemonSetRefused", later
+            assert f"ImagePolicy {policy}" in later["message"]
+        events = [
+            e
+            for e in cluster.get_json("events", "-n", guarded)["items"]
+            if e["involvedObject"]["name"] == "refused"
+        ]
+        assert any(e["reason"] == "DaemonSetRefused" for e in events)
+        # Without the policy the next attempt (every 30 s while refused) goes through.
+        cluster.kubectl("delete", "imagepolicy", policy)
+        utils.wait_for(
+            "the DaemonSet once the policy is gone",
+            lambda: _daemonsets(cluster, guarded),
+            timeout=60,
+        )
     finally:
         cluster.kubectl("delete", "imagepolicy", policy, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "namespace", guarded, "--wait=false", check=False)
@@ -371,3 +393,104 @@ def test_images_of_workloads_are_taken_weighted_by_replicas(
     )
     weights = {i["image"]: i["weight"] for i in status["images"]}
     assert weights == {shared_images[0]: 1, shared_images[1]: 3}
+
+
+def test_a_tenant_prepull_reads_only_its_own_namespaces_workloads(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    # Another tenant's Deployment, whose (private) image a tenant must not learn nor pull.
+    other = f"other-{_uid()}"
+    cluster.create_namespace(other, labels={"imageward-test/tenant": other})
+
+    def deployment(ns: str, name: str, image: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": name, "image": image}]},
+                },
+            },
+        }
+
+    admin_prepull = f"admin-{_uid()}"
+    try:
+        cluster.apply(deployment(other, "secret-app", shared_images[2]))
+        cluster.apply(deployment(namespace, "own-app", shared_images[1]))
+        every_namespace = {"kinds": ["Deployment"], "namespaceSelector": {}}
+        _apply(
+            cluster,
+            namespace,
+            _prepull("greedy", [shared_images[0]], fromWorkloads=every_namespace),
+        )
+
+        def resolved(ns: str, name: str, count: int) -> dict[str, Any] | None:
+            status = _status(cluster, ns, name)
+            return status if len(status.get("images") or []) >= count else None
+
+        status = utils.wait_for(
+            "the tenant's PrePull resolved", lambda: resolved(namespace, "greedy", 2)
+        )
+        assert {i["image"] for i in status["images"]} == {shared_images[0], shared_images[1]}
+        degraded = _condition(status, "Degraded")
+        assert degraded["status"] == "True"
+        assert degraded["reason"] == "CrossNamespaceNotAllowed"
+        assert "imageward-system" in degraded["message"]
+        assert f"reads {namespace} only" in degraded["message"]
+        # Ignoring the selector does not stop it from pre-pulling its own namespace's images.
+        utils.wait_for(
+            "the tenant's PrePull Ready",
+            lambda: (
+                _condition(_status(cluster, namespace, "greedy"), "Ready").get("status") == "True"
+            ),
+            timeout=60,
+        )
+
+        # The operator's namespace is a cluster admin's: there the selector is honoured,
+        # from the watch-fed cache (a Deployment made later is seen at the next refresh).
+        cluster.apply(
+            {
+                **_prepull(
+                    admin_prepull,
+                    [shared_images[0]],
+                    refreshInterval="10s",
+                    fromWorkloads={
+                        "kinds": ["Deployment"],
+                        "namespaceSelector": {"matchLabels": {"imageward-test/tenant": other}},
+                    },
+                ),
+                "metadata": {"name": admin_prepull, "namespace": imageward_operator.namespace},
+            }
+        )
+        status = utils.wait_for(
+            "the admin's PrePull resolved",
+            lambda: resolved(imageward_operator.namespace, admin_prepull, 2),
+        )
+        weights = {i["image"]: i["weight"] for i in status["images"]}
+        assert weights == {shared_images[0]: 1, shared_images[2]: 2}
+        assert _condition(status, "Degraded").get("reason") != "CrossNamespaceNotAllowed"
+        cluster.apply(deployment(other, "late-app", shared_images[1]))
+        status = utils.wait_for(
+            "the later Deployment at the next refresh",
+            lambda: resolved(imageward_operator.namespace, admin_prepull, 3),
+            timeout=40,
+        )
+        assert shared_images[1] in {i["image"] for i in status["images"]}
+    finally:
+        cluster.kubectl(
+            "delete",
+            "prepull",
+            admin_prepull,
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)

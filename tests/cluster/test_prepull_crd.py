@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from imageward.localcluster import controlplane
-from imageward.prepull import daemonset, model, planner, status
+from imageward.prepull import daemonset, model, planner, plans, sealing, status
 from imageward.registry import model as registry_model
 from tests import utils
 
@@ -224,7 +224,6 @@ def build(namespace: str, uid: str, spec: model.PrePullSpec, **kwargs: Any) -> d
         [WEB, API],
         helper_image="helper:1",
         pause_image="pause:3.10",
-        agent_image="agent:1",
         **kwargs,
     )
 
@@ -268,26 +267,28 @@ def test_built_manifests_are_valid_and_images_mode_is_restricted(
     assert missing in ([], daemonset.build_pinned_references([WEB, API]))
     assert "PodSecurity" not in warnings, warnings
 
+    # Layers mode puts nothing in the PrePull's namespace: its plan is a ConfigMap of the
+    # operator's namespace (here: any namespace, as a dry run), valid as built.
     layer = registry_model.Layer(WEB.digest, 10, "application/vnd.oci.image.layer.v1.tar+gzip")
     plan = planner.build_plan([planner.PlanImage(WEB.image, WEB.digest, (layer,))], budget=None)
-    configmap = daemonset.build_plan_configmap(
+    document = plans.build_plan_document(
         "web-tier",
         namespace,
         uid,
         plan,
         {WEB.image: registry_model.ImageReference("ghcr.io", "acme/web", "1.4")},
         pull_secrets=["regcred"],
+        node_selector={"kubernetes.io/os": "linux"},
     )
-    dry_run(cluster, configmap)
-    layers_spec = model.parse_prepull(prepull(namespace, {"images": [WEB.image], "mode": "Layers"}))
-    stored, warnings = dry_run(
-        cluster, build(namespace, uid, layers_spec, plan_configmap=configmap)
+    configmap = plans.build_plan_configmap(
+        document,
+        namespace=namespace,
+        plan_text=plans.build_plan_text(document),
+        sealed_credentials=sealing.seal(sealing.generate_key(), b"{}", context="k"),
+        content_hash="h",
     )
-    # The agent needs containerd's socket as root: not for restricted namespaces.
-    assert (
-        'restricted volume types (volume "containerd" uses restricted volume type "hostPath")'
-        in (warnings)
-    )
+    stored, _ = dry_run(cluster, configmap)
+    assert plans.parse_plan_identity(stored) == (namespace, "web-tier", uid)
 
 
 def test_daemonset_covers_every_node_and_goes_with_its_prepull(

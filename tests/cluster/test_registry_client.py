@@ -610,7 +610,8 @@ async def test_oversized_manifest_is_refused(
     _, result = await timed_facts(anonymous_client, ref(proxy.host, anonymous_set.small))
 
     assert isinstance(result, errors.TooLargeError)
-    assert "over the limit of 4194304" in str(result) or "exceeds the limit of 4194304" in str(
+    limit = settings.RegistrySettings().max_manifest_bytes  # 1 MiB
+    assert f"over the limit of {limit}" in str(result) or f"exceeds the limit of {limit}" in str(
         result
     )
 
@@ -639,8 +640,12 @@ async def test_altered_child_manifest_and_config_are_digest_mismatches(
 
     assert isinstance(child, errors.DigestMismatchError)
     assert "not the requested sha256:" in str(child)
-    assert isinstance(config, errors.DigestMismatchError)
-    assert "blob body hashes to" in str(config)
+    # A tampered config is the content of that image: the facts come back (sizes and
+    # signatures still decide), the config's problem is recorded for the user rule.
+    assert isinstance(config, model.ImageFacts)
+    (image,) = config.images
+    assert image.config_problem is not None and "blob body hashes to" in image.config_problem
+    assert "digest mismatch" in image.config_problem
 
 
 async def test_wrong_content_type_is_refused(

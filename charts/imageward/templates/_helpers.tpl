@@ -34,6 +34,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: imageward
 {{- end }}
 
+{{/* The node agent of Layers mode: its own name label, so the operator's Service, PDB
+and Deployment selectors (name + instance) never select agent pods. */}}
+{{- define "imageward.agentName" -}}
+{{- printf "%s-agent" (include "imageward.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "imageward.agentSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-agent" (include "imageward.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The same as a label selector string (IMAGEWARD_AGENT_SELECTOR). */}}
+{{- define "imageward.agentSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" (printf "%s-agent" (include "imageward.name" .) | trunc 63 | trimSuffix "-") .Release.Name }}
+{{- end }}
+
+{{- define "imageward.agentLabels" -}}
+helm.sh/chart: {{ include "imageward.chart" . }}
+{{ include "imageward.agentSelectorLabels" . }}
+app.kubernetes.io/component: agent
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: imageward
+{{- end }}
+
+{{- define "imageward.agentKeySecretName" -}}
+{{- printf "%s-agent-key" (include "imageward.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "imageward.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "imageward.fullname" .) .Values.serviceAccount.name }}

@@ -19,6 +19,7 @@ no operation is emitted that would not change the object.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Literal, TypedDict
 
 from imageward import errors
@@ -55,17 +56,24 @@ def build_pinned_image(image: str, digest: registry_model.Digest) -> str | None:
 
 
 def build_pin_patch(
-    view: workloads.PodView, pins: Mapping[str, registry_model.Digest]
+    view: workloads.PodView,
+    pins: Mapping[str, registry_model.Digest],
+    *,
+    only: AbstractSet[tuple[str, str, str]] | None = None,
 ) -> list[ReplaceOperation]:
     """Replace operations pinning each container whose image `pins` resolves.
 
     `pins` maps an image exactly as written in the object (`ContainerImage.image`) to
     the digest it resolved to; images not in `pins` are left alone (not resolved, or no
-    pinDigest policy matched them). Paths are the containers' JSON pointers, in
-    container order. Raises errors.InvalidReferenceError for a pin that cannot be written.
+    pinDigest policy matched them). `only`, for an UPDATE, limits the patch to the
+    (kind, name, image) of containers the update brings (workloads.build_new_containers).
+    Paths are the containers' JSON pointers, in container order. Raises
+    errors.InvalidReferenceError for a pin that cannot be written.
     """
     operations: list[ReplaceOperation] = []
     for container in view.containers:
+        if only is not None and (container.kind, container.name, container.image) not in only:
+            continue
         digest = pins.get(container.image)
         if digest is None:
             continue

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 
 from imageward import errors
 from imageward.admission import reviews
-from imageward.registry import model as registry_model
+from imageward.registry import platforms as registry_platforms
 
 ContainerKind = Literal["containers", "initContainers", "ephemeralContainers"]
 
@@ -391,17 +391,28 @@ def parse_pod_view(
     )
 
 
-def parse_platform(view: PodView) -> registry_model.Platform | None:
-    """The platform whose image nodes will pull, when the pod pins an architecture.
+def parse_platform(view: PodView) -> registry_platforms.PlatformChoice:
+    """The nodes the pod may run on, as far as it says: its OS (spec.os.name, node
+    selector or affinity) and architecture. What it leaves open stays open: a pod that
+    names no OS may land on Windows nodes too, so their index entries are checked.
+    Label values carry no variant, so every variant a node may have counts."""
+    return registry_platforms.PlatformChoice(os=view.node_os, architecture=view.node_arch)
 
-    The OS defaults to linux (the spec's default platform family). An OS alone names no
-    platform (Platform needs an architecture), so the engine's default applies: every
-    linux platform of an index must pass. Label values carry no variant (no "/"), so
-    the variant is left open and matches any.
-    """
-    if view.node_arch is None:
-        return None
-    return registry_model.Platform(os=view.node_os or "linux", architecture=view.node_arch)
+
+def build_new_containers(
+    old_body: object | None, view: PodView, kind: str
+) -> frozenset[tuple[str, str, str]]:
+    """(kind, name, image) of the containers an UPDATE brings that the old object did
+    not run: the only ones a mutation may touch (pinning a running container's image
+    would restart it). Every container of a CREATE, or of an unreadable old object."""
+    every = frozenset((c.kind, c.name, c.image) for c in view.containers)
+    if old_body is None:
+        return every
+    try:
+        old = parse_pod_view(old_body, kind=kind)
+    except errors.MalformedObjectError:
+        return every
+    return every - {(c.kind, c.name, c.image) for c in old.containers}
 
 
 def images_changed(old_body: object | None, new_body: object, kind: str) -> bool:

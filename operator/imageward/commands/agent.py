@@ -1,8 +1,11 @@
-"""`imageward agent`: the node agent of PrePull Layers mode (see `imageward.prepull.agent`).
+"""`imageward agent`: the node agent of PrePull Layers mode (see `imageward.prepull.agent`
+and `imageward.prepull.supervisor`).
 
-Exit statuses: 0 when stopped by SIGTERM/SIGINT (or, with `--once`, every planned blob
-is held), 1 with `--once` when a blob could not be fetched, 2 for unusable options or
-plan files (with `--once`; the long-running agent waits for a usable plan instead).
+`--from-cluster`: the chart's DaemonSet; plans from the plan ConfigMaps of the operator's
+namespace, progress as conditions of the agent's own pod. `--plan FILE` (repeatable):
+plan files. Exit statuses: 0 when stopped by SIGTERM/SIGINT (or, with `--once`, every
+planned blob is held), 1 with `--once` when a blob could not be fetched, 2 for unusable
+options or plan files (with `--once`; the long-running agent waits for a usable plan).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from imageward.prepull import daemonset
 
 if TYPE_CHECKING:
     from imageward.prepull import agent
+
+DEFAULT_KEY_PATH = "/etc/imageward/agent-key/key"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,11 +50,65 @@ def parse_duration(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--plan",
-        default=daemonset.PLAN_PATH,
+        action="append",
+        default=[],
         metavar="FILE",
-        help=f"the plan JSON of the PrePull (default {daemonset.PLAN_PATH})",
+        help="a plan JSON file to apply (repeatable; `--once` takes one)",
+    )
+    source.add_argument(
+        "--from-cluster",
+        action="store_true",
+        help="serve the plan ConfigMaps of --namespace that select this node and report "
+        "each plan's progress as a condition of --pod (the chart's agent DaemonSet)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="with --from-cluster: where the plans are, the operator's namespace "
+        "(default $POD_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--pod",
+        default=os.environ.get("POD_NAME"),
+        help="with --from-cluster: this agent's pod, whose status gets the reports "
+        "(default $POD_NAME)",
+    )
+    parser.add_argument(
+        "--credentials-key",
+        default=DEFAULT_KEY_PATH,
+        metavar="FILE",
+        help=f"with --from-cluster: the key that opens sealed pull credentials "
+        f"(default {DEFAULT_KEY_PATH}, a file of the mounted key Secret)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        metavar="FILE",
+        help="with --from-cluster: a kubeconfig (default: the pod's ServiceAccount, "
+        "else $KUBECONFIG)",
+    )
+    parser.add_argument(
+        "--node-refresh",
+        default="5m",
+        metavar="DURATION",
+        help="with --from-cluster: how often the Node's labels and taints are read again (5m)",
+    )
+    parser.add_argument(
+        "--report-interval",
+        default="10s",
+        metavar="DURATION",
+        help="with --from-cluster: least time between two progress-only reports (10s); "
+        "a changed status or reason is reported at once",
+    )
+    parser.add_argument(
+        "--max-plans",
+        type=int,
+        default=settings.MAX_AGENT_PLANS,
+        metavar="N",
+        help=f"with --from-cluster: most plans served at once ({settings.MAX_AGENT_PLANS})",
     )
     parser.add_argument(
         "--containerd-socket",
@@ -82,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--poll-interval",
         default="5s",
         metavar="DURATION",
-        help="how often the plan file is checked for changes (5s)",
+        help="how often plan files are read again, and the longest a cluster agent waits "
+        "before it looks at its plans and reports again (5s)",
     )
     parser.add_argument(
         "--resync-interval",
@@ -108,7 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node",
         default=os.environ.get("NODE_NAME"),
-        help="node name shown in the progress (default $NODE_NAME)",
+        help="this node's name: shown in the progress; with --from-cluster, the Node whose "
+        "labels and taints select plans (default $NODE_NAME)",
     )
 
 
@@ -131,7 +192,13 @@ def build_options(args: argparse.Namespace) -> agent.Options:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     durations = {}
-    for flag in ("poll_interval", "resync_interval", "lease_ttl"):
+    for flag in (
+        "poll_interval",
+        "resync_interval",
+        "lease_ttl",
+        "node_refresh",
+        "report_interval",
+    ):
         try:
             durations[flag] = parse_duration(getattr(args, flag))
         except ValueError as e:
@@ -147,8 +214,32 @@ def build_options(args: argparse.Namespace) -> agent.Options:
         insecure_registries=insecure,
         request_timeout=max(config.registry.request_timeout, _REQUEST_TIMEOUT),
     )
+    cluster = None
+    if args.from_cluster:
+        if args.once:
+            raise UsageError("--once applies a --plan file, not --from-cluster")
+        if not args.namespace:
+            raise UsageError("--from-cluster needs --namespace (or $POD_NAMESPACE)")
+        if not args.node:
+            raise UsageError("--from-cluster needs --node (or $NODE_NAME)")
+        if not 1 <= args.max_plans <= settings.MAX_AGENT_PLANS:
+            raise UsageError(f"--max-plans must be between 1 and {settings.MAX_AGENT_PLANS}")
+        cluster = agent.ClusterOptions(
+            namespace=args.namespace,
+            pod=args.pod or None,
+            key_path=pathlib.Path(args.credentials_key),
+            kubeconfig=args.kubeconfig,
+            node_refresh=max(1.0, durations["node_refresh"]),
+            report_interval=max(0.0, durations["report_interval"]),
+            max_plans=args.max_plans,
+        )
+    elif not args.plan:
+        raise UsageError("name a plan (--plan FILE) or serve the cluster's (--from-cluster)")
+    elif args.once and len(args.plan) != 1:
+        raise UsageError("--once applies exactly one --plan file")
     return agent.Options(
-        plan_path=pathlib.Path(args.plan),
+        plan_paths=tuple(pathlib.Path(path) for path in args.plan),
+        cluster=cluster,
         socket=args.containerd_socket.removeprefix("unix://"),
         concurrency=args.concurrency,
         max_bytes_per_second=float(rate) if rate else None,
@@ -163,7 +254,7 @@ def build_options(args: argparse.Namespace) -> agent.Options:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imageward.prepull import agent
+    from imageward.prepull import agent, supervisor
 
     try:
         options = build_options(args)
@@ -172,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             json.dump(progress.to_json(), sys.stdout, indent=2)
             sys.stdout.write("\n")
             return EXIT_OK if complete else EXIT_FAILED
-        asyncio.run(agent.run_forever(options))
+        asyncio.run(supervisor.run_forever(options))
         return EXIT_OK
     except (UsageError, agent.PlanFileError) as e:
         print(f"imageward agent: {e}", file=sys.stderr)

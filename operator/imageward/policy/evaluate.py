@@ -302,50 +302,44 @@ def _platform_of(image: registry_model.PlatformImage) -> registry_model.Platform
     return None
 
 
-def _is_attestation(image: registry_model.PlatformImage) -> bool:
-    platform = image.platform
-    return platform is not None and platform.os == "unknown" and platform.architecture == "unknown"
+_GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
-def _platform_matches(
-    found: registry_model.Platform | None, wanted: registry_model.Platform
-) -> bool:
-    return (
-        found is not None
-        and found.os == wanted.os
-        and found.architecture == wanted.architecture
-        and (wanted.variant is None or found.variant == wanted.variant)
-    )
+def parse_uid(user: str | None) -> int | None:
+    """The uid a config `User` runs as when it is numeric, read as containerd reads it.
+
+    The part before ":" (the group) is the user; containerd and kubelet parse it with
+    Go's `strconv.Atoi`, which takes a sign and leading zeros: "0", "00", "+0" and "-0"
+    are all uid 0. None for a name (or anything Atoi refuses, which is looked up as a
+    name in the image's /etc/passwd). "" (no User) is root.
+    """
+    name = (user or "").partition(":")[0]
+    if name.strip() == "":
+        return 0  # no user (blank counts as none: it never names a non-root account)
+    if not _GO_INT.fullmatch(name):
+        return None
+    value = int(name)
+    if not -(2**63) <= value < 2**63:
+        return None  # Atoi: out of range, so a name
+    return value
 
 
-def _select_images(
-    facts: registry_model.ImageFacts, platform: registry_model.Platform | None
-) -> tuple[list[registry_model.PlatformImage], str | None]:
-    """The platform images to check, or why there are none."""
-    if not facts.is_index:
-        # A single manifest is what every node pulls, whatever the node's platform.
-        return list(facts.images), (None if facts.images else "no image manifest was found")
-    candidates = [image for image in facts.images if not _is_attestation(image)]
-    if platform is not None:
-        selected = [
-            image for image in candidates if _platform_matches(_platform_of(image), platform)
-        ]
-        if selected:
-            return selected, None
-        present = sorted({str(p) for image in candidates if (p := _platform_of(image))})
-        have = f" (it has {', '.join(present)})" if present else ""
-        return [], f"the image index has no {platform} image{have}"
-    linux = [image for image in candidates if (p := _platform_of(image)) and p.os == "linux"]
-    # No linux entry (a Windows-only index): check what is there rather than nothing, so
-    # an index cannot pass vacuously.
-    selected = linux or candidates
-    return selected, (None if selected else "the image index lists no platform images")
-
-
-def _is_root(user: str | None) -> bool:
-    name = (user or "").partition(":")[0].strip()
-    # A numeric user is a uid: "0", "00" and "0:0" all run as uid 0.
-    return name in ("", "root") or (re.fullmatch(r"[0-9]+", name) is not None and int(name) == 0)
+def _evaluate_user(user: str | None, *, require_numeric: bool) -> tuple[str, str] | None:
+    """(what is wrong, measured) for a root (or unverifiable) config User, else None."""
+    uid = parse_uid(user)
+    described = f'config User "{user}"' if user and user.strip() else "no config User"
+    if uid == 0:
+        return f"runs as root ({described}), forbidden by forbidRootUser", user or ""
+    name = (user or "").partition(":")[0]
+    if uid is None and name == "root":
+        return f"runs as root ({described}), forbidden by forbidRootUser", user or ""
+    if uid is None and require_numeric:
+        return (
+            f"runs as named user {name!r} ({described}), which cannot be verified as non-root "
+            "(requireNumericUser: a uid is required, as kubelet's runAsNonRoot requires)",
+            user or "",
+        )
+    return None
 
 
 def _evaluate_platform_image(
@@ -394,17 +388,22 @@ def _evaluate_platform_image(
                 rules.max_layer_size.bytes,
             )
         )
-    user = image.config.user
-    if rules.forbid_root_user and _is_root(user):
-        described = f'config User "{user}"' if user and user.strip() else "no config User"
-        found.append(
-            (
-                constants.RULE_FORBID_ROOT_USER,
-                f"runs as root ({described}), forbidden by forbidRootUser",
-                user or "",
-                "non-root",
+    if rules.forbid_root_user:
+        if image.config_problem is not None:
+            found.append(
+                (
+                    constants.RULE_FORBID_ROOT_USER,
+                    f"cannot be checked for forbidRootUser: its image config "
+                    f"{build_short_digest(image.config_digest)} {image.config_problem}",
+                    image.config_problem,
+                    "non-root",
+                )
             )
-        )
+        else:
+            wrong = _evaluate_user(image.config.user, require_numeric=rules.require_numeric_user)
+            if wrong is not None:
+                predicate, measured = wrong
+                found.append((constants.RULE_FORBID_ROOT_USER, predicate, measured, "non-root"))
     return [
         _build(
             policy.name,
@@ -425,23 +424,28 @@ def evaluate_facts(
     reference: registry_model.ImageReference,
     facts: registry_model.ImageFacts,
     *,
-    platform: registry_model.Platform | None = None,
+    platform: object = None,
 ) -> list[Violation]:
-    """Size, layer and user rules against the platform images of `facts`.
+    """Size, layer and user rules against every platform image of `facts`.
 
-    For an index: with `platform` (from the pod's kubernetes.io/os and kubernetes.io/arch
-    node selector; a None variant matches any variant) only that platform's image is
-    checked, and its absence is a `lookup` violation; without it every linux/* image must
-    pass. `unknown/unknown` entries (attestations) are skipped. Violations name the
-    platform only for an index (a single manifest has just one).
+    `facts.images` are the platform manifests nodes the pod may run on would select
+    (the registry client chooses them as containerd does): every one must pass. None
+    at all (an index with nothing such a node runs) refuses under the rules that
+    needed one. Violations name the platform only for an index. `platform`, the pod's
+    platform choice, only words that refusal.
     """
     if not needs_platform_images(policy):
         return []
-    images, missing = _select_images(facts, platform)
-    if missing is not None:
-        return [build_lookup_violation(policy, reference, missing, digest=facts.digest)]
+    if not facts.images:
+        where = f" for {platform}" if platform is not None else ""
+        what = (
+            f"the image index has no entry a node{where} would run"
+            if facts.is_index
+            else "no image manifest was found"
+        )
+        return [build_content_violation(policy, reference, what, digest=facts.digest)]
     violations: list[Violation] = []
-    for image in images:
+    for image in facts.images:
         shown = _platform_of(image) if facts.is_index else None
         violations.extend(
             _evaluate_platform_image(
@@ -516,6 +520,51 @@ def evaluate_signatures(
             policy, reference, digest=digest, verified=verified, failures=failures
         )
     ]
+
+
+#: The rules that need registry facts, in the order a refusal names them.
+_FACT_RULES = (
+    constants.RULE_SIGNATURES,
+    constants.RULE_MAX_COMPRESSED_SIZE,
+    constants.RULE_MAX_LAYERS,
+    constants.RULE_MAX_LAYER_SIZE,
+    constants.RULE_FORBID_ROOT_USER,
+)
+
+
+def fact_rules(policy: model.ImagePolicy) -> list[str]:
+    """The policy's rules that read registry facts (pinDigest when it only pins)."""
+    rules = policy.rules
+    present = {
+        constants.RULE_SIGNATURES: rules.signatures is not None,
+        constants.RULE_MAX_COMPRESSED_SIZE: rules.max_compressed_size is not None,
+        constants.RULE_MAX_LAYERS: rules.max_layers is not None,
+        constants.RULE_MAX_LAYER_SIZE: rules.max_layer_size is not None,
+        constants.RULE_FORBID_ROOT_USER: rules.forbid_root_user,
+    }
+    found = [rule for rule in _FACT_RULES if present[rule]]
+    return found or ([constants.RULE_PIN_DIGEST] if policy.pin_digest else [])
+
+
+def build_content_violation(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    error_text: str,
+    *,
+    digest: registry_model.Digest | None = None,
+) -> Violation:
+    """A refusal for what the registry served that cannot be used (missing, malformed,
+    over a cap, tampered): not `lookup`, so failurePolicy Ignore never admits it. The
+    rule id is the first rule that needed the facts; the message names all of them."""
+    rules = fact_rules(policy) or [constants.RULE_LOOKUP]
+    return _build(
+        policy.name,
+        rules[0],
+        reference,
+        digest,
+        f"cannot be checked for {', '.join(rules)}: {error_text}",
+        measured=error_text,
+    )
 
 
 def build_lookup_violation(

@@ -125,6 +125,10 @@ class Rules:
     max_layers: int | None = None
     max_layer_size: quantities.Quantity | None = None
     forbid_root_user: bool = False
+    require_numeric_user: bool = False
+    """With forbidRootUser: a named user (not a uid) is refused too, as kubelet's
+    `runAsNonRoot` does: a name cannot be shown to be non-root without the image's
+    /etc/passwd (a user "app" may well be uid 0 there)."""
     signatures: Signatures | None = None
 
 
@@ -455,9 +459,11 @@ def _parse_rules(obj: Mapping[str, Any], path: str) -> Rules:
             constants.RULE_MAX_LAYERS,
             constants.RULE_MAX_LAYER_SIZE,
             constants.RULE_FORBID_ROOT_USER,
+            constants.FIELD_REQUIRE_NUMERIC_USER,
             constants.RULE_SIGNATURES,
         },
     )
+    require_numeric_user = _bool(obj, constants.FIELD_REQUIRE_NUMERIC_USER, path)
     signatures: Signatures | None = None
     if obj.get(constants.RULE_SIGNATURES) is not None:
         signatures = _parse_signatures(
@@ -470,7 +476,9 @@ def _parse_rules(obj: Mapping[str, Any], path: str) -> Rules:
         max_compressed_size=_size(obj, constants.RULE_MAX_COMPRESSED_SIZE, path),
         max_layers=_positive_int(obj, constants.RULE_MAX_LAYERS, path),
         max_layer_size=_size(obj, constants.RULE_MAX_LAYER_SIZE, path),
-        forbid_root_user=_bool(obj, constants.RULE_FORBID_ROOT_USER, path),
+        # requireNumericUser implies the user check it refines.
+        forbid_root_user=_bool(obj, constants.RULE_FORBID_ROOT_USER, path) or require_numeric_user,
+        require_numeric_user=require_numeric_user,
         signatures=signatures,
     )
 

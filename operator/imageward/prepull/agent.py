@@ -1,13 +1,18 @@
 """The node agent of PrePull Layers mode: planned blobs into containerd, held by a lease.
 
-`imageward agent --plan /etc/imageward/plan.json` runs in each pod of a Layers-mode
-DaemonSet with containerd's socket mounted. For every planned layer it makes sure the
-blob is in containerd's content store (namespace `containerdNamespace`, `k8s.io` for
-the kubelet), labelled `containerd.io/distribution.source.<registry>=<repositories>`
-exactly as containerd's own pulls label them (the registry's host without its port, a
-comma-separated list of repositories, merged with what is there), and held by the
-PrePull's lease. A later pull of any
-planned image then finds those blobs and downloads only its other layers.
+One agent per node serves every Layers-mode PrePull. In a cluster it runs from the
+chart's DaemonSet in the operator's namespace (`imageward agent --from-cluster`, see
+`prepull.supervisor`): it watches the plan ConfigMaps there, applies those whose
+nodeSelector and tolerations select its node, and reports each plan's progress as one
+condition of its own pod's status (`prepull.reports`). `imageward agent --plan FILE`
+applies plan files instead (benchmarks, tests, a node outside Kubernetes).
+
+For every planned layer it makes sure the blob is in containerd's content store
+(namespace `containerdNamespace`, `k8s.io` for the kubelet), labelled
+`containerd.io/distribution.source.<registry>=<repositories>` exactly as containerd's
+own pulls label them (the registry's host without its port, a comma-separated list of
+repositories, merged with what is there), and held by the PrePull's lease. A later pull
+of any planned image then finds those blobs and downloads only its other layers.
 
 Per blob: the lease takes the digest first (AddResource: from then on the GC keeps it
 if it is there), then Info. A blob containerd has only gets its source label merged in;
@@ -15,34 +20,30 @@ a missing one is streamed from the registry (`RegistryClient.fetch_blob_to`, has
 the way, with the PrePull's pull secrets) into a content Write under the lease, with the
 ingest ref containerd's own pulls use (`layer-<digest>`): a kubelet pull of the same
 layer at the same moment waits for our write instead of downloading it again, and we
-wait for its. At most `--concurrency` blobs are fetched at once and all of them share
-`--max-bytes-per-second`.
+wait for its. At most `--concurrency` blobs are fetched at once and all of them, for
+every plan, share `--max-bytes-per-second`.
 
 The lease (one per PrePull and plan; see `build_lease_id`):
 - its id holds a key of the PrePull's namespace/name/uid, the plan hash and its creation
   time; labels repeat them (`imageward.io/prepull`, `imageward.io/plan-hash`, ...);
 - it carries `containerd.io/gc.expire` = creation + `--lease-ttl` (24h; 0: never). The
-  agent renews it while it runs: once half the TTL has passed it makes a new lease, has
-  it take every planned blob, then deletes the old one. So blobs stay held across agent
-  restarts, node reboots and upgrades of the agent, and when the PrePull is deleted
-  (its DaemonSet and agents go with it and nobody renews) they are released within one
-  TTL. SIGTERM therefore never deletes the lease: the agent cannot tell a deleted
-  PrePull from a rollout or a drain, and the controller cannot reach the node's
-  containerd.
+  agent renews it while it serves the plan: once half the TTL has passed it makes a new
+  lease, has it take every planned blob, then deletes the old one. So blobs stay held
+  across agent restarts, node reboots and upgrades of the agent. SIGTERM never deletes
+  a lease (a rollout or a drain is not a deleted PrePull);
 - when the plan changes, the new lease takes the new plan's blobs; once it holds every
   one, the leases of the same PrePull with another plan hash (and those of an earlier
   PrePull of the same namespace/name, another uid: it was deleted) are deleted with
   `sync`, so containerd collects the blobs no lease or image needs any more at once.
-  While a blob of the new plan is missing, the old lease stays.
-- leases of other PrePulls are never touched, even when their plan file is gone: they
-  expire by their own `gc.expire`.
+  While a blob of the new plan is missing, the old lease stays;
+- when a plan goes away while the agent serves it (its PrePull deleted, or its node no
+  longer selected), the agent deletes that PrePull's leases at once; leases of PrePulls
+  deleted while no agent ran expire by their `gc.expire`, or are deleted by the
+  cluster agent's start-up sweep of the leases it made (`LABEL_SCOPE`);
+- leases of other PrePulls are never touched.
 
-Readiness (`/readyz`): 200 once every planned blob is held, 503 with a JSON progress
-body before (the pod's readiness is how the controller counts ready nodes). `/metrics`
-serves `imageward_agent_fetched_bytes_total` and `imageward_agent_fetch_duration_seconds`.
-The plan file is re-read every `--poll-interval` seconds (a ConfigMap volume changes in
-place); `--once` applies the plan, prints the progress JSON and exits (0 all held,
-1 some blob failed, 2 unusable plan or options).
+`--once` applies one plan file, prints the progress JSON and exits (0 all held, 1 some
+blob failed, 2 unusable plan or options).
 """
 
 from __future__ import annotations
@@ -52,20 +53,17 @@ import contextlib
 import dataclasses
 import datetime
 import enum
-import hashlib
 import json
 import logging
 import pathlib
 import re
-import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aiohttp import web
-
 from imageward import constants, errors, metrics, settings
-from imageward.prepull import containerd
+from imageward.prepull import containerd, nodes, plans
+from imageward.prepull import model as prepull_model
 from imageward.registry import auth, client, model, reference
 
 logger = logging.getLogger(__name__)
@@ -79,6 +77,9 @@ LABEL_PREPULL_NAMESPACE = "imageward.io/prepull-namespace"
 LABEL_PREPULL_NAME = "imageward.io/prepull-name"
 LABEL_PREPULL_UID = "imageward.io/prepull-uid"
 LABEL_PLAN_HASH = "imageward.io/plan-hash"
+#: On leases the cluster agent makes: the namespace its plans come from, so its start-up
+#: sweep deletes only leases of plans it served (never those of a `--plan` agent).
+LABEL_SCOPE = "imageward.io/plans-namespace"
 LEASE_PREFIX = "imageward"
 
 #: Slowest transfer rate a blob's deadline allows for (bytes/s), plus a fixed margin.
@@ -126,7 +127,12 @@ class PlannedBlob:
 @dataclasses.dataclass(frozen=True, slots=True)
 class PullSecret:
     name: str
-    path: str
+    path: str | None = None
+    """A directory holding the Secret's .dockerconfigjson (plan files written by hand);
+    None when the credentials come with the plan (sealed in its ConfigMap)."""
+
+    found: bool = True
+    """False when the operator could not read the Secret in the PrePull's namespace."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,6 +143,20 @@ class AgentPlan:
     bytes: int
     blobs: tuple[PlannedBlob, ...]
     pull_secrets: tuple[PullSecret, ...]
+    node_selector: Mapping[str, str] | None = None
+    """None: every node (a plan file written by hand)."""
+
+    tolerations: tuple[prepull_model.Toleration, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return build_prepull_key(self.prepull)
+
+    def selects(self, node: nodes.NodeView) -> bool:
+        """Whether this plan is for `node` (its nodeSelector and tolerations)."""
+        if self.node_selector is None:
+            return True
+        return nodes.evaluate_node_selected(node, self.node_selector, self.tolerations)
 
 
 def _require(document: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -204,9 +224,20 @@ def parse_plan(data: bytes | str, *, source: str) -> AgentPlan:
             where = f"pullSecrets[{index}]."
             if not isinstance(item, dict):
                 raise ValueError(f"pullSecrets[{index}]: expected an object")
-            secrets.append(
-                PullSecret(_require(item, "name", str, where), _require(item, "path", str, where))
-            )
+            path = item.get("path")
+            if path is not None and not isinstance(path, str):
+                raise ValueError(f"{where}path: expected str, got {type(path).__name__}")
+            found = item.get("found", True)
+            if not isinstance(found, bool):
+                raise ValueError(f"{where}found: expected bool, got {type(found).__name__}")
+            secrets.append(PullSecret(_require(item, "name", str, where), path, found))
+        selector = document.get("nodeSelector")
+        if selector is not None and (
+            not isinstance(selector, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items())
+        ):
+            raise ValueError("nodeSelector: expected an object of strings")
+        tolerations = nodes.parse_tolerations_json(document.get("tolerations"), where="tolerations")
         total = document.get("bytes")
         return AgentPlan(
             prepull=prepull,
@@ -215,6 +246,8 @@ def parse_plan(data: bytes | str, *, source: str) -> AgentPlan:
             bytes=total if isinstance(total, int) else sum(b.size for b in blobs.values()),
             blobs=tuple(blobs.values()),
             pull_secrets=tuple(secrets),
+            node_selector=dict(selector) if selector is not None else None,
+            tolerations=tolerations,
         )
     except ValueError as e:
         raise PlanFileError(f"plan {source}: {e}") from e
@@ -225,8 +258,7 @@ def parse_plan(data: bytes | str, *, source: str) -> AgentPlan:
 
 def build_prepull_key(prepull: PrePullIdentity) -> str:
     """16 hex characters naming one PrePull object (a re-created one gets another)."""
-    text = f"{prepull.namespace}/{prepull.name}/{prepull.uid}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return plans.build_prepull_key(prepull.namespace, prepull.name, prepull.uid)
 
 
 def build_lease_id(plan: AgentPlan, created: datetime.datetime) -> str:
@@ -252,7 +284,7 @@ def parse_expiry(text: str | None) -> datetime.datetime | None:
 
 
 def build_lease_labels(
-    plan: AgentPlan, *, created: datetime.datetime, ttl: float
+    plan: AgentPlan, *, created: datetime.datetime, ttl: float, scope: str | None = None
 ) -> dict[str, str]:
     labels = {
         constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
@@ -262,6 +294,8 @@ def build_lease_labels(
         LABEL_PREPULL_UID: plan.prepull.uid,
         LABEL_PLAN_HASH: plan.hash,
     }
+    if scope:
+        labels[LABEL_SCOPE] = scope
     if ttl > 0:
         labels[containerd.LABEL_GC_EXPIRE] = format_expiry(
             created + datetime.timedelta(seconds=ttl)
@@ -404,6 +438,34 @@ class Progress:
         else:
             self.reasons[digest] = reason
 
+    def summary(self) -> tuple[bool, str, str]:
+        """(ready, reason, message) for this plan's condition on the agent's pod."""
+        total = len(self.states)
+        counts = {state: 0 for state in BlobState}
+        for state in self.states.values():
+            counts[state] += 1
+        held_bytes = 0
+        if self.plan is not None:
+            sizes: dict[str, int] = {blob.digest: blob.size for blob in self.plan.blobs}
+            held_bytes = sum(sizes.get(d, 0) for d, s in self.states.items() if s is BlobState.HELD)
+        held = f"{counts[BlobState.HELD]} of {total} layers held ({held_bytes} bytes)"
+        if self.error is not None:
+            return False, "FetchFailed", f"{held}; {self.error}"
+        if self.ready:
+            return True, "Held", held
+        if counts[BlobState.FAILED] and not (
+            counts[BlobState.PENDING] or counts[BlobState.FETCHING]
+        ):
+            digest, reason = sorted(self.reasons.items())[0] if self.reasons else ("", "")
+            return (
+                False,
+                "FetchFailed",
+                f"{held}; {counts[BlobState.FAILED]} failed, e.g. {digest}: {reason}",
+            )
+        if counts[BlobState.FETCHING] or counts[BlobState.HELD]:
+            return False, "Fetching", f"{held}, {counts[BlobState.FETCHING]} fetching"
+        return False, "Pending", held
+
     def to_json(self) -> dict[str, Any]:
         plan = self.plan
         sizes: dict[str, int] = {blob.digest: blob.size for blob in plan.blobs} if plan else {}
@@ -435,8 +497,28 @@ class Progress:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """Where the cluster agent's plans come from and where it reports."""
+
+    namespace: str
+    """The operator's namespace: plan ConfigMaps are read, and the agent's pod lives, there."""
+
+    pod: str | None
+    """The agent's own pod (its status gets one condition per plan); None: no reports."""
+
+    key_path: pathlib.Path
+    """The sealing key (a file of the mounted key Secret)."""
+
+    kubeconfig: str | None = None
+    node_refresh: float = 300.0
+    report_interval: float = 10.0
+    max_plans: int = settings.MAX_AGENT_PLANS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Options:
-    plan_path: pathlib.Path
+    plan_paths: tuple[pathlib.Path, ...] = ()
+    cluster: ClusterOptions | None = None
     socket: str = DEFAULT_SOCKET
     concurrency: int = 3
     max_bytes_per_second: float | None = None
@@ -479,11 +561,14 @@ class _WriterSink:
 def read_pull_secrets(
     secrets: Sequence[PullSecret],
 ) -> tuple[list[auth.DockerConfig], list[str]]:
-    """Docker configs of the mounted pull secrets, and the names of those not mounted or
-    unreadable (the Secret volumes are optional: a missing Secret leaves an empty dir)."""
+    """Docker configs of pull secrets kept in directories (plan files written by hand),
+    and the names of those missing or unreadable."""
     configs: list[auth.DockerConfig] = []
     missing: list[str] = []
     for secret in secrets:
+        if not secret.path:
+            missing.append(secret.name)
+            continue
         directory = pathlib.Path(secret.path)
         for key in (".dockerconfigjson", ".dockercfg"):
             path = directory / key
@@ -512,16 +597,27 @@ class Agent:
         ctr: containerd.Client,
         registry: client.RegistryClient,
         progress: Progress | None = None,
+        *,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.options = options
         self.ctr = ctr
         self.registry = registry
         self.progress = progress or Progress(node=options.node)
-        self.limiter = RateLimiter(options.max_bytes_per_second)
+        self.limiter = limiter or RateLimiter(options.max_bytes_per_second)
         self.lease_expires: datetime.datetime | None = None
 
-    async def apply(self, plan: AgentPlan) -> bool:
-        """Make every planned blob held by the PrePull's lease; True when all are."""
+    @property
+    def scope(self) -> str | None:
+        return self.options.cluster.namespace if self.options.cluster else None
+
+    async def apply(
+        self, plan: AgentPlan, credentials: Sequence[auth.DockerConfig] | None = None
+    ) -> bool:
+        """Make every planned blob held by the PrePull's lease; True when all are.
+
+        `credentials`: the plan's pull secrets as the operator sealed them; None reads
+        them from the plan's pull-secret paths (plan files)."""
         if plan.containerd_namespace != self.ctr.namespace:
             raise PlanFileError(
                 f"plan namespace {plan.containerd_namespace!r} differs from the client's "
@@ -531,7 +627,12 @@ class Agent:
         progress.start(plan)
         lease_id, others = await self._ensure_lease(plan)
         progress.lease = lease_id
-        credentials, missing = read_pull_secrets(plan.pull_secrets)
+        missing = [secret.name for secret in plan.pull_secrets if not secret.found]
+        if credentials is None:
+            credentials, unreadable = read_pull_secrets(
+                [secret for secret in plan.pull_secrets if secret.path]
+            )
+            missing += unreadable
         semaphore = asyncio.Semaphore(max(1, self.options.concurrency))
 
         async def one(blob: PlannedBlob) -> None:
@@ -542,7 +643,7 @@ class Agent:
                 except (errors.ImagewardError, OSError) as e:
                     reason = str(e)
                     if missing and isinstance(e, errors.UnauthorizedError):
-                        reason += f" (pull secrets not mounted: {', '.join(missing)})"
+                        reason += f" (pull secrets not found: {', '.join(missing)})"
                     logger.warning("blob %s of %s: %s", blob.digest, plan.prepull.display, reason)
                     progress.set(blob.digest, BlobState.FAILED, reason)
                 except Exception as e:
@@ -580,7 +681,7 @@ class Agent:
                 replaced.append(lease)
         if current is None:
             lease_id = build_lease_id(plan, now)
-            labels = build_lease_labels(plan, created=now, ttl=ttl)
+            labels = build_lease_labels(plan, created=now, ttl=ttl, scope=self.scope)
             current = await self.ctr.create_lease(lease_id, labels)
             logger.info(
                 "lease %s created for %s (plan %s, expires %s)",
@@ -684,29 +785,56 @@ def build_fetch_error(failures: Sequence[errors.RegistryError]) -> errors.Regist
     )
 
 
+# ------------------------------------------------------------------- leases of gone plans
+
+
+def evaluate_releasable(lease: containerd.Lease, key: str) -> bool:
+    """A lease imageward made for the PrePull with this key (any plan of it)."""
+    labels = lease.labels
+    return (
+        labels.get(constants.LABEL_MANAGED_BY) == constants.MANAGER_NAME
+        and labels.get(LABEL_PREPULL) == key
+    )
+
+
+def evaluate_sweepable(lease: containerd.Lease, *, scope: str, keep: Iterable[str]) -> bool:
+    """A lease the cluster agent of `scope` made for a PrePull it no longer serves."""
+    labels = lease.labels
+    return (
+        labels.get(constants.LABEL_MANAGED_BY) == constants.MANAGER_NAME
+        and labels.get(LABEL_SCOPE) == scope
+        and labels.get(LABEL_PREPULL) not in set(keep)
+    )
+
+
+async def release_leases(ctr: containerd.Client, key: str, *, display: str) -> list[str]:
+    """Delete every lease of one PrePull (its plan went away): containerd collects the
+    blobs nothing else holds at once (`sync`). Returns the ids deleted."""
+    deleted = []
+    for lease in await ctr.list_leases():
+        if evaluate_releasable(lease, key):
+            with contextlib.suppress(errors.ContainerdNotFoundError):
+                await ctr.delete_lease(lease.id, sync=True)
+            logger.info("lease %s of %s released: its plan is gone", lease.id, display)
+            deleted.append(lease.id)
+    return deleted
+
+
+async def sweep_leases(ctr: containerd.Client, *, scope: str, keep: Iterable[str]) -> list[str]:
+    """Delete the leases this cluster agent made for plans that are gone (deleted while
+    no agent ran on this node). Returns the ids deleted."""
+    kept = set(keep)
+    deleted = []
+    for lease in await ctr.list_leases():
+        if evaluate_sweepable(lease, scope=scope, keep=kept):
+            with contextlib.suppress(errors.ContainerdNotFoundError):
+                await ctr.delete_lease(lease.id, sync=True)
+            logger.info("lease %s swept: no plan in %s needs it any more", lease.id, scope)
+            deleted.append(lease.id)
+    return deleted
+
+
 # ------------------------------------------------------------------------------ serving
-
-
-def build_app(progress: Progress) -> web.Application:
-    """/readyz (200 when every planned blob is held, 503 before, JSON either way),
-    /healthz and /metrics."""
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.json_response(progress.to_json(), status=200 if progress.ready else 503)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def metrics_(request: web.Request) -> web.Response:
-        return web.Response(
-            body=metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
-
-    app = web.Application()
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_)
-    return app
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -716,17 +844,26 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+#: A plan file or ConfigMap larger than this is refused unread (a ConfigMap holds 1 MiB).
+MAX_PLAN_FILE = 1024 * 1024
+
+
 def read_plan(path: pathlib.Path) -> tuple[bytes, AgentPlan]:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            data = stream.read(MAX_PLAN_FILE + 1)
     except OSError as e:
         raise PlanFileError(f"plan {path}: {e.strerror or e}") from e
+    if len(data) > MAX_PLAN_FILE:
+        raise PlanFileError(f"plan {path}: over {MAX_PLAN_FILE} bytes")
     return data, parse_plan(data, source=str(path))
 
 
 async def run_once(options: Options) -> tuple[bool, Progress]:
-    """Apply the plan once (raises PlanFileError for an unusable plan)."""
-    _, plan = read_plan(options.plan_path)
+    """Apply one plan file once (raises PlanFileError for an unusable plan)."""
+    if len(options.plan_paths) != 1:
+        raise PlanFileError("--once applies exactly one --plan file")
+    _, plan = read_plan(options.plan_paths[0])
     async with (
         containerd.Client(options.socket, plan.containerd_namespace) as ctr,
         client.RegistryClient(options.registry) as registry,
@@ -734,132 +871,3 @@ async def run_once(options: Options) -> tuple[bool, Progress]:
         agent = Agent(options, ctr, registry)
         complete = await agent.apply(plan)
         return complete, agent.progress
-
-
-async def run_forever(options: Options, *, stop: asyncio.Event | None = None) -> None:
-    """Serve /readyz and /metrics, apply the plan, follow its file, renew the lease;
-    return on SIGTERM/SIGINT (or `stop`), leaving the lease in place."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, stop.set)
-    progress = Progress(node=options.node)
-    runner = web.AppRunner(build_app(progress), access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = parse_listen(options.listen)
-    await web.TCPSite(runner, host, port).start()
-    logger.info("agent serving /readyz and /metrics on %s:%d", host, port)
-    follower = _Follower(options, progress)
-    try:
-        await follower.run(stop)
-    finally:
-        await follower.close()
-        await runner.cleanup()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signum)
-    logger.info("agent stopped; the lease stays (it expires unless an agent renews it)")
-
-
-class _Follower:
-    """The long-running loop: re-read the plan, (re)apply it, retry and renew."""
-
-    def __init__(self, options: Options, progress: Progress) -> None:
-        self.options = options
-        self.progress = progress
-        self.registry: client.RegistryClient | None = None
-        self.ctr: containerd.Client | None = None
-        self.task: asyncio.Task[bool] | None = None
-        self.task_plan: AgentPlan | None = None  # the plan the task applies
-        self.agent: Agent | None = None
-        self.plan_bytes: bytes | None = None
-        self.read_error: str | None = None
-        self.plan: AgentPlan | None = None
-        self.next_apply = 0.0
-        self.backoff = _RETRY_FIRST
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        if self.ctr is not None:
-            await self.ctr.close()
-        if self.registry is not None:
-            await self.registry.close()
-
-    def _read(self) -> None:
-        try:
-            data, plan = read_plan(self.options.plan_path)
-        except PlanFileError as e:
-            if str(e) != self.read_error:
-                # Logged once per distinct problem; with a plan in hand the agent keeps
-                # holding it (a ConfigMap being replaced), without one it is not ready.
-                logger.error("%s", e)
-                self.read_error = str(e)
-            if self.plan is None:
-                self.progress.error = str(e)
-            return
-        self.read_error = None
-        if data == self.plan_bytes:
-            return
-        self.plan_bytes = data
-        if self.plan is not None and plan == self.plan:
-            return
-        logger.info(
-            "plan %s for %s: %d layers, %d bytes",
-            plan.hash,
-            plan.prepull.display,
-            len(plan.blobs),
-            plan.bytes,
-        )
-        self.plan = plan
-        self.next_apply = 0.0  # at once, replacing a running apply of an older plan
-        self.backoff = _RETRY_FIRST
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-    async def _start(self, plan: AgentPlan) -> None:
-        if self.ctr is None or self.ctr.namespace != plan.containerd_namespace:
-            if self.ctr is not None:
-                await self.ctr.close()
-            self.ctr = containerd.Client(self.options.socket, plan.containerd_namespace)
-        if self.registry is None:
-            self.registry = client.RegistryClient(self.options.registry)
-        self.agent = Agent(self.options, self.ctr, self.registry, self.progress)
-        self.task = asyncio.create_task(self.agent.apply(plan))
-        self.task_plan = plan
-
-    def _finished(self, task: asyncio.Task[bool]) -> None:
-        now = time.monotonic()
-        if task.cancelled() or self.task_plan != self.plan:
-            # Replaced by a newer plan (even one that came as it finished): apply that now.
-            self.next_apply = 0.0
-            return
-        error = task.exception()
-        if error is None and task.result():
-            self.backoff = _RETRY_FIRST
-            wait = self.options.resync_interval
-            expires = self.agent.lease_expires if self.agent else None
-            if expires is not None and self.options.lease_ttl > 0:
-                renew_at = expires - datetime.timedelta(seconds=self.options.lease_ttl / 2)
-                until = (renew_at - datetime.datetime.now(datetime.UTC)).total_seconds()
-                wait = min(wait, max(until + 1, self.options.poll_interval))
-            self.next_apply = now + wait
-            return
-        if error is not None:
-            logger.error("applying the plan failed: %s", error)
-            self.progress.error = str(error)
-        self.next_apply = now + self.backoff
-        self.backoff = min(self.backoff * 2, _RETRY_MAX)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if self.task is not None and self.task.done():
-                self._finished(self.task)
-                self.task = None
-            self._read()
-            if self.plan is not None and self.task is None and time.monotonic() >= self.next_apply:
-                await self._start(self.plan)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.options.poll_interval)

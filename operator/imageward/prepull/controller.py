@@ -1,6 +1,17 @@
-"""The PrePull controller's effects: resolve images, plan, own one DaemonSet (and at most
-one ConfigMap), and report progress. Decisions come from the pure modules
-(`model`, `planner`, `daemonset`, `status`); this module fetches and applies.
+"""The PrePull controller's effects: resolve images, plan, put the plan where the nodes
+get it, and report progress. Decisions come from the pure modules (`model`, `planner`,
+`daemonset`, `plans`, `reports`, `workloads`, `status`); this module fetches and applies.
+
+- Images mode: one DaemonSet in the PrePull's namespace, owned by it (its pods meet the
+  `restricted` Pod Security level); progress from its pods.
+- Layers mode: one plan ConfigMap in the operator's namespace (`layers`), served by the
+  one node-agent DaemonSet there; nothing at all in the PrePull's namespace, so no
+  privileged pod is ever created on a tenant's behalf. Progress from the agent pods'
+  per-plan conditions (`reports`).
+
+What a reconcile found (its problems) is kept in a `Findings`, which the handlers keep in
+Kopf's per-object memo, so the progress refreshes between two reconciles report the same
+problems instead of forgetting them.
 """
 
 from __future__ import annotations
@@ -16,8 +27,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imageward import errors, kube, metrics
-from imageward.policy import selectors
-from imageward.prepull import daemonset, model, planner, status
+from imageward.prepull import (
+    daemonset,
+    inventory,
+    layers,
+    model,
+    nodes,
+    planner,
+    plans,
+    reports,
+    sealing,
+    status,
+    workloads,
+)
 from imageward.registry import auth as registry_auth
 from imageward.registry import model as registry_model
 from imageward.registry import reference as registry_reference
@@ -25,13 +47,14 @@ from imageward.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-# Which client method lists a kind's workloads in one namespace.
-_LISTS = {
-    model.WorkloadKind.DEPLOYMENT: ("apps", "list_namespaced_deployment"),
-    model.WorkloadKind.STATEFUL_SET: ("apps", "list_namespaced_stateful_set"),
-    model.WorkloadKind.DAEMON_SET: ("apps", "list_namespaced_daemon_set"),
-    model.WorkloadKind.CRON_JOB: ("batch", "list_namespaced_cron_job"),
-}
+REASON_REFUSED = status.REASON_DAEMONSET_REFUSED
+#: Most images resolved for one PrePull (spec.images and fromWorkloads together), the
+#: heaviest first; fromWorkloads over a big namespace could otherwise name thousands.
+MAX_RESOLVED_IMAGES = 1024
+#: How soon a PrePull whose DaemonSet or plan was refused is tried again.
+REFUSED_RETRY = datetime.timedelta(seconds=30)
+#: How often plans whose PrePull is gone are looked for.
+SWEEP_INTERVAL = 600.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +64,59 @@ class ResolvedEntry:
     reference: registry_model.ImageReference | None
     facts: registry_model.ImageFacts | None
     error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Findings:
+    """What the last reconcile of one PrePull found, for the refreshes after it."""
+
+    generation: int
+    problems: tuple[status.Problem, ...] = ()
+    """Keep the PrePull from being Ready (e.g. DaemonSetRefused, ResolveFailed)."""
+
+    notes: tuple[status.Problem, ...] = ()
+    """Make it Degraded only (e.g. CrossNamespaceNotAllowed)."""
+
+    applied: bool = True
+    """False when nothing reached the nodes (refused, invalid): retried sooner."""
+
+    plan_hash: str | None = None
+    """Layers mode: the plan the agents must report holding."""
+
+
+class PrePullState:
+    """The PrePull controller's own state next to the shared `Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.inventory = inventory.Inventory(runtime.kube, runtime.settings)
+        self.agent_key = layers.AgentKey(
+            runtime.kube, runtime.settings.namespace, runtime.settings.prepull.agent_key_secret
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start_sweeping(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="prepull plan sweep")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                records = await self.inventory.plans()
+                await layers.sweep_plans(self.runtime.kube, self.settings.namespace, records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # logged and tried again: the sweep is a safety net
+                logger.warning("sweeping plans of deleted PrePulls failed: %s", e)
+            await asyncio.sleep(SWEEP_INTERVAL)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.inventory.close()
 
 
 def _now() -> str:
@@ -56,62 +132,90 @@ def _platform(spec: model.PrePullSpec, default: str) -> registry_model.Platform:
 
 
 async def _workload_images(
-    state: Runtime, namespace: str, spec: model.PrePullSpec
-) -> list[tuple[str, int]]:
+    state: PrePullState, namespace: str, spec: model.PrePullSpec
+) -> tuple[list[tuple[str, int]], list[status.Problem]]:
+    """The images of the workloads fromWorkloads selects (from the watch-fed cache), and
+    notes on what was not honoured."""
     source = spec.from_workloads
     if source is None:
-        return []
-    namespaces: list[str] | None = [namespace]
-    if source.namespace_selector is not None:
-        listing = await state.kube.call("list namespaces", state.kube.core.list_namespace)
-        namespaces = [
-            item["metadata"]["name"]
-            for item in (listing or {}).get("items") or []
-            if selectors.evaluate_label_selector(
-                source.namespace_selector, (item["metadata"].get("labels") or {})
+        return [], []
+    config = state.settings
+    honoured = source.namespace_selector is not None and workloads.evaluate_cross_namespace(
+        namespace, operator_namespace=config.namespace, allowed=config.prepull.cross_namespace
+    )
+    scope = workloads.evaluate_namespace_scope(
+        namespace,
+        source,
+        operator_namespace=config.namespace,
+        allowed=config.prepull.cross_namespace,
+        namespace_labels=await state.inventory.namespace_labels() if honoured else None,
+    )
+    notes = []
+    if scope.note:
+        notes.append(status.Problem(status.REASON_CROSS_NAMESPACE, scope.note))
+    views, full = await state.inventory.workloads(source.kinds)
+    if full:
+        notes.append(
+            status.Problem(
+                status.REASON_RESOLVE_FAILED,
+                f"the operator's cache holds at most {config.prepull.cache_max_objects} "
+                f"objects per kind; some {', '.join(full)}s were left out "
+                "(IMAGEWARD_PREPULL_CACHE_MAX_OBJECTS)",
             )
-        ]
-    node_listing = await state.kube.call("list nodes", state.kube.core.list_node)
-    node_count = len((node_listing or {}).get("items") or [])
-    workloads: list[dict[str, Any]] = []
-    for kind in source.kinds:
-        group, namespaced = _LISTS[kind]
-        api = state.kube.apps if group == "apps" else state.kube.batch
-        for ns in namespaces or []:
-            listing = await state.kube.call(
-                f"list {kind.value}s in {ns}", getattr(api, namespaced), ns
-            )
-            for item in (listing or {}).get("items") or []:
-                labels = (item.get("metadata") or {}).get("labels") or {}
-                if selectors.evaluate_label_selector(source.label_selector, labels):
-                    workloads.append({**item, "kind": kind.value})
-    return status.build_images_from_workloads(workloads, source.kinds, node_count=node_count)
+        )
+    wanted = set(scope.namespaces)
+    node_count = len(await state.inventory.nodes())
+    images = workloads.build_images_from_views(
+        (view for view in views if view.namespace in wanted),
+        source.kinds,
+        label_selector=source.label_selector,
+        node_count=node_count,
+    )
+    return images, notes
 
 
-async def _pull_credentials(
-    state: Runtime, namespace: str, names: Sequence[str]
-) -> list[registry_auth.DockerConfig]:
-    found = []
+async def _read_pull_secrets(
+    state: PrePullState, namespace: str, names: Sequence[str]
+) -> tuple[list[tuple[str, registry_auth.DockerConfig]], list[str]]:
+    """The PrePull's pull secrets (of its own namespace only), and those missing or unusable."""
+    found: list[tuple[str, registry_auth.DockerConfig]] = []
+    missing: list[str] = []
     for name in names:
-        secret = await state.kube.read_secret(namespace, name)
+        secret = await state.runtime.kube.read_secret(namespace, name)
         if secret is None:
+            missing.append(name)
             continue
         try:
-            found.append(registry_auth.parse_pull_secret(secret))
+            found.append((name, registry_auth.parse_pull_secret(secret)))
         except errors.ImagewardError as e:
             logger.warning("pull secret %s/%s is unusable: %s", namespace, name, e)
-    return found + list(state.operator_credentials)
+            missing.append(name)
+    return found, missing
 
 
 async def resolve_images(
-    state: Runtime, namespace: str, spec: model.PrePullSpec
-) -> list[ResolvedEntry]:
+    state: PrePullState,
+    namespace: str,
+    spec: model.PrePullSpec,
+    secrets: Sequence[tuple[str, registry_auth.DockerConfig]],
+) -> tuple[list[ResolvedEntry], list[status.Problem]]:
+    from_workloads, notes = await _workload_images(state, namespace, spec)
     weights = status.build_image_weights(
-        [(entry.image, entry.weight) for entry in spec.images],
-        await _workload_images(state, namespace, spec),
+        [(entry.image, entry.weight) for entry in spec.images], from_workloads
     )
-    credentials = await _pull_credentials(state, namespace, spec.image_pull_secrets)
+    if len(weights) > MAX_RESOLVED_IMAGES:
+        notes.append(
+            status.Problem(
+                status.REASON_RESOLVE_FAILED,
+                f"{len(weights)} images named; only the first {len(spec.images)} of "
+                f"spec.images and the heaviest of fromWorkloads, {MAX_RESOLVED_IMAGES} in "
+                "all, are pre-pulled",
+            )
+        )
+        weights = weights[:MAX_RESOLVED_IMAGES]
+    credentials = [config for _, config in secrets] + list(state.runtime.operator_credentials)
     platform = _platform(spec, state.settings.prepull.default_platform)
+    source = state.runtime.source
 
     async def one(image: str, weight: int) -> ResolvedEntry:
         try:
@@ -119,7 +223,7 @@ async def resolve_images(
         except errors.InvalidReferenceError as e:
             return ResolvedEntry(image, weight, None, None, str(e))
         try:
-            facts = await state.source.client.fetch_facts(
+            facts = await source.client.fetch_facts(
                 reference, platform=platform, credentials=credentials
             )
         except errors.ImagewardError as e:
@@ -128,7 +232,8 @@ async def resolve_images(
             return ResolvedEntry(image, weight, reference, None, f"{image} has no {platform} image")
         return ResolvedEntry(image, weight, reference, facts)
 
-    return list(await asyncio.gather(*(one(image, weight) for image, weight in weights)))
+    entries = list(await asyncio.gather(*(one(image, weight) for image, weight in weights)))
+    return entries, notes
 
 
 def build_plan(entries: Sequence[ResolvedEntry], spec: model.PrePullSpec) -> planner.Plan:
@@ -147,7 +252,6 @@ def build_plan(entries: Sequence[ResolvedEntry], spec: model.PrePullSpec) -> pla
 
 
 _OBJECT_HASH = "imageward.io/object-hash"
-REASON_REFUSED = "DaemonSetRefused"
 
 
 def _with_hash(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,29 +263,20 @@ def _with_hash(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": metadata}
 
 
-async def _apply(state: Runtime, kind: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+async def _apply_daemonset(
+    client: kube.Kube, body: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
     """Create, or replace when what we would write differs from what is stored."""
     body = _with_hash(body)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    read: Any
-    create: Any
-    replace: Any
-    if kind == "DaemonSet":
-        read, create, replace = (
-            state.kube.apps.read_namespaced_daemon_set,
-            state.kube.apps.create_namespaced_daemon_set,
-            state.kube.apps.replace_namespaced_daemon_set,
-        )
-    else:
-        read, create, replace = (
-            state.kube.core.read_namespaced_config_map,
-            state.kube.core.create_namespaced_config_map,
-            state.kube.core.replace_namespaced_config_map,
-        )
-    where = f"{kind} {namespace}/{name}"
-    current = await state.kube.call(f"get {where}", read, name, namespace)
+    where = f"DaemonSet {namespace}/{name}"
+    current = await client.call(
+        f"get {where}", client.apps.read_namespaced_daemon_set, name, namespace
+    )
     if current is None:
-        created: dict[str, Any] = await state.kube.call(f"create {where}", create, namespace, body)
+        created: dict[str, Any] = await client.call(
+            f"create {where}", client.apps.create_namespaced_daemon_set, namespace, body
+        )
         return created, "created"
     if (current["metadata"].get("annotations") or {}).get(_OBJECT_HASH) == body["metadata"][
         "annotations"
@@ -191,36 +286,206 @@ async def _apply(state: Runtime, kind: str, body: Mapping[str, Any]) -> tuple[di
         **body,
         "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
     }
-    replaced: dict[str, Any] = await state.kube.call(
-        f"replace {where}", replace, name, namespace, replacement
+    replaced: dict[str, Any] = await client.call(
+        f"replace {where}",
+        client.apps.replace_namespaced_daemon_set,
+        name,
+        namespace,
+        replacement,
     )
     return replaced, "replaced"
 
 
-async def reconcile(
-    state: Runtime, body: Mapping[str, Any], *, previous_status: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Resolve, plan and apply; returns the status to write."""
+def _refused(error: kube.KubeError) -> bool:
+    # Refused for good (an admission policy, a quota, validation): say so in status
+    # instead of retrying blindly. Anything else (5xx, conflicts) Kopf retries.
+    return error.status in (400, 403, 422)
+
+
+async def _apply_images_mode(
+    state: PrePullState,
+    body: Mapping[str, Any],
+    spec: model.PrePullSpec,
+    resolved: Sequence[model.ResolvedImage],
+) -> tuple[list[status.Problem], bool]:
+    """The DaemonSet in the PrePull's namespace; (problems, applied)."""
     metadata = body["metadata"]
     name, namespace, uid = metadata["name"], metadata["namespace"], metadata["uid"]
+    client = state.runtime.kube
+    # A PrePull that was in Layers mode leaves its plan behind otherwise.
+    key = plans.build_prepull_key(namespace, name, uid)
+    if key in await state.inventory.plans():
+        await layers.delete_plan(client, state.settings.namespace, key)
+    if not resolved:
+        return [], False
+    prepull = state.settings.prepull
+    ds_body = daemonset.build_daemonset(
+        name,
+        namespace,
+        uid,
+        spec,
+        resolved,
+        helper_image=prepull.helper_image,
+        pause_image=prepull.pause_image,
+    )
+    try:
+        stored, action = await _apply_daemonset(client, ds_body)
+    except kube.KubeError as e:
+        if not _refused(e):
+            raise
+        return [status.Problem(REASON_REFUSED, str(e))], False
+    if action != "unchanged":
+        _event(
+            state,
+            body,
+            "DaemonSetCreated" if action == "created" else "RolloutStarted",
+            f"{action} DaemonSet {ds_body['metadata']['name']} for {len(resolved)} image(s)",
+            "Normal",
+        )
+    problems = []
+    if spec.pull_method is model.PullMethod.IMAGE_VOLUME and (
+        daemonset.evaluate_missing_image_volumes(stored, resolved)
+    ):
+        problems.append(
+            status.Problem(
+                status.REASON_IMAGE_VOLUME_UNSUPPORTED,
+                "the apiserver dropped the image volumes (ImageVolume feature off); "
+                "use pullMethod InitContainer",
+            )
+        )
+    return problems, True
+
+
+async def _apply_layers_mode(
+    state: PrePullState,
+    body: Mapping[str, Any],
+    spec: model.PrePullSpec,
+    entries: Sequence[ResolvedEntry],
+    plan: planner.Plan,
+    secrets: Sequence[tuple[str, registry_auth.DockerConfig]],
+    missing_secrets: Sequence[str],
+) -> tuple[list[status.Problem], str | None]:
+    """The plan ConfigMap in the operator's namespace; (problems, plan hash written)."""
+    metadata = body["metadata"]
+    name, namespace, uid = metadata["name"], metadata["namespace"], metadata["uid"]
+    config = state.settings
+    client = state.runtime.kube
+    key = plans.build_prepull_key(namespace, name, uid)
+    # Images mode (or an earlier version of Layers mode) left a DaemonSet here.
+    if await layers.delete_own_daemonset(client, namespace, name, uid):
+        _event(
+            state, body, "DaemonSetDeleted", "Layers mode runs no pod in this namespace", "Normal"
+        )
+    if not config.prepull.agent_enabled:
+        return [
+            status.Problem(
+                status.REASON_AGENT_DISABLED,
+                "Layers mode needs the node agent, which this installation leaves out "
+                "(chart value agent.enabled, IMAGEWARD_AGENT_ENABLED); use mode Images",
+            )
+        ], None
+    others = [r for k, r in (await state.inventory.plans()).items() if k != key]
+    same_namespace = sum(1 for r in others if r.namespace == namespace)
+    if len(others) >= config.prepull.max_layers_prepulls or (
+        same_namespace >= config.prepull.max_layers_prepulls_per_namespace
+    ):
+        return [
+            status.Problem(
+                status.REASON_TOO_MANY_PLANS,
+                f"{len(others)} Layers-mode PrePulls are served already ({same_namespace} in "
+                f"{namespace}), the most this installation serves is "
+                f"{config.prepull.max_layers_prepulls} "
+                f"({config.prepull.max_layers_prepulls_per_namespace} per namespace; "
+                "IMAGEWARD_PREPULL_MAX_LAYERS, IMAGEWARD_PREPULL_MAX_LAYERS_PER_NAMESPACE)",
+            )
+        ], None
+    references = {e.image: e.reference for e in entries if e.reference is not None and e.facts}
+    document = plans.build_plan_document(
+        name,
+        namespace,
+        uid,
+        plan,
+        references,
+        pull_secrets=spec.image_pull_secrets,
+        missing_pull_secrets=missing_secrets,
+        node_selector=nodes.build_effective_selector(spec.node_selector),
+        tolerations=spec.tolerations,
+    )
+    try:
+        plan_text = plans.build_plan_text(document)
+    except plans.PlanTooLargeError as e:
+        return [status.Problem(status.REASON_PLAN_TOO_LARGE, str(e))], None
+    held = sum(record.size for record in others)
+    if held + len(plan_text) > config.prepull.max_plan_bytes_total:
+        return [
+            status.Problem(
+                status.REASON_TOO_MANY_PLANS,
+                f"this plan ({len(plan_text)} bytes) and the {len(others)} served already "
+                f"({held} bytes) are over the {config.prepull.max_plan_bytes_total} bytes "
+                "every node agent keeps (IMAGEWARD_PREPULL_MAX_PLAN_BYTES_TOTAL); plan fewer "
+                "layers (layers.budgetPerNode, layers.minShare)",
+            )
+        ], None
+    sources = {
+        (source["registry"], source["repository"])
+        for layer in document["layers"]
+        for source in layer["sources"]
+    }
+    credentials = plans.build_credentials_document(secrets, sources)
+    try:
+        action = await layers.apply_plan(
+            client,
+            namespace=config.namespace,
+            document=document,
+            plan_text=plan_text,
+            credentials=credentials,
+            agent_key=state.agent_key,
+        )
+    except kube.KubeError as e:
+        if not _refused(e):
+            raise
+        return [status.Problem(status.REASON_PLAN_REFUSED, str(e))], None
+    except sealing.SealError as e:
+        return [status.Problem(status.REASON_PLAN_REFUSED, str(e))], None
+    if action != "unchanged":
+        _event(
+            state,
+            body,
+            "PlanWritten" if action == "created" else "RolloutStarted",
+            f"{action} plan {config.namespace}/{plans.build_plan_name(key)}: "
+            f"{len(plan.layers)} layer(s), {plan.bytes} bytes per node, for the node agent",
+            "Normal",
+        )
+    return [], str(document["hash"])
+
+
+async def reconcile(
+    state: PrePullState, body: Mapping[str, Any], *, previous_status: Mapping[str, Any]
+) -> tuple[dict[str, Any], Findings]:
+    """Resolve, plan and apply; returns the status to write and what was found."""
+    metadata = body["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
     generation = int(metadata.get("generation") or 0)
     previous_conditions = list(previous_status.get("conditions") or [])
     try:
         spec = model.parse_prepull(body)
     except model.PrePullError as e:
-        problem = status.Problem(status.REASON_INVALID_SPEC, str(e))
+        findings = Findings(
+            generation, problems=(status.Problem(status.REASON_INVALID_SPEC, str(e)),)
+        )
         return {
             "observedGeneration": generation,
             "conditions": status.build_conditions(
                 None,
                 generation=generation,
                 now=_now(),
-                problems=[problem],
+                problems=findings.problems,
                 previous=previous_conditions,
             ),
-        }
+        }, findings
 
-    entries = await resolve_images(state, namespace, spec)
+    secrets, missing_secrets = await _read_pull_secrets(state, namespace, spec.image_pull_secrets)
+    entries, notes = await resolve_images(state, namespace, spec, secrets)
     problems = [
         status.Problem(status.REASON_RESOLVE_FAILED, entry.error)
         for entry in entries
@@ -236,60 +501,23 @@ async def reconcile(
         for entry in entries
         if entry.facts is not None
     ]
-    settings = state.settings.prepull
-    configmap = None
+    plan_hash: str | None = None
     if spec.mode is model.Mode.LAYERS:
-        references = {e.image: e.reference for e in entries if e.reference is not None and e.facts}
-        configmap = daemonset.build_plan_configmap(
-            name, namespace, uid, plan, references, pull_secrets=spec.image_pull_secrets
+        found, plan_hash = await _apply_layers_mode(
+            state, body, spec, entries, plan, secrets, missing_secrets
         )
-    ds_body = daemonset.build_daemonset(
-        name,
-        namespace,
-        uid,
-        spec,
-        resolved,
-        helper_image=settings.helper_image,
-        pause_image=settings.pause_image,
-        agent_image=settings.agent_image,
-        agent_env=_agent_env(state),
-        plan_configmap=configmap,
+        applied = plan_hash is not None
+    else:
+        found, applied = await _apply_images_mode(state, body, spec, resolved)
+    problems.extend(found)
+    findings = Findings(
+        generation,
+        problems=tuple(problems),
+        notes=tuple(notes),
+        applied=applied,
+        plan_hash=plan_hash,
     )
-    stored: dict[str, Any] | None = None
-    if resolved or spec.mode is model.Mode.LAYERS:
-        try:
-            if configmap is not None:
-                await _apply(state, "ConfigMap", configmap)
-            stored, action = await _apply(state, "DaemonSet", ds_body)
-            if action != "unchanged":
-                _event(
-                    state,
-                    body,
-                    "DaemonSetCreated" if action == "created" else "RolloutStarted",
-                    f"{action} DaemonSet {ds_body['metadata']['name']} for "
-                    f"{len(resolved)} image(s), {len(plan.layers)} planned layer(s)",
-                    "Normal",
-                )
-        except kube.KubeError as e:
-            if e.status not in (400, 403, 422):
-                raise  # transient (5xx, conflicts): Kopf retries the handler
-            # Refused for good (e.g. by an admission policy on its images): say so in
-            # status instead of retrying blindly.
-            problems.append(status.Problem(REASON_REFUSED, str(e)))
-        if (
-            stored is not None
-            and spec.mode is model.Mode.IMAGES
-            and spec.pull_method is model.PullMethod.IMAGE_VOLUME
-        ):
-            missing = daemonset.evaluate_missing_image_volumes(stored, resolved)
-            if missing:
-                problems.append(
-                    status.Problem(
-                        status.REASON_IMAGE_VOLUME_UNSUPPORTED,
-                        "the apiserver dropped the image volumes (ImageVolume feature off); "
-                        "use pullMethod InitContainer",
-                    )
-                )
+
     images_status = [
         {
             "image": entry.image,
@@ -316,61 +544,89 @@ async def reconcile(
     metrics.prepull_saved_bytes.labels(namespace=namespace, prepull=name).set(plan.saved_bytes)
     result: dict[str, Any] = {
         "observedGeneration": generation,
-        "images": images_status[:2048],
+        "images": images_status[: model.MAX_STATUS_IMAGES],
         "plan": plan_status,
         "lastResolved": _now(),
     }
+    said = "; ".join(p.message for p in (*problems, *notes))
     ready_before: Mapping[str, Any] = next(
         (c for c in previous_conditions if c.get("type") == "Ready"), {}
     )
-    if problems and ready_before.get("message") != "; ".join(p.message for p in problems):
-        _event(state, body, problems[0].reason, "; ".join(p.message for p in problems), "Warning")
+    degraded_before: Mapping[str, Any] = next(
+        (c for c in previous_conditions if c.get("type") == "Degraded"), {}
+    )
+    if said and said not in (ready_before.get("message"), degraded_before.get("message")):
+        first = (problems or notes)[0]
+        _event(state, body, first.reason, said, "Warning")
     progress = await node_progress(
         state,
-        name,
-        namespace,
+        body,
         spec,
-        [dict(i) for i in images_status],
-        generation,
-        problems,
+        images_status,
+        findings,
         previous_conditions,
     )
     result.update(progress)
-    return result
+    return result, findings
 
 
 async def node_progress(
-    state: Runtime,
-    name: str,
-    namespace: str,
-    spec: model.PrePullSpec | None,
+    state: PrePullState,
+    body: Mapping[str, Any],
+    spec: model.PrePullSpec,
     images_status: Sequence[Mapping[str, Any]],
-    generation: int,
-    problems: Sequence[status.Problem],
+    findings: Findings,
     previous_conditions: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """Nodes desired/ready/failed and the conditions, from the DaemonSet and its pods."""
+    """Nodes desired/ready/failed and the conditions: from the DaemonSet's pods (Images
+    mode) or the node agents' reports (Layers mode), with the findings of the last
+    reconcile."""
+    metadata = body["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
+    problems = list(findings.problems)
+    pending = "the DaemonSet has not been created yet"
+    if spec.mode is model.Mode.LAYERS:
+        pending = "the plan has not been written yet"
+        nodes_status = await _layers_progress(state, body, spec, findings, problems)
+    else:
+        nodes_status = await _images_progress(state, name, namespace, images_status)
+    conditions = status.build_conditions(
+        nodes_status,
+        generation=findings.generation,
+        now=_now(),
+        problems=problems,
+        notes=findings.notes,
+        previous=previous_conditions,
+        pending=pending,
+    )
+    if nodes_status is None:
+        return {"conditions": conditions}
+    for state_name, value in (
+        ("desired", nodes_status.desired),
+        ("ready", nodes_status.ready),
+        ("failed", nodes_status.failed),
+    ):
+        metrics.prepull_nodes.labels(namespace=namespace, prepull=name, state=state_name).set(value)
+    return {**status.build_status_fields(nodes_status), "conditions": conditions}
+
+
+async def _images_progress(
+    state: PrePullState, name: str, namespace: str, images_status: Sequence[Mapping[str, Any]]
+) -> status.NodeStatus | None:
+    client = state.runtime.kube
     resource = daemonset.build_resource_name(name)
-    stored = await state.kube.call(
+    stored = await client.call(
         f"get DaemonSet {namespace}/{resource}",
-        state.kube.apps.read_namespaced_daemon_set,
+        client.apps.read_namespaced_daemon_set,
         resource,
         namespace,
     )
     if stored is None:
-        return {
-            "conditions": status.build_conditions(
-                None,
-                generation=generation,
-                now=_now(),
-                problems=problems,
-                previous=previous_conditions,
-            )
-        }
+        return None
     selector = ",".join(f"{k}={v}" for k, v in daemonset.build_selector(name).items())
-    pods = await state.kube.call(
+    pods = await client.call(
         f"list pods of {namespace}/{resource}",
-        state.kube.core.list_namespaced_pod,
+        client.core.list_namespaced_pod,
         namespace,
         label_selector=selector,
     )
@@ -383,40 +639,74 @@ async def node_progress(
         for i in images_status
         if i.get("digest")
     }
-    nodes = status.build_node_status(
+    return status.build_node_status(
         (pods or {}).get("items") or [], desired, current_hash=current_hash, images=pinned_to_image
     )
-    for state_name, value in (
-        ("desired", nodes.desired),
-        ("ready", nodes.ready),
-        ("failed", nodes.failed),
-    ):
-        metrics.prepull_nodes.labels(namespace=namespace, prepull=name, state=state_name).set(value)
-    return {
-        **status.build_status_fields(nodes),
-        "conditions": status.build_conditions(
-            nodes,
-            generation=generation,
-            now=_now(),
-            problems=problems,
-            previous=previous_conditions,
-        ),
-    }
 
 
-def _agent_env(state: Runtime) -> dict[str, str]:
-    registry = state.settings.registry
-    env = {}
-    if registry.insecure_registries:
-        env["IMAGEWARD_INSECURE_REGISTRIES"] = ",".join(registry.insecure_registries)
-    if registry.mirrors:
-        env["IMAGEWARD_REGISTRY_MIRRORS"] = ",".join(f"{k}={v}" for k, v in registry.mirrors)
-    return env
-
-
-def _event(state: Runtime, body: Mapping[str, Any], reason: str, message: str, type_: str) -> None:
+async def _layers_progress(
+    state: PrePullState,
+    body: Mapping[str, Any],
+    spec: model.PrePullSpec,
+    findings: Findings,
+    problems: list[status.Problem],
+) -> status.NodeStatus | None:
+    if findings.plan_hash is None:
+        return None
     metadata = body["metadata"]
-    state.post_event(
+    key = plans.build_prepull_key(metadata["namespace"], metadata["name"], metadata["uid"])
+    agents = await state.inventory.agent_pods()
+    nodes_status = reports.build_layers_node_status(
+        agents,
+        await state.inventory.nodes(),
+        key=key,
+        plan_hash=findings.plan_hash,
+        node_selector=nodes.build_effective_selector(spec.node_selector),
+        tolerations=spec.tolerations,
+    )
+    missing = reports.evaluate_agents_missing(
+        nodes_status,
+        namespace=state.settings.namespace,
+        selector=state.settings.prepull.agent_selector,
+    )
+    if missing is not None:
+        problems.append(missing)
+    return nodes_status
+
+
+def evaluate_refresh_due(
+    spec: model.PrePullSpec,
+    findings: Findings | None,
+    last_resolved: str | None,
+    generation: int,
+) -> bool:
+    """Whether a progress tick must reconcile (resolve tags, re-apply) instead of only
+    reading progress: no findings (the operator restarted), another generation, the
+    refresh interval passed, or the last attempt was refused (tried again every
+    REFUSED_RETRY, so a fixed policy or quota takes effect without waiting an hour)."""
+    if findings is None or findings.generation != generation:
+        return True
+    if not findings.applied and not any(
+        p.reason == status.REASON_INVALID_SPEC for p in findings.problems
+    ):
+        return refresh_due(REFUSED_RETRY, last_resolved)
+    return refresh_due(spec.refresh_interval, last_resolved)
+
+
+async def forget(state: PrePullState, namespace: str, name: str, uid: str | None) -> None:
+    """A PrePull is gone: its plan (if any) and its metrics go too."""
+    forget_metrics(namespace, name)
+    if uid:
+        key = plans.build_prepull_key(namespace, name, uid)
+        if await layers.delete_plan(state.runtime.kube, state.settings.namespace, key):
+            logger.info("deleted plan %s of deleted PrePull %s/%s", key, namespace, name)
+
+
+def _event(
+    state: PrePullState, body: Mapping[str, Any], reason: str, message: str, type_: str
+) -> None:
+    metadata = body["metadata"]
+    state.runtime.post_event(
         namespace=metadata["namespace"],
         involved={
             "apiVersion": body.get("apiVersion", "imageward.io/v1alpha1"),

@@ -1,4 +1,4 @@
-"""What a PrePull puts in the cluster: one DaemonSet, plus one ConfigMap in Layers mode.
+"""What an Images-mode PrePull puts in its namespace: one DaemonSet.
 
 Pure builders returning plain dicts (Kubernetes manifests); the controller applies them.
 Everything is derived from its arguments only, in a canonical order, so the same PrePull
@@ -16,8 +16,9 @@ helper, which exits at once. The long-lived container is a pause container.
 Images mode, pullMethod ImageVolume: the images are `image` volumes of the pause
 container (Kubernetes 1.33+ with the ImageVolume feature); nothing of them runs.
 
-Layers mode: the node agent (`imageward agent`) reads the plan from the ConfigMap and
-puts the planned blobs into containerd's content store through its socket.
+Layers mode has no DaemonSet per PrePull: the one node agent of the operator's namespace
+serves every Layers-mode PrePull from a plan ConfigMap there (see `plans`), so a
+PrePull's namespace never holds a privileged pod.
 """
 
 from __future__ import annotations
@@ -29,38 +30,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imageward import constants
-from imageward.prepull import model, planner
+from imageward.prepull import model, nodes, planner, plans
 from imageward.registry import model as registry_model
 
 ANNOTATION_DIGEST_HASH = "imageward.io/digest-hash"
-ANNOTATION_PLAN_HASH = "imageward.io/plan-hash"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 APP_NAME = "imageward"
 
-PLAN_KEY = "plan.json"
-# The plan and the pull secrets are sibling mounts: a mount inside the read-only
-# ConfigMap volume would need its mount point made in that read-only tree (runc's mkdir
-# fails with EROFS and the pod never starts).
-PLAN_DIR = "/etc/imageward/plan"
-PLAN_PATH = f"{PLAN_DIR}/{PLAN_KEY}"
-PLAN_FORMAT_VERSION = 1
-PULL_SECRETS_DIR = "/etc/imageward/pull-secrets"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
-CONTAINERD_NAMESPACE = "k8s.io"
 
 HELPER_DIR = "/iw"
 HELPER_PATH = f"{HELPER_DIR}/imageward-helper"
 HELPER_SOURCE = "/imageward-helper"
 IMAGE_VOLUMES_DIR = "/images"
 
-# The agent serves /readyz (200 once every planned blob is in containerd and leased) and
-# /metrics on this port; the readiness probe is how a node counts as ready.
+# The node agent serves /readyz, /healthz and /metrics on this port (the chart's agent
+# DaemonSet probes it).
 AGENT_PORT = 8081
-# On SIGTERM the agent aborts the writes in flight and stops; its lease stays (it cannot
-# tell a deleted PrePull from a rollout or a drain; the lease expires unless an agent
-# renews it, see prepull/agent.py). The Images-mode pods stop at once.
-AGENT_GRACE_SECONDS = 30
 
 NONROOT_UID = 65532
 LINUX_LABEL = "kubernetes.io/os"
@@ -68,10 +55,6 @@ LINUX_LABEL = "kubernetes.io/os"
 _TINY_RESOURCES: Mapping[str, Any] = {
     "requests": {"cpu": "1m", "memory": "8Mi"},
     "limits": {"memory": "16Mi"},
-}
-_AGENT_RESOURCES: Mapping[str, Any] = {
-    "requests": {"cpu": "10m", "memory": "64Mi"},
-    "limits": {"memory": "256Mi"},
 }
 _NAME_PREFIX = "prepull-"
 _MAX_NAME = 63
@@ -125,12 +108,6 @@ def build_pinned_reference(image: str, digest: str) -> str:
 def build_pinned_references(images: Sequence[model.ResolvedImage]) -> list[str]:
     """Distinct pinned references in sorted order: the images the nodes get, canonically."""
     return sorted({build_pinned_reference(image.image, image.digest) for image in images})
-
-
-def build_plan_hash(plan: planner.Plan) -> str:
-    """Hash of what the plan puts on a node (digests and sizes), not of why."""
-    layers = sorted((layer.digest, layer.size) for layer in plan.layers)
-    return hashlib.sha256(json.dumps(layers, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def build_digest_hash(
@@ -203,45 +180,17 @@ def _restricted_security_context() -> dict[str, Any]:
     }
 
 
-def _agent_security_context() -> dict[str, Any]:
-    # Root only because containerd's socket is root-owned (0660, no group to join by
-    # default); as its owner, uid 0 connects without any capability, so all are dropped.
-    return {
-        "runAsNonRoot": False,
-        "runAsUser": 0,
-        "runAsGroup": 0,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def _resources(template: Mapping[str, Any]) -> dict[str, Any]:
     return {key: dict(value) for key, value in template.items()}
 
 
 def build_tolerations(tolerations: Sequence[model.Toleration]) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = []
-    for toleration in tolerations:
-        item: dict[str, Any] = {"operator": toleration.operator}
-        if toleration.key:
-            item["key"] = toleration.key
-        if toleration.value:
-            item["value"] = toleration.value
-        if toleration.effect:
-            item["effect"] = toleration.effect
-        if toleration.toleration_seconds is not None:
-            item["tolerationSeconds"] = toleration.toleration_seconds
-        result.append(item)
-    return result
+    return nodes.build_tolerations_json(tolerations)
 
 
 def _node_selector(spec: model.PrePullSpec) -> dict[str, str]:
-    selector = dict(spec.node_selector)
-    # The helper, pause and agent images are Linux binaries: never schedule on Windows.
-    selector.setdefault(LINUX_LABEL, "linux")
-    return selector
+    # The helper and pause images are Linux binaries: never schedule on Windows.
+    return nodes.build_effective_selector(spec.node_selector)
 
 
 def _pod_spec_common(spec: model.PrePullSpec, *, grace_seconds: int) -> dict[str, Any]:
@@ -332,72 +281,6 @@ def _image_volume_pod(
     return pod
 
 
-def _agent_pod(
-    spec: model.PrePullSpec,
-    configmap_name: str,
-    *,
-    agent_image: str,
-    agent_env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    volumes: list[dict[str, Any]] = [
-        {
-            "name": "plan",
-            "configMap": {"name": configmap_name, "items": [{"key": PLAN_KEY, "path": PLAN_KEY}]},
-        },
-        {
-            "name": "containerd",
-            "hostPath": {"path": CONTAINERD_SOCKET, "type": "Socket"},
-        },
-        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
-        {"name": "containerd", "mountPath": CONTAINERD_SOCKET},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    # The agent gets the pull secrets as files: it has no ServiceAccount token to read
-    # them through the API. Optional, so a missing Secret shows up as an authentication
-    # error of the agent (with the Secret's name) instead of a pod stuck in creation.
-    for index, secret in enumerate(spec.image_pull_secrets):
-        volumes.append(
-            {"name": f"pull-secret-{index}", "secret": {"secretName": secret, "optional": True}}
-        )
-        mounts.append(
-            {
-                "name": f"pull-secret-{index}",
-                "mountPath": f"{PULL_SECRETS_DIR}/{secret}",
-                "readOnly": True,
-            }
-        )
-    container = {
-        "name": "agent",
-        "image": agent_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["imageward", "agent", "--plan", PLAN_PATH],
-        "env": [
-            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            # The operator's registry settings (plain-HTTP hosts, CA, mirrors), so the
-            # agent reaches registries the way the operator does.
-            *({"name": k, "value": v} for k, v in sorted((agent_env or {}).items())),
-        ],
-        "ports": [{"name": "http", "containerPort": AGENT_PORT, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 1,
-        },
-        "volumeMounts": mounts,
-        "resources": _resources(_AGENT_RESOURCES),
-        "securityContext": _agent_security_context(),
-    }
-    return {
-        **_pod_spec_common(spec, grace_seconds=AGENT_GRACE_SECONDS),
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": volumes,
-    }
-
-
 def build_plan_document(
     prepull_name: str,
     namespace: str,
@@ -407,72 +290,11 @@ def build_plan_document(
     *,
     pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The agent's input: the blobs to fetch, where from, and with which credentials.
-
-    `references` maps each image as written (PlannedLayer.images) to its parsed
-    reference; every repository holding a layer is listed, so the agent can fall back
-    to another when one refuses, and labels the blob for each
-    (containerd.io/distribution.source.<registry>=<repository>).
-    """
-    layers: list[dict[str, Any]] = []
-    for layer in plan.layers:
-        sources: set[tuple[str, str]] = set()
-        for image in layer.images:
-            reference = references.get(image)
-            if reference is None:
-                raise ValueError(f"layer {layer.digest}: no reference for image {image!r}")
-            sources.add((reference.registry, reference.repository))
-        layers.append(
-            {
-                "digest": layer.digest,
-                "size": layer.size,
-                "sources": [
-                    {"registry": registry, "repository": repository}
-                    for registry, repository in sorted(sources)
-                ],
-            }
-        )
-    return {
-        "version": PLAN_FORMAT_VERSION,
-        "prepull": {"namespace": namespace, "name": prepull_name, "uid": uid},
-        "hash": build_plan_hash(plan),
-        "containerdNamespace": CONTAINERD_NAMESPACE,
-        "bytes": plan.bytes,
-        "layers": layers,
-        "pullSecrets": [
-            {"name": secret, "path": f"{PULL_SECRETS_DIR}/{secret}"} for secret in pull_secrets
-        ],
-    }
-
-
-def build_plan_configmap(
-    prepull_name: str,
-    namespace: str,
-    uid: str,
-    plan: planner.Plan,
-    references: Mapping[str, registry_model.ImageReference],
-    *,
-    pull_secrets: Sequence[str] = (),
-    labels: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The ConfigMap holding the plan as JSON (key plan.json), owned by the PrePull.
-
-    Its `imageward.io/plan-hash` annotation is what build_daemonset folds into the pod
-    template, because a changed ConfigMap alone does not restart the agents.
-    """
-    document = build_plan_document(
+    """The node agent's plan document (`plans.build_plan_document`, every node); kept for
+    callers that build a plan file by hand (benchmarks, `imageward agent --plan`)."""
+    return plans.build_plan_document(
         prepull_name, namespace, uid, plan, references, pull_secrets=pull_secrets
     )
-    # Compact: a ConfigMap holds at most 1 MiB.
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(
-            prepull_name, namespace, uid, labels, {ANNOTATION_PLAN_HASH: document["hash"]}
-        ),
-        "data": {PLAN_KEY: text},
-    }
 
 
 def build_daemonset(
@@ -484,30 +306,20 @@ def build_daemonset(
     *,
     helper_image: str,
     pause_image: str,
-    agent_image: str,
-    agent_env: Mapping[str, str] | None = None,
-    plan_configmap: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The one DaemonSet of a PrePull. Layers mode needs `plan_configmap` (from
-    build_plan_configmap); Images mode ignores it."""
-    pinned = build_pinned_references(images)
-    plan_hash: str | None = None
+    """The one DaemonSet of an Images-mode PrePull (its pods meet the `restricted` Pod
+    Security Standard). Layers mode has none: raises ValueError."""
     if spec.mode is model.Mode.LAYERS:
-        if plan_configmap is None:
-            raise ValueError("Layers mode needs the plan ConfigMap (build_plan_configmap)")
-        metadata = plan_configmap["metadata"]
-        plan_hash = metadata.get("annotations", {}).get(ANNOTATION_PLAN_HASH)
-        if not plan_hash:
-            raise ValueError(f"ConfigMap {metadata['name']} has no {ANNOTATION_PLAN_HASH}")
-        pod_spec = _agent_pod(spec, metadata["name"], agent_image=agent_image, agent_env=agent_env)
-    elif spec.pull_method is model.PullMethod.IMAGE_VOLUME:
+        raise ValueError("Layers mode has no DaemonSet per PrePull (see prepull.plans)")
+    pinned = build_pinned_references(images)
+    if spec.pull_method is model.PullMethod.IMAGE_VOLUME:
         pod_spec = _image_volume_pod(spec, pinned, pause_image=pause_image)
     else:
         pod_spec = _init_container_pod(
             spec, pinned, helper_image=helper_image, pause_image=pause_image
         )
-    if spec.image_pull_secrets and spec.mode is model.Mode.IMAGES:
+    if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
 
     pod_labels = build_labels(prepull_name, labels)
@@ -526,9 +338,7 @@ def build_daemonset(
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {
-                        ANNOTATION_DIGEST_HASH: build_digest_hash(images, plan_hash=plan_hash)
-                    },
+                    "annotations": {ANNOTATION_DIGEST_HASH: build_digest_hash(images)},
                 },
                 "spec": pod_spec,
             },

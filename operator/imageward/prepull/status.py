@@ -12,8 +12,8 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from imageward import constants
 from imageward.prepull import daemonset, model
+from imageward.prepull import workloads as workloads_module
 
 # The kubelet's reasons for a container that cannot start because of its image
 # (pkg/kubelet/images/types.go) or its configuration, and a crash loop.
@@ -53,6 +53,13 @@ REASON_INVALID_SPEC = "InvalidSpec"
 REASON_RESOLVE_FAILED = "ResolveFailed"
 REASON_PLAN_FAILED = "PlanFailed"
 REASON_IMAGE_VOLUME_UNSUPPORTED = "ImageVolumeUnsupported"
+REASON_DAEMONSET_REFUSED = "DaemonSetRefused"
+REASON_CROSS_NAMESPACE = "CrossNamespaceNotAllowed"
+REASON_AGENT_DISABLED = "AgentDisabled"
+REASON_AGENT_NOT_RUNNING = "AgentNotRunning"
+REASON_PLAN_TOO_LARGE = "PlanTooLarge"
+REASON_PLAN_REFUSED = "PlanRefused"
+REASON_TOO_MANY_PLANS = "TooManyLayersPrePulls"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +83,9 @@ class NodeStatus:
 
     failures: tuple[Failure, ...] = ()
     """At most MAX_FAILURES, one per distinct (image, reason) first; by node, then image."""
+
+    unserved: int = 0
+    """Layers mode: desired nodes without a node-agent pod (neither ready nor failed)."""
 
     @property
     def ready_text(self) -> str:
@@ -175,7 +185,7 @@ def _pod_failures(
     return failures
 
 
-def _select_failures(failures: list[Failure]) -> tuple[Failure, ...]:
+def select_failures(failures: Sequence[Failure]) -> tuple[Failure, ...]:
     # Deterministic, and varied: each distinct (image, reason) gets a slot before a
     # second node with the same problem does, so 500 nodes failing one image do not hide
     # the other image that fails on one node.
@@ -230,7 +240,7 @@ def build_node_status(
             failed += 1
             failures.extend(node_failures)
     return NodeStatus(
-        desired=desired, ready=ready, failed=failed, failures=_select_failures(failures)
+        desired=desired, ready=ready, failed=failed, failures=select_failures(failures)
     )
 
 
@@ -294,29 +304,41 @@ def build_conditions(
     generation: int,
     now: str,
     problems: Sequence[Problem] = (),
+    notes: Sequence[Problem] = (),
     previous: Sequence[Mapping[str, Any]] = (),
+    pending: str = "the DaemonSet has not been created yet",
 ) -> list[dict[str, Any]]:
     """Ready, Progressing and Degraded, each with a reason and a message.
 
-    `nodes` is None when there is no DaemonSet to report on (a blocking problem).
-    `now` is an RFC 3339 timestamp; `previous` the current status.conditions, so that
-    lastTransitionTime only moves when a condition's status does.
+    `nodes` is None when there is nothing on the nodes to report on (a blocking problem,
+    or not made yet: `pending` says what). `problems` keep the PrePull from being Ready;
+    `notes` are things it does differently from what was asked (e.g. a namespaceSelector
+    it may not use) and only make it Degraded. `now` is an RFC 3339 timestamp;
+    `previous` the current status.conditions, so that lastTransitionTime only moves when
+    a condition's status does.
     """
     before = {c.get("type", ""): c for c in previous if isinstance(c, Mapping)}
     problem_text = "; ".join(f"{p.message}" for p in problems)
+    note_text = "; ".join(f"{n.message}" for n in notes)
     args: dict[str, Any] = {"generation": generation, "now": now, "previous": before}
 
     if nodes is None:
         reason = problems[0].reason if problems else REASON_PENDING
-        message = problem_text or "the DaemonSet has not been created yet"
+        message = problem_text or pending
+        is_degraded = bool(problems or notes)
+        degraded_reason = problems[0].reason if problems else (notes[0].reason if notes else reason)
+        degraded_message = "; ".join(t for t in (problem_text, note_text) if t) or message
         return [
             _condition(CONDITION_READY, False, reason, message, **args),
             _condition(CONDITION_PROGRESSING, False, reason, message, **args),
-            _condition(CONDITION_DEGRADED, bool(problems), reason, message, **args),
+            _condition(CONDITION_DEGRADED, is_degraded, degraded_reason, degraded_message, **args),
         ]
 
     done = nodes.ready >= nodes.desired
     progress = f"{nodes.ready} of {nodes.desired} nodes are ready"
+    if nodes.unserved:
+        noun = "node has" if nodes.unserved == 1 else "nodes have"
+        progress += f" ({nodes.unserved} {noun} no node-agent pod)"
     if problems:
         ready = _condition(CONDITION_READY, False, problems[0].reason, problem_text, **args)
     elif nodes.desired == 0:
@@ -344,11 +366,12 @@ def build_conditions(
         message = f"{progress}; every other node fails"
         progressing = _condition(CONDITION_PROGRESSING, False, REASON_STALLED, message, **args)
 
-    if problems:
-        message = problem_text
+    if problems or notes:
+        message = "; ".join(t for t in (problem_text, note_text) if t)
         if nodes.failed:
             message += f"; {_describe_failures(nodes)}"
-        degraded = _condition(CONDITION_DEGRADED, True, problems[0].reason, message, **args)
+        reason = (problems or notes)[0].reason
+        degraded = _condition(CONDITION_DEGRADED, True, reason, message, **args)
     elif nodes.failed:
         degraded = _condition(
             CONDITION_DEGRADED, True, REASON_PULL_FAILED, _describe_failures(nodes), **args
@@ -358,59 +381,15 @@ def build_conditions(
     return [ready, progressing, degraded]
 
 
-def _template_images(template: Mapping[str, Any]) -> list[str]:
-    spec = template.get("spec") or {}
-    images: list[str] = []
-    for key in ("initContainers", "containers"):
-        for container in spec.get(key) or []:
-            image = container.get("image")
-            if isinstance(image, str) and image and image not in images:
-                images.append(image)
-    return images
-
-
 def build_images_from_workloads(
     workloads: Sequence[Mapping[str, Any]],
     kinds: Collection[model.WorkloadKind],
     *,
     node_count: int,
 ) -> list[tuple[str, int]]:
-    """The images of the workloads' pod templates, weighted by how many pods run them.
-
-    Deployment and StatefulSet: spec.replicas, at least 1 (a workload scaled to zero is
-    about to scale up, which is when a slow pull hurts most). DaemonSet: `node_count`
-    (at least 1). CronJob: 1. An image used by several workloads gets the sum; within one
-    workload it counts once. Each workload must carry its `kind` (list responses leave
-    it out of their items; the caller knows it). Workloads of other kinds, workloads
-    being deleted and imageward's own pre-pull DaemonSets (labelled imageward.io/prepull,
-    whose pinned images would otherwise feed back into the plan) are skipped.
-    Sorted heaviest first, then by image.
-    """
-    wanted = {kind.value for kind in kinds}
-    weights: dict[str, int] = {}
-    for workload in workloads:
-        kind = workload.get("kind")
-        metadata = workload.get("metadata") or {}
-        if not isinstance(kind, str):
-            raise ValueError(f"workload {metadata.get('name')!r} has no kind")
-        if kind not in wanted or metadata.get("deletionTimestamp"):
-            continue
-        if constants.LABEL_PREPULL in (metadata.get("labels") or {}):
-            continue
-        spec = workload.get("spec") or {}
-        if kind == model.WorkloadKind.CRON_JOB.value:
-            template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
-            weight = 1
-        elif kind == model.WorkloadKind.DAEMON_SET.value:
-            template = spec.get("template") or {}
-            weight = max(1, node_count)
-        else:
-            template = spec.get("template") or {}
-            replicas = spec.get("replicas")
-            weight = max(1, replicas) if isinstance(replicas, int) else 1
-        for image in _template_images(template):
-            weights[image] = weights.get(image, 0) + weight
-    return sorted(weights.items(), key=lambda item: (-item[1], item[0]))
+    """The images of workload objects weighted by replicas (see
+    `workloads.build_images_from_views`, which the controller uses on its cache)."""
+    return workloads_module.build_images_from_workloads(workloads, kinds, node_count=node_count)
 
 
 def build_image_weights(*lists: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:

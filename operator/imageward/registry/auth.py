@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from imageward import errors
-from imageward.registry import reference
+from imageward.registry import gojson, reference
 
 #: Token values go into a header: printable ASCII only, so a hostile token endpoint
 #: cannot inject header lines.
@@ -248,12 +248,30 @@ def _decode_auth(value: str) -> tuple[str, str]:
     return username, password
 
 
+def _go_field(document: Mapping[str, Any], name: str) -> tuple[str | None, Any]:
+    """(key, value) of a field as kubelet's Go decoder finds it: in any letter case.
+
+    `Auths` or `Username` fill kubelet's fields too, so reading only the exact key would
+    leave imageward without the credentials kubelet pulls with. Two spellings of one
+    field (Go takes the last) are refused rather than guessed.
+    """
+    folded = gojson.fold(name)
+    keys = [key for key in document if isinstance(key, str) and gojson.fold(key) == folded]
+    if len(keys) > 1:
+        raise ValueError(f"keys {', '.join(map(repr, keys))} are one field to kubelet")
+    return (keys[0], document[keys[0]]) if keys else (None, None)
+
+
 def _optional_str(entry: Mapping[str, Any], name: str) -> str | None:
-    value = entry.get(name)
+    value = _go_field(entry, name)[1]
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise ValueError(f"`{name}` is not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`"\ud800"`): no header or hash can hold it
+        raise ValueError(f"`{name}` is not valid Unicode") from None
     return value
 
 
@@ -290,11 +308,16 @@ def parse_docker_config(data: bytes | str | Mapping[str, Any], *, source: str) -
     if isinstance(data, bytes | str):
         try:
             document = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting recurses
             raise errors.CredentialsError(source, f"not JSON: {e}") from e
     if not isinstance(document, Mapping):
         raise errors.CredentialsError(source, "not a JSON object")
-    auths = document.get("auths") if "auths" in document else document
+    try:
+        found, auths = _go_field(document, "auths")
+    except ValueError as e:
+        raise errors.CredentialsError(source, str(e)) from e
+    if found is None:
+        auths = document  # the legacy `.dockercfg` layout: registries at the top
     if auths is None:
         auths = {}
     if not isinstance(auths, Mapping):
@@ -390,6 +413,30 @@ def _specificity(entry: AuthEntry) -> tuple[int, int]:
     return (0 if "*" in entry.host or "?" in entry.host else 1, len(entry.path))
 
 
+def build_scoped_config(config: DockerConfig, registries: Iterable[str]) -> DockerConfig:
+    """`config` with only the entries for registries matching one of the host globs
+    (`registry.acme.internal:5000`, `*.acme.io`); every entry when none are given.
+
+    Raises errors.ConfigurationError naming a glob that cannot be parsed.
+    """
+    from imageward.policy import globs  # policy imports registry: import late
+
+    patterns = []
+    for text in registries:
+        try:
+            patterns.append(globs.parse_host_pattern(text))
+        except globs.PatternError as e:
+            raise errors.ConfigurationError(f"credential scope {text!r}: {e}") from e
+    if not patterns:
+        return config
+    kept = tuple(
+        entry
+        for entry in config.entries
+        if any(globs.evaluate_host_pattern(pattern, entry.host) for pattern in patterns)
+    )
+    return dataclasses.replace(config, entries=kept)
+
+
 def build_credential_chain(
     sources: Iterable[DockerConfig], registry: str, repository: str
 ) -> tuple[Credentials, ...]:
@@ -462,7 +509,12 @@ def build_token_request(
     realm = challenge.realm
     if not realm:
         raise ChallengeError("Bearer challenge without a realm")
-    parts = urllib.parse.urlsplit(realm)
+    try:
+        parts = urllib.parse.urlsplit(realm)
+        for value in (realm, challenge.service or ""):
+            value.encode("utf-8")  # a lone surrogate (invalid UTF-8 in the header) cannot be sent
+    except ValueError as e:  # urlsplit: a bad IPv6 literal; UnicodeEncodeError is a ValueError
+        raise ChallengeError(f"token realm {realm[:200]!r} cannot be used: {e}") from e
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ChallengeError(f"token realm {realm[:200]!r} is not an http(s) URL")
     if parts.scheme == "http" and not allow_plain_http:
@@ -501,7 +553,7 @@ def parse_token_response(body: bytes, *, now: float) -> Token:
     """The token a realm answered with, to be used until shortly before it expires."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting recurses
         raise ChallengeError(f"token endpoint answered non-JSON: {body[:100]!r}") from e
     if not isinstance(document, Mapping):
         raise ChallengeError("token endpoint answered JSON that is not an object")
@@ -509,7 +561,13 @@ def parse_token_response(body: bytes, *, now: float) -> Token:
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise ChallengeError("token endpoint answered no usable token")
     lifetime = document.get("expires_in", DEFAULT_TOKEN_LIFETIME)
-    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+    # Compared, never converted, first: float() of a 400-digit integer raises OverflowError;
+    # NaN, infinities and lifetimes past 2**53 s fall back to the default too.
+    if (
+        isinstance(lifetime, bool)
+        or not isinstance(lifetime, int | float)
+        or not 0 < lifetime < 2**53
+    ):
         lifetime = DEFAULT_TOKEN_LIFETIME
     # Stop using it a little early (10%, at least 5 s) so it never expires in flight.
     margin = max(5.0, float(lifetime) * 0.1)

@@ -1,7 +1,8 @@
 """What the registry client remembers, and the lookups it shares while they run.
 
 - facts, platform images and manifests by digest: a digest names immutable content, so
-  these never go stale; bounded LRUs (manifests by bytes, the rest by count);
+  these never go stale; LRUs bounded by bytes (manifests exactly, facts and images by
+  an estimate per layer), so a few huge hostile images cannot crowd memory;
 - tag -> digest for a short TTL: tags move, and a pod admitted a little late with the
   previous digest is what kubelet would have pulled a moment earlier anyway;
 - "not found" for a few seconds, so a burst of pods with a typo costs one lookup;
@@ -39,8 +40,39 @@ TOKENS = "tokens"
 INFLIGHT = "inflight"
 
 DEFAULT_MANIFEST_BYTES = 32 * 1024 * 1024
+#: Facts and platform images are bounded by an estimate of their memory, not by count:
+#: one hostile 1,000-layer image weighs as much as a few hundred ordinary ones.
+DEFAULT_FACTS_BYTES = 32 * 1024 * 1024
+DEFAULT_IMAGES_BYTES = 32 * 1024 * 1024
+_LAYER_BYTES = 240  # a Layer, its digest and media type strings
+_IMAGE_BYTES = 1024  # a PlatformImage with its config fields
+
+
+def estimate_image_bytes(image: model.PlatformImage) -> int:
+    # Config labels are what a hostile config can make large (2 MiB of them fit).
+    labels = sum(len(key) + len(value) + 120 for key, value in image.config.labels)
+    return _IMAGE_BYTES + _LAYER_BYTES * len(image.layers) + labels
+
+
+def estimate_facts_bytes(facts: model.ImageFacts) -> int:
+    return _IMAGE_BYTES + sum(estimate_image_bytes(image) for image in facts.images)
+
+
 DEFAULT_TOKEN_ENTRIES = 1024
 DEFAULT_NEGATIVE_ENTRIES = 4096
+
+
+class _BoundedLRU(cachetools.LRUCache[Hashable, V]):
+    """An LRU bounded by entries and by (estimated) bytes, whichever is reached first."""
+
+    def __init__(self, entries: int, max_bytes: int, getsizeof: Callable[[V], int]) -> None:
+        super().__init__(max_bytes, getsizeof=getsizeof)
+        self.max_entries = entries
+
+    def __setitem__(self, key: Hashable, value: V) -> None:
+        while key not in self and len(self) >= self.max_entries:
+            self.popitem()
+        super().__setitem__(key, value)
 
 
 class _Store(Generic[V]):
@@ -159,13 +191,17 @@ class RegistryCache:
         tag_ttl: float = 30.0,
         negative_ttl: float = 5.0,
         manifest_bytes: int = DEFAULT_MANIFEST_BYTES,
+        facts_bytes: int = DEFAULT_FACTS_BYTES,
+        images_bytes: int = DEFAULT_IMAGES_BYTES,
         token_entries: int = DEFAULT_TOKEN_ENTRIES,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timer = timer
-        self.facts: _Store[model.ImageFacts] = _Store(FACTS, cachetools.LRUCache(facts_size))
+        self.facts: _Store[model.ImageFacts] = _Store(
+            FACTS, _BoundedLRU(facts_size, facts_bytes, estimate_facts_bytes)
+        )
         self.images: _Store[model.PlatformImage] = _Store(
-            IMAGES, cachetools.LRUCache(facts_size * 2)
+            IMAGES, _BoundedLRU(facts_size * 2, images_bytes, estimate_image_bytes)
         )
         self.manifests: _Store[manifests.FetchedManifest] = _Store(
             MANIFESTS,

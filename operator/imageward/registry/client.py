@@ -30,7 +30,16 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, 
 from typing import Any, TypeVar
 
 from imageward import errors, settings
-from imageward.registry import auth, cache, manifests, model, reference, routes, transport
+from imageward.registry import (
+    auth,
+    cache,
+    manifests,
+    model,
+    platforms,
+    reference,
+    routes,
+    transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,9 @@ KIND_TOKEN = "token"
 MAX_REDIRECTS = 5
 MAX_TOKEN_BYTES = 64 * 1024
 MAX_REFERRER_PAGES = 10
+#: Platform images one reference may select (nodes of every platform, Windows builds):
+#: a hostile index must not turn one admission into hundreds of fetches.
+MAX_PLATFORM_IMAGES = 64
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _BACKOFF_FIRST = 0.1  # seconds; doubled per attempt, with jitter
 #: How long to remember that an endpoint has no native referrers API (a 404 there).
@@ -84,6 +96,34 @@ class _Call:
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
+
+
+@dataclasses.dataclass(slots=True)
+class _Request:
+    """One registry API request as it goes down the layers (mirrors, retries, auth,
+    redirects, transport): what is asked, of whom, and under which limits."""
+
+    kind: str  # KIND_*: the metric label, and what messages call it
+    method: str
+    url: str
+    ref: str  # the tag or digest asked about, for messages
+    accept: str | None
+    max_bytes: int
+    hash_as: model.Digest | None = None  # hash the body while it streams
+    #: False for a request to another origin than the registry's (a referrers `Link`
+    #: to elsewhere): it goes without credentials and answers no auth challenge.
+    with_credentials: bool = True
+    attempt: int = 1
+    body: bytes | None = None
+
+    @property
+    def describe(self) -> str:
+        return f"{self.method} {self.kind} {self.ref}"
+
+
+#: Bodies at least this large are parsed off the event loop: a hostile registry must
+#: not stall admission of everything else while a big JSON document is read.
+_PARSE_OFF_LOOP_BYTES = 64 * 1024
 
 
 def _short(url: str) -> str:
@@ -132,21 +172,23 @@ class RegistryClient:
         self,
         ref: model.ImageReference,
         *,
-        platform: model.Platform | None = None,
+        platform: platforms.PlatformChoice | model.Platform | None = None,
         credentials: CredentialSources = (),
         deadline: float | None = None,
     ) -> model.ImageFacts:
         """Digest, manifests, layers and config facts of `ref`.
 
-        For an index: the entries for `platform` (None: every platform), attestation
-        entries skipped; an index without that platform gives facts with no images.
+        For an index: the platform images a node allowed by `platform` (None: any node)
+        would run, chosen as containerd chooses (`platforms`); facts with no images
+        when no such node runs any of its entries.
         """
-        cached = self._cached_facts(ref, platform, self._scope(ref, credentials))
+        choice = platforms.build_choice(platform)
+        cached = self._cached_facts(ref, choice, self._scope(ref, credentials))
         if cached is not None:
             return cached
         call = self._start(ref, credentials, deadline)
-        key = ("facts", ref.registry, ref.repository, ref.reference, platform, call.fingerprint)
-        return await self._shared(call, key, lambda: self._lookup_facts(call, ref, platform))
+        key = ("facts", ref.registry, ref.repository, ref.reference, choice, call.fingerprint)
+        return await self._shared(call, key, lambda: self._lookup_facts(call, ref, choice))
 
     async def resolve(
         self,
@@ -341,14 +383,14 @@ class RegistryClient:
         return _scope_of(ref.registry, ref.repository, (*credentials, *self.credentials))
 
     def _cached_facts(
-        self, ref: model.ImageReference, platform: model.Platform | None, scope: str
+        self, ref: model.ImageReference, choice: platforms.PlatformChoice, scope: str
     ) -> model.ImageFacts | None:
         """The facts for `ref` without any await, or None (the warm path: keep it short)."""
         self._raise_remembered_failure(scope, ref.repository, ref.reference)
         digest = ref.digest or self.cache.tags.get((scope, ref.repository, ref.reference))
         if digest is None:
             return None
-        facts = self.cache.facts.get((scope, ref.repository, digest, platform))
+        facts = self.cache.facts.get((scope, ref.repository, digest, choice))
         if facts is None:
             return None
         return facts if facts.reference == ref else dataclasses.replace(facts, reference=ref)
@@ -356,17 +398,95 @@ class RegistryClient:
     # ------------------------------------------------------------------------ lookups
 
     async def _lookup_facts(
-        self, call: _Call, ref: model.ImageReference, platform: model.Platform | None
+        self, call: _Call, ref: model.ImageReference, choice: platforms.PlatformChoice
     ) -> model.ImageFacts:
         top = await self._get_manifest(call, ref.reference, expected=ref.digest)
         if isinstance(top.content, manifests.ImageIndex):
-            selected = manifests.select_manifests(top.content, platform)
-            images = await _gather_all(self._shared_image(call, d) for d in selected)
+            images = await self._runnable_images(call, top.content, choice)
         else:
+            # A single manifest is what every node pulls, whatever its platform.
             images = [await self._platform_image(call, top.digest, None, fetched=top)]
         facts = manifests.build_facts(ref, top, images)
-        self.cache.facts.put((call.scope, call.repository, top.digest, platform), facts)
+        if not any(image.config_problem for image in images):  # a missing blob may come
+            self.cache.facts.put((call.scope, call.repository, top.digest, choice), facts)
         return facts
+
+    async def _runnable_images(
+        self, call: _Call, index: manifests.ImageIndex, choice: platforms.PlatformChoice
+    ) -> list[model.PlatformImage]:
+        """The platform images nodes the pod may land on would run: the one the first
+        node platform (a base variant: amd64 before amd64/v2) takes comes first.
+
+        For every node platform `choice` allows, the entry containerd would take
+        (`platforms.select_entries`), nested indexes followed (at most
+        `platforms.MAX_NESTING` deep). Fetches of one level run side by side.
+        """
+        nodes = platforms.build_node_platforms(
+            choice, [d.platform for d in index.manifests if d.platform is not None]
+        )
+        chosen: dict[model.Digest, tuple[int, model.PlatformImage]] = {}
+        # (index, the nodes still walking it, depth); the top index first
+        pending: list[tuple[manifests.ImageIndex, tuple[model.Platform, ...], int]] = [
+            (index, nodes, 1)
+        ]
+        order = 0
+        while pending:
+            level, pending = pending, []
+            wanted: dict[model.Digest, tuple[manifests.Descriptor, list[model.Platform], int]] = {}
+            for current, walking, depth in level:
+                entries = manifests.build_entries(current)
+                for node in walking:
+                    for entry in platforms.select_entries(entries, node):
+                        descriptor = current.manifests[entry.position]
+                        if descriptor.media_type in manifests.INDEX_TYPES and (
+                            depth >= platforms.MAX_NESTING
+                        ):
+                            raise errors.BadResponseError(
+                                f"image index nests indexes more than {platforms.MAX_NESTING} "
+                                f"deep (entry {descriptor.digest})",
+                                **call.where(descriptor.digest),
+                            )
+                        wanted.setdefault(descriptor.digest, (descriptor, [], depth))[1].append(
+                            node
+                        )
+            runnable = [
+                (d, n) for d, n, _ in wanted.values() if d.media_type in manifests.MANIFEST_TYPES
+            ]
+            nested = [
+                (d, n, depth)
+                for d, n, depth in wanted.values()
+                if d.media_type in manifests.INDEX_TYPES
+            ]
+            # Other media types name nothing a node can run: the pull would fail there.
+            if len(chosen) + len(runnable) > MAX_PLATFORM_IMAGES:
+                raise errors.BadResponseError(
+                    f"image index offers more than {MAX_PLATFORM_IMAGES} platform images the "
+                    "pod's nodes could run",
+                    **call.where(),
+                )
+            images, indexes = await asyncio.gather(
+                _gather_all(self._shared_image(call, d) for d, _ in runnable),
+                _gather_all(
+                    self._get_manifest(call, d.digest, expected=d.digest) for d, _, _ in nested
+                ),
+            )
+            for (descriptor, reached), image in zip(runnable, images, strict=True):
+                # An entry without a platform runs where its config's os/arch match.
+                if descriptor.platform is None and not any(
+                    platforms.evaluate_config_runs_on(image.config, node) for node in reached
+                ):
+                    continue
+                if image.digest not in chosen:
+                    chosen[image.digest] = (order, image)
+                    order += 1
+            for (descriptor, reached, level_depth), fetched in zip(nested, indexes, strict=True):
+                if not isinstance(fetched.content, manifests.ImageIndex):
+                    raise errors.BadResponseError(
+                        f"index entry {descriptor.digest} is declared an index but is a manifest",
+                        **call.where(descriptor.digest),
+                    )
+                pending.append((fetched.content, tuple(dict.fromkeys(reached)), level_depth + 1))
+        return [image for _, image in sorted(chosen.values(), key=lambda item: item[0])]
 
     async def _shared_image(
         self, call: _Call, descriptor: manifests.Descriptor
@@ -401,18 +521,28 @@ class RegistryClient:
         content = fetched.content
         if not isinstance(content, manifests.ImageManifest):
             raise errors.BadResponseError(
-                f"index entry {digest} is itself an index (nested indexes are not supported)",
+                f"index entry {digest} is declared a manifest but is an index",
                 **call.where(digest),
             )
         config = manifests.NO_CONFIG
+        problem: str | None = None
         if content.is_image:
-            config = await self._get_config(call, content.config)
+            try:
+                config = await self._get_config(call, content.config)
+            except errors.RegistryError as e:
+                if e.outage:
+                    raise
+                # What the registry served is unusable: only the rules reading the
+                # config (the user) refuse for it; sizes and signatures still decide.
+                problem = str(e)
         try:
             image = manifests.build_platform_image(fetched, platform=platform, config=config)
         except manifests.ManifestError as e:
             raise errors.BadResponseError(str(e), **call.where(digest)) from e
-        self.cache.images.put(key, image)
-        return image
+        if problem is None:
+            self.cache.images.put(key, image)
+            return image
+        return dataclasses.replace(image, config_problem=problem)
 
     async def _get_config(self, call: _Call, descriptor: manifests.Descriptor) -> model.ImageConfig:
         limit = self.settings.max_config_bytes
@@ -572,7 +702,24 @@ class RegistryClient:
                 first = routes.build_referrers_url(
                     endpoint, call.repository, digest, artifact_type=artifact_type
                 )
-                return first if page_url is None else routes.build_redirect_url(first, page_url)
+                if page_url is None:
+                    return first
+                target = routes.build_redirect_url(first, page_url)
+                if not routes.evaluate_followable(first, target):
+                    raise errors.BadResponseError(
+                        f"referrers of {digest}: refused next page {_short(target)} "
+                        f"(a Link from HTTPS to plain HTTP, or not HTTP at all)",
+                        **call.where(),
+                    )
+                return target
+
+            def same_origin(endpoint: routes.Endpoint, target: str) -> bool:
+                # A next page elsewhere is read without the registry's credentials: they
+                # only ever go back where they were asked for (as with redirects).
+                first = routes.build_referrers_url(
+                    endpoint, call.repository, digest, artifact_type=None
+                )
+                return routes.build_origin(first) == routes.build_origin(target)
 
             descriptors, next_url = await self._request(
                 call,
@@ -583,8 +730,14 @@ class RegistryClient:
                 accept=manifests.OCI_INDEX,
                 max_bytes=self.settings.max_manifest_bytes,
                 parse=parse,
+                with_credentials=same_origin,
             )
             found.extend(descriptors)
+            if len(found) > manifests.MAX_INDEX_ENTRIES:
+                raise errors.BadResponseError(
+                    f"referrers of {digest}: more than {manifests.MAX_INDEX_ENTRIES} referrers",
+                    **call.where(),
+                )
             if next_url is None:
                 break
         return tuple(found)
@@ -614,52 +767,54 @@ class RegistryClient:
         max_bytes: int,
         parse: Callable[[transport.Response], T],
         hash_as: model.Digest | None = None,
+        with_credentials: Callable[[routes.Endpoint, str], bool] | None = None,
     ) -> T:
         """One API request, over the mirrors then the registry; `parse` checks the answer.
 
         A mirror that fails in any way (down, 404, bad bytes) gives way to the next
-        endpoint; the registry's own error is the one raised.
+        endpoint; the registry's own error is the one raised. `with_credentials` says,
+        per endpoint and URL, whether credentials may go along (default: yes).
         """
+
+        def request_for(endpoint: routes.Endpoint) -> _Request:
+            target = url(endpoint)
+            return _Request(
+                kind=kind,
+                method=method,
+                url=target,
+                ref=ref,
+                accept=accept,
+                max_bytes=max_bytes,
+                hash_as=hash_as,
+                with_credentials=with_credentials is None or with_credentials(endpoint, target),
+            )
+
         endpoints = self._get_endpoints(call.registry)
         for endpoint in endpoints[:-1]:
             try:
-                response = await self._with_retries(
-                    call, endpoint, kind, method, url(endpoint), ref, accept, max_bytes, hash_as
-                )
-                return parse(response)
+                response = await self._with_retries(call, endpoint, request_for(endpoint))
+                return await _parse(parse, response)
             except errors.RegistryError as e:
                 logger.info("mirror %s failed, trying the next endpoint: %s", endpoint.host, e)
         endpoint = endpoints[-1]
-        response = await self._with_retries(
-            call, endpoint, kind, method, url(endpoint), ref, accept, max_bytes, hash_as
-        )
-        return parse(response)
+        response = await self._with_retries(call, endpoint, request_for(endpoint))
+        return await _parse(parse, response)
 
     def _backoff(self, attempt: int) -> float:
         # Jitter: clients that failed together should not all come back together.
         return float(_BACKOFF_FIRST * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
     async def _with_retries(
-        self,
-        call: _Call,
-        endpoint: routes.Endpoint,
-        kind: str,
-        method: str,
-        url: str,
-        ref: str,
-        accept: str | None,
-        max_bytes: int,
-        hash_as: model.Digest | None,
+        self, call: _Call, endpoint: routes.Endpoint, request: _Request
     ) -> transport.Response:
         """Retry 5xx, broken connections, request timeouts and 429 inside the deadline."""
-        attempt = 0
+        request.attempt = 0
         while True:
-            attempt += 1
+            request.attempt += 1
+            attempt = request.attempt
             try:
-                response = await self._with_auth(
-                    call, endpoint, kind, method, url, ref, accept, max_bytes, hash_as, attempt
-                )
-                return self._check_status(call, endpoint, kind, method, ref, response)
+                response = await self._with_auth(call, endpoint, request)
+                return self._check_status(call, endpoint, request, response)
             except errors.RateLimitedError as e:
                 wait = e.retry_after if e.retry_after is not None else self._backoff(attempt)
                 left = call.remaining()
@@ -671,7 +826,10 @@ class RegistryClient:
                         )
                     raise
                 call.last_failure = e.message
-                call.step = f"waiting {wait:.2f}s (Retry-After) to retry {method} {_short(url)}"
+                call.step = (
+                    f"waiting {wait:.2f}s (Retry-After) to retry {request.method} "
+                    f"{_short(request.url)}"
+                )
                 await asyncio.sleep(wait)
             except (errors.ServerError, errors.UnreachableError, errors.RegistryTimeoutError) as e:
                 if isinstance(e, errors.UnreachableError) and not isinstance(
@@ -684,16 +842,14 @@ class RegistryClient:
                         e.message += f" (after {attempt} attempts)"
                     raise
                 call.last_failure = e.message
-                call.step = f"waiting {wait:.2f}s to retry {method} {_short(url)}"
+                call.step = f"waiting {wait:.2f}s to retry {request.method} {_short(request.url)}"
                 await asyncio.sleep(wait)
 
     def _check_status(
         self,
         call: _Call,
         endpoint: routes.Endpoint,
-        kind: str,
-        method: str,
-        ref: str,
+        request: _Request,
         response: transport.Response,
     ) -> transport.Response:
         status = response.status
@@ -702,8 +858,9 @@ class RegistryClient:
         said = routes.parse_error_body(response.body) if response.body else ""
         detail = f": {said}" if said else ""
         via = f" via mirror {endpoint.host}" if endpoint.mirror_of else ""
-        what = f"{method} {kind} {ref}{via}"
-        where = call.where(ref)
+        kind = request.kind
+        what = f"{request.describe}{via}"
+        where = call.where(request.ref)
         if status == 404:
             raise errors.NotFoundError(f"{what}: no such {kind}{detail}", status=status, **where)
         if status in (401, 403):
@@ -721,19 +878,11 @@ class RegistryClient:
         raise errors.BadResponseError(f"{what}: unexpected answer{detail}", status=status, **where)
 
     async def _with_auth(
-        self,
-        call: _Call,
-        endpoint: routes.Endpoint,
-        kind: str,
-        method: str,
-        url: str,
-        ref: str,
-        accept: str | None,
-        max_bytes: int,
-        hash_as: model.Digest | None,
-        attempt: int,
+        self, call: _Call, endpoint: routes.Endpoint, request: _Request
     ) -> transport.Response:
         """Send with the first credentials that work; answer 401 challenges."""
+        if not request.with_credentials:
+            return await self._send(call, endpoint, request, None)
         registry = reference.build_canonical_host(endpoint.host) if endpoint.mirror_of else None
         chain: tuple[auth.Credentials | None, ...] = auth.build_credential_chain(
             call.sources, registry or call.registry, call.repository
@@ -742,21 +891,7 @@ class RegistryClient:
         order = chain[first:] + chain[:first]
         scope = auth.build_scope(call.repository)
         refusals: list[str] = []
-
-        async def send(authorization: str | None) -> transport.Response:
-            return await self._send(
-                call,
-                endpoint,
-                kind,
-                method,
-                url,
-                ref,
-                accept,
-                max_bytes,
-                hash_as,
-                authorization,
-                attempt,
-            )
+        ref = request.ref
 
         for credentials in order:
             who = credentials.describe() if credentials else "anonymous access"
@@ -765,7 +900,7 @@ class RegistryClient:
                 authorization = await self._authorization(
                     call, endpoint, credentials, known, scope, ref
                 )
-                response = await send(authorization)
+                response = await self._send(call, endpoint, request, authorization)
                 if response.status != 401:
                     call.working[endpoint.host] = chain.index(credentials)
                     return response
@@ -791,7 +926,7 @@ class RegistryClient:
                 authorization = await self._authorization(
                     call, endpoint, credentials, challenge, scope, ref
                 )
-                response = await send(authorization)
+                response = await self._send(call, endpoint, request, authorization)
                 if response.status != 401:
                     call.working[endpoint.host] = chain.index(credentials)
                     return response
@@ -805,7 +940,7 @@ class RegistryClient:
             except errors.UnauthorizedError as e:
                 refusals.append(f"{who}: {e.message}")
         raise errors.UnauthorizedError(
-            f"{method} {kind} {ref}: " + "; ".join(refusals), status=401, **call.where(ref)
+            f"{request.describe}: " + "; ".join(refusals), status=401, **call.where(ref)
         )
 
     async def _authorization(
@@ -861,7 +996,7 @@ class RegistryClient:
         if challenge.scope and challenge.scope != scope and challenge.error is None:
             scopes.append(challenge.scope)
         try:
-            request = auth.build_token_request(
+            token_request = auth.build_token_request(
                 challenge,
                 scopes=scopes,
                 credentials=credentials,
@@ -869,28 +1004,29 @@ class RegistryClient:
             )
         except auth.ChallengeError as e:
             raise errors.BadResponseError(str(e), **call.where(ref)) from e
-        call.step = f"fetching a token from {_short(request.url)}"
-        response = await self._transport_request(
-            call,
-            endpoint,
-            request.method,
-            request.url,
-            dict(request.headers),
-            ref,
+        call.step = f"fetching a token from {_short(token_request.url)}"
+        request = _Request(
             kind=KIND_TOKEN,
+            method=token_request.method,
+            url=token_request.url,
+            ref=ref,
+            accept=None,
             max_bytes=MAX_TOKEN_BYTES,
-            body=request.body,
+            body=token_request.body,
+        )
+        response = await self._transport_request(
+            call, endpoint, request, dict(token_request.headers)
         )
         if response.status in (401, 403):
             said = routes.parse_error_body(response.body)
             raise errors.UnauthorizedError(
-                f"token endpoint {_short(request.url)} refused the credentials"
+                f"token endpoint {_short(token_request.url)} refused the credentials"
                 + (f": {said}" if said else ""),
                 status=response.status,
                 **call.where(ref),
             )
         if response.status != 200:
-            self._check_status(call, endpoint, KIND_TOKEN, request.method, ref, response)
+            self._check_status(call, endpoint, request, response)
             raise errors.BadResponseError(
                 f"token endpoint answered HTTP {response.status}",
                 status=response.status,
@@ -900,7 +1036,7 @@ class RegistryClient:
             token = auth.parse_token_response(response.body, now=self.cache.now())
         except auth.ChallengeError as e:
             raise errors.BadResponseError(
-                f"token endpoint {_short(request.url)}: {e}", **call.where(ref)
+                f"token endpoint {_short(token_request.url)}: {e}", **call.where(ref)
             ) from e
         self.cache.tokens.put(_token_key(challenge, scope, credentials), token)
         return token
@@ -909,98 +1045,82 @@ class RegistryClient:
         self,
         call: _Call,
         endpoint: routes.Endpoint,
-        kind: str,
-        method: str,
-        url: str,
-        ref: str,
-        accept: str | None,
-        max_bytes: int,
-        hash_as: model.Digest | None,
+        request: _Request,
         authorization: str | None,
-        attempt: int,
     ) -> transport.Response:
         """One request and its redirects; credentials only go back to the same origin."""
-        origin = routes.build_origin(url)
-        current = url
+        origin = routes.build_origin(request.url)
+        current = request.url
+        method = request.method
         for _hop in range(MAX_REDIRECTS + 1):
             headers: dict[str, str] = {}
-            if accept:
-                headers["Accept"] = accept
+            if request.accept:
+                headers["Accept"] = request.accept
             if authorization and routes.build_origin(current) == origin:
                 headers["Authorization"] = authorization
-            suffix = f" (attempt {attempt})" if attempt > 1 else ""
+            suffix = f" (attempt {request.attempt})" if request.attempt > 1 else ""
             call.step = f"waiting for {method} {_short(current)}{suffix}"
             response = await self._transport_request(
-                call,
-                endpoint,
-                method,
-                current,
-                headers,
-                ref,
-                kind=kind,
-                max_bytes=max_bytes,
-                hash_as=hash_as,
+                call, endpoint, dataclasses.replace(request, method=method, url=current), headers
             )
             if response.status not in _REDIRECTS:
                 return response
             location = response.header("Location")
             if not location:
                 raise errors.BadResponseError(
-                    f"{method} {kind} {ref}: HTTP {response.status} without a Location",
+                    f"{request.describe}: HTTP {response.status} without a Location",
                     status=response.status,
-                    **call.where(ref),
+                    **call.where(request.ref),
                 )
             target = routes.build_redirect_url(current, location)
-            scheme = routes.build_origin(target)[0]
-            if scheme not in ("http", "https") or (
-                scheme == "http" and routes.build_origin(current)[0] == "https"
-            ):
+            if not routes.evaluate_followable(current, target):
                 raise errors.BadResponseError(
-                    f"{method} {kind} {ref}: refused redirect from HTTPS to {_short(target)}",
+                    f"{request.describe}: refused redirect from {_short(current)} to "
+                    f"{_short(target)} (never from HTTPS to plain HTTP)",
                     status=response.status,
-                    **call.where(ref),
+                    **call.where(request.ref),
                 )
             if response.status == 303:
                 method = "GET" if method != "HEAD" else method
             current = target
         raise errors.BadResponseError(
-            f"{method} {kind} {ref}: more than {MAX_REDIRECTS} redirects", **call.where(ref)
+            f"{request.describe}: more than {MAX_REDIRECTS} redirects", **call.where(request.ref)
         )
 
     async def _transport_request(
         self,
         call: _Call,
         endpoint: routes.Endpoint,
-        method: str,
-        url: str,
+        request: _Request,
         headers: dict[str, str],
-        ref: str,
-        *,
-        kind: str,
-        max_bytes: int,
-        hash_as: model.Digest | None = None,
-        body: bytes | None = None,
     ) -> transport.Response:
         time_limit = min(self.settings.request_timeout, max(call.remaining(), 0.001))
         try:
             return await self.transport.request(
-                method,
-                url,
+                request.method,
+                request.url,
                 headers=headers,
                 time_limit=time_limit,
-                max_bytes=max_bytes,
-                kind=kind,
+                max_bytes=request.max_bytes,
+                kind=request.kind,
                 registry=endpoint.host,
-                body=body,
-                hash_as=hash_as,
-                sink=call.sink if kind == KIND_BLOB else None,
+                body=request.body,
+                hash_as=request.hash_as,
+                sink=call.sink if request.kind == KIND_BLOB else None,
             )
         except transport.BodyTooLarge as e:
-            raise errors.TooLargeError(str(e), **call.where(ref)) from e
+            raise errors.TooLargeError(str(e), **call.where(request.ref)) from e
         except transport.RequestTimeout as e:
-            raise errors.RegistryTimeoutError(str(e), **call.where(ref)) from e
+            raise errors.RegistryTimeoutError(str(e), **call.where(request.ref)) from e
         except transport.TransportError as e:
-            raise errors.UnreachableError(str(e), **call.where(ref)) from e
+            raise errors.UnreachableError(str(e), **call.where(request.ref)) from e
+
+
+async def _parse(parse: Callable[[transport.Response], T], response: transport.Response) -> T:
+    """Run `parse`; off the event loop for a large body (see _PARSE_OFF_LOOP_BYTES)."""
+    if len(response.body) >= _PARSE_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse, response)
+    return parse(response)
 
 
 def _build_scope(registry: str, fingerprint: str) -> str:

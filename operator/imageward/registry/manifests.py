@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imageward.registry import model, reference
+from imageward.registry import gojson, model, platforms, reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -43,10 +43,11 @@ _GENERIC_CONTENT_TYPES = frozenset({"", "application/json", "application/octet-s
 
 _MAX_SIZE = 2**63 - 1
 
-#: BuildKit marks attestation entries of an index with this annotation (and the platform
-#: `unknown/unknown`); either is enough to skip the entry.
-ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
-ATTESTATION_VALUE = "attestation-manifest"
+#: Caps on what one manifest may list: far above any real image (a multi-arch index has
+#: tens of entries, an image rarely over a hundred layers; overlayfs stops near 500),
+#: low enough that a hostile one cannot make the client hold or fetch much.
+MAX_INDEX_ENTRIES = 1024
+MAX_LAYERS = 1000
 
 
 class ManifestError(ValueError):
@@ -210,12 +211,16 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     )
 
 
-def _descriptors(document: Mapping[str, Any], name: str, where: str) -> tuple[Descriptor, ...]:
+def _descriptors(
+    document: Mapping[str, Any], name: str, where: str, *, cap: int
+) -> tuple[Descriptor, ...]:
     value = document.get(name)
     if value is None:
         return ()  # OCI: an image without layers is valid (and so is an empty index)
     if not isinstance(value, list):
         raise ManifestError(f"{where}: {name} is not a list")
+    if len(value) > cap:
+        raise ManifestError(f"{where} lists {len(value)} {name}, over the limit of {cap}")
     return tuple(_descriptor(item, f"{where} {name}[{i}]") for i, item in enumerate(value))
 
 
@@ -256,10 +261,12 @@ def parse_content(body: bytes, *, content_type: str | None) -> Content:
     """Parse a manifest or index body; the media type comes from the document and header."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ManifestError(f"not JSON ({e.__class__.__name__}: {str(e)[:100]})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("not a JSON object")
+    if problem := gojson.evaluate_field_spelling(document, gojson.MANIFEST, "manifest"):
+        raise ManifestError(problem)  # read otherwise by containerd: `Manifests`, `Layers`
     media_type = _resolve_media_type(document, parse_content_type(content_type))
     subject_value = document.get("subject")
     subject = None if subject_value is None else _descriptor(subject_value, "subject")
@@ -268,7 +275,7 @@ def parse_content(body: bytes, *, content_type: str | None) -> Content:
     if media_type in INDEX_TYPES:
         return ImageIndex(
             media_type=media_type,
-            manifests=_descriptors(document, "manifests", "index"),
+            manifests=_descriptors(document, "manifests", "index", cap=MAX_INDEX_ENTRIES),
             artifact_type=artifact_type,
             subject=subject,
             annotations=annotations,
@@ -278,7 +285,7 @@ def parse_content(body: bytes, *, content_type: str | None) -> Content:
     return ImageManifest(
         media_type=media_type,
         config=_descriptor(document["config"], "config"),
-        layers=_descriptors(document, "layers", "manifest"),
+        layers=_descriptors(document, "layers", "manifest", cap=MAX_LAYERS),
         artifact_type=artifact_type,
         subject=subject,
         annotations=annotations,
@@ -317,26 +324,9 @@ def parse_manifest(
 
 # ---------------------------------------------------------------------------- platforms
 
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm"}
-
-
-def build_normalised_platform(platform: model.Platform) -> model.Platform:
-    """containerd's normalisation: arch aliases, arm64's default v8, arm's default v7."""
-    os_name = platform.os.lower()
-    architecture = platform.architecture.lower()
-    architecture = _ARCH_ALIASES.get(architecture, architecture)
-    variant = (platform.variant or "").lower() or None
-    if architecture == "arm64" and variant in ("v8", "8"):
-        variant = None
-    elif architecture == "arm" and variant is None:
-        variant = "v7"
-    elif architecture == "amd64" and variant == "v1":
-        variant = None
-    return model.Platform(os=os_name, architecture=architecture, variant=variant)
-
 
 def parse_platform(text: str) -> model.Platform:
-    """`os/arch[/variant]` (the CLI's `--platform`, the pod's node selector)."""
+    """`os/arch[/variant]` (the CLI's `--platform`)."""
     parts = text.strip().split("/")
     if not 2 <= len(parts) <= 3 or not all(parts):
         raise ValueError(f"platform {text!r} is not os/arch[/variant]")
@@ -345,42 +335,12 @@ def parse_platform(text: str) -> model.Platform:
     )
 
 
-def evaluate_platform_match(found: model.Platform | None, wanted: model.Platform) -> bool:
-    """Whether an entry's platform is the one wanted; a wanted variant None takes any."""
-    if found is None:
-        return False
-    have, want = build_normalised_platform(found), build_normalised_platform(wanted)
-    if (have.os, have.architecture) != (want.os, want.architecture):
-        return False
-    return wanted.variant is None or have.variant == want.variant
-
-
-def is_attestation(descriptor: Descriptor) -> bool:
-    """BuildKit provenance/SBOM entries: platform `unknown/unknown` or the annotation."""
-    platform = descriptor.platform
-    if platform is not None and platform.os == "unknown" and platform.architecture == "unknown":
-        return True
-    return descriptor.annotation(ATTESTATION_ANNOTATION) == ATTESTATION_VALUE
-
-
-def select_manifests(index: ImageIndex, platform: model.Platform | None) -> tuple[Descriptor, ...]:
-    """The platform manifests of an index worth fetching for `platform` (None: all).
-
-    Skipped: attestation entries, and entries that are no image manifest (nested
-    indexes, artifacts): a node never runs them.
-    """
-    selected = []
-    for descriptor in index.manifests:
-        if descriptor.media_type not in MANIFEST_TYPES or is_attestation(descriptor):
-            continue
-        if (
-            platform is not None
-            and descriptor.platform is not None
-            and not evaluate_platform_match(descriptor.platform, platform)
-        ):
-            continue
-        selected.append(descriptor)
-    return tuple(selected)
+def build_entries(index: ImageIndex) -> tuple[platforms.Entry, ...]:
+    """The index's entries as platform matching sees them (position, platform, type)."""
+    return tuple(
+        platforms.Entry(position, descriptor.platform, descriptor.media_type)
+        for position, descriptor in enumerate(index.manifests)
+    )
 
 
 # ---------------------------------------------------------------------------- configs
@@ -390,10 +350,12 @@ def parse_config(body: bytes) -> model.ImageConfig:
     """The few fields policies read from an image config blob."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ManifestError(f"image config is not JSON ({e.__class__.__name__})") from e
     if not isinstance(document, Mapping):
         raise ManifestError("image config is not a JSON object")
+    if problem := gojson.evaluate_field_spelling(document, gojson.IMAGE_CONFIG, "image config"):
+        raise ManifestError(problem)  # read otherwise by containerd: `user` next to `User`
     container = document.get("config")
     if container is None:
         container = {}

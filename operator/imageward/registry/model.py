@@ -93,6 +93,10 @@ class PlatformImage:
     layers: tuple[Layer, ...]
     config_digest: Digest
     config: ImageConfig
+    #: Why the config could not be read, when the registry served one that is missing,
+    #: oversized or malformed: the rules that need the config refuse with this reason,
+    #: the others (sizes, signatures) still decide.
+    config_problem: str | None = None
 
     @property
     def compressed_size(self) -> int:
@@ -109,7 +113,8 @@ class ImageFacts:
 
     `digest` is the digest the reference resolved to (an index or a single manifest).
     `images` holds the platform images selected (one for a single manifest; for an
-    index, the entries matching the platform choice, attestation entries skipped).
+    index, the entries nodes allowed by the platform choice would run, chosen as
+    containerd chooses: see `registry.platforms`).
     """
 
     reference: ImageReference

@@ -11,6 +11,7 @@ Normalisation: a first path component is a host only when it contains `.` or `:`
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 
 from imageward import errors
@@ -36,15 +37,62 @@ DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 MAX_NAME_LENGTH = 255
 
 
-def build_canonical_host(host: str) -> str:
-    """The registry host as matching and caching compare it: lower case, aliases folded.
+_PORT_RE = re.compile(r"[0-9]+")
+_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
-    Hosts are case-insensitive (DNS); `:443` is the HTTPS default so `ghcr.io:443` is
-    `ghcr.io`; Docker Hub's aliases all become `docker.io`.
+
+def _parse_inet_aton(name: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in any spelling glibc's resolver accepts (`127.1`, `0x7f.0.0.1`,
+    `0177.0.0.1`, `2130706433`), so that no spelling escapes a host-scoped glob."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_INET_ATON_PART.fullmatch(p) for p in parts):
+        return None
+    values = [
+        int(p, 16) if p[:2].lower() == "0x" else int(p, 8 if p.startswith("0") else 10)
+        for p in parts
+    ]
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (5 - len(values)):
+        return None
+    number = last
+    for index, value in enumerate(head):
+        number |= value << (8 * (3 - index))
+    return ipaddress.IPv4Address(number)
+
+
+def build_canonical_host(host: str) -> str:
+    """The registry host as matching and caching compare it: one spelling per endpoint.
+
+    A resolver would reach `GHCR.io`, `ghcr.io:443`, `ghcr.io:0443` and `ghcr.io` at the
+    same place, so they are one host: lower case (DNS), the port as an integer without
+    leading zeros and `:443` (the HTTPS default) dropped, IP literals in canonical form
+    (`[0:0::1]` is `[::1]`, `127.1` is `127.0.0.1`), Docker Hub's aliases `docker.io`.
+    Glob patterns go through here too: what is not a plain host is left as written.
     """
     host = host.lower()
-    if host.endswith(":443"):
-        host = host[: -len(":443")]
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+        if bracket and (rest == "" or port):
+            try:
+                name = f"[{ipaddress.IPv6Address(address).compressed}]"
+            except ValueError:
+                name = f"[{address}]"
+        else:
+            return host
+    else:
+        name, colon, port_text = host.rpartition(":")
+        if not colon:
+            name, port = host, None
+        else:
+            port = port_text
+        parsed = _parse_inet_aton(name)
+        if parsed is not None:
+            name = str(parsed)
+    if port is not None and _PORT_RE.fullmatch(port):
+        number = int(port)
+        port = None if number == 443 else str(number)
+    host = f"{name}:{port}" if port is not None else name
     if host in _DOCKER_HUB_ALIASES:
         return DOCKER_HUB
     return host
@@ -126,9 +174,14 @@ def parse_reference(text: str) -> model.ImageReference:
     if not name:
         raise errors.InvalidReferenceError(text, "empty repository name")
     host, path = split_domain(name)
-    host = build_canonical_host(host)
-    if not HOST_RE.fullmatch(host):
+    # Checked as written, before canonicalising: `c:443:443` would become a valid `c:443`,
+    # and a Kelvin sign would lower-case into an ASCII `k` (containerd refuses both).
+    if not host.isascii() or not HOST_RE.fullmatch(host.lower()):
         raise errors.InvalidReferenceError(text, f"invalid registry host {host!r}")
+    host = build_canonical_host(host)
+    port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host.rpartition("]")[2] else ""
+    if port and not 0 < int(port) < 65536:
+        raise errors.InvalidReferenceError(text, f"invalid registry port {port}")
     validate_path(text, path)
     if len(host) + 1 + len(path) > MAX_NAME_LENGTH:
         raise errors.InvalidReferenceError(

@@ -95,10 +95,36 @@ def build_referrers_url(
     return f"{endpoint.base_url}/v2/{repository}/referrers/{digest}{_query(endpoint, extra)}"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def build_origin(url: str) -> tuple[str, str]:
-    """(scheme, host[:port]) of a URL: credentials are only ever sent back to the same one."""
+    """(scheme, host:port) of a URL: credentials are only ever sent back to the same one.
+
+    The host is lower-cased and the port made explicit (`https://ghcr.io` and
+    `https://GHCR.io:443` are one origin); user information never counts as the host.
+    """
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number: an origin of its own, never equal
+        return scheme, parts.netloc.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return scheme, f"{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}"
+
+
+def evaluate_followable(current: str, target: str) -> bool:
+    """Whether a redirect or a `Link` from `current` to `target` may be followed at all:
+    HTTP(S) only, and never from HTTPS down to plain HTTP."""
+    target_scheme = urllib.parse.urlsplit(target).scheme.lower()
+    if target_scheme not in ("http", "https"):
+        return False
+    return not (
+        target_scheme == "http" and urllib.parse.urlsplit(current).scheme.lower() == "https"
+    )
 
 
 def build_redirect_url(current: str, location: str) -> str:
@@ -113,11 +139,11 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit(), and float("²") raises
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a 10-digit year
         return None
     if when is None:
         return None
@@ -128,7 +154,7 @@ def parse_error_body(body: bytes, *, limit: int = 300) -> str:
     """What a registry said in an error answer: `CODE: message` entries, else the text."""
     try:
         document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         document = None
     if isinstance(document, Mapping) and isinstance(document.get("errors"), list):
         parts = []

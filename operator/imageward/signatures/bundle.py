@@ -133,6 +133,12 @@ def _parse_envelope(envelope: Any) -> DsseEnvelope:
     payload_type = model.field(envelope, "payloadType", "payload_type")
     if not isinstance(payload_type, str):
         raise model.Refused("malformed", "bundle dsseEnvelope has no payloadType")
+    try:
+        payload_type.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`"\ud800"`): no PAE to check a signature over
+        raise model.Refused(
+            "malformed", "bundle dsseEnvelope payloadType is not valid Unicode"
+        ) from None
     payload = model.decode_base64(envelope.get("payload"), what="DSSE payload")
     entries = envelope.get("signatures")
     if not isinstance(entries, list) or not entries:
@@ -168,7 +174,7 @@ def check_statement(
             )
         statement = model.parse_json(payload, what="signed in-toto statement")
         statement_type = statement.get("_type")
-        if statement_type not in STATEMENT_TYPES:
+        if not isinstance(statement_type, str) or statement_type not in STATEMENT_TYPES:
             raise model.Refused("not_a_signature", f"signed statement has _type {statement_type!r}")
         predicate_type = statement.get("predicateType")
         if predicate_type != SIGN_PREDICATE_TYPE:

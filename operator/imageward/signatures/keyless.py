@@ -42,6 +42,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
+from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import certificate_transparency, verification
@@ -403,15 +404,27 @@ def verify_bundle(
                 "invalid_signature", f"signature does not verify with its certificate ({authority})"
             )
         return model.Check("untrusted", f"keyless signature not trusted by {authority}: {e}")
-    return bundle.check_statement(payload_type, payload, digest)
+    return _signed_by(
+        bundle.check_statement(payload_type, payload, digest), sigstore_bundle.signing_certificate
+    )
+
+
+def build_signer(cert: x509.Certificate) -> str:
+    """The identity a Fulcio certificate was issued to, as thresholds count signers."""
+    issuer, subjects = certificate_identity(cert)
+    return f"keyless {issuer or '(no issuer)'} {' '.join(sorted(subjects)) or '(no subject)'}"
+
+
+def _signed_by(check: model.Check, cert: x509.Certificate) -> model.Check:
+    return dataclasses.replace(check, signer=build_signer(cert)) if check.verified else check
 
 
 def _signed_by_certificate(envelope: bundle.DsseEnvelope, cert: x509.Certificate) -> bool:
     """Only to name the failure: a bad signature says more than a chain error after it."""
     try:
         key = keys.from_crypto_key(cert.public_key(), authority="certificate")
-    except (model.AuthorityError, ValueError):  # an unusable key signs nothing
-        return False
+    except (model.AuthorityError, ValueError, crypto_exceptions.UnsupportedAlgorithm):
+        return False  # an unusable key (an unsupported curve, say) signs nothing
     signed = bundle.pae(envelope.payload_type, envelope.payload)
     return any(keys.verify_signature(key, sig, signed) for sig in envelope.signatures)
 
@@ -430,7 +443,7 @@ class RekorEntry:
 def _load_certificates(pem: str, *, what: str) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(pem.encode("utf-8"))
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:  # InvalidVersion is no ValueError
         raise model.Refused("malformed", f"{what} is not PEM certificates: {e}") from e
 
 
@@ -444,7 +457,11 @@ def verify_rekor_bundle(annotation: str | None, root: TrustedRoot) -> RekorEntry
             "untrusted",
             f"keyless signature has no transparency log entry ({legacy.REKOR_BUNDLE_ANNOTATION})",
         )
-    document = model.parse_json(annotation.encode("utf-8"), what="Rekor bundle annotation")
+    try:
+        raw = annotation.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in the manifest's JSON)
+        raise model.Refused("malformed", "Rekor bundle annotation is not valid Unicode") from None
+    document = model.parse_json(raw, what="Rekor bundle annotation")
     payload = document.get("Payload")
     if not isinstance(payload, dict):
         raise model.Refused("malformed", "Rekor bundle annotation has no Payload")
@@ -653,7 +670,7 @@ def verify_legacy(
             key = keys.from_crypto_key(leaf.public_key(), authority=authority)
         except model.AuthorityError as e:
             raise model.Refused("unsupported", f"certificate key: {e.reason}") from e
-        except ValueError as e:
+        except (ValueError, crypto_exceptions.UnsupportedAlgorithm) as e:
             raise model.Refused("malformed", f"certificate key cannot be read: {e}") from e
         if not keys.verify_signature(key, raw, payload):
             raise model.Refused(
@@ -662,4 +679,4 @@ def verify_legacy(
         _check_rekor_body(entry.body, payload, raw, leaf)
     except model.Refused as refused:
         return refused.check
-    return legacy.check_payload(payload, digest)
+    return _signed_by(legacy.check_payload(payload, digest), leaf)

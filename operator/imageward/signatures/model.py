@@ -52,6 +52,9 @@ class Check:
 
     result: Result
     reason: str = ""  # empty when verified; otherwise a sentence for the refusal message
+    #: Who signed, when verified: "key sha256:<spki>" or "keyless <issuer> <subject>".
+    #: A threshold counts distinct signers, not authority entries that share one.
+    signer: str = ""
 
     @property
     def verified(self) -> bool:

@@ -62,6 +62,19 @@ class SignatureSet:
     legacy_manifests: tuple[bytes, ...] = ()
     bundle_manifests: tuple[bytes, ...] = ()
     blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    #: What the registry served but could not be used, by blob digest (or by the
+    #: manifest or list it concerns): missing, over a size cap, tampered. Each such
+    #: signature is refused with its reason; the others still count.
+    problems: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Bytes held: what a cache of signature sets is bounded by."""
+        return (
+            sum(len(m) for m in self.legacy_manifests)
+            + sum(len(m) for m in self.bundle_manifests)
+            + sum(len(b) for b in self.blobs.values())
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +95,8 @@ class AuthorityOutcome:
     verified: bool
     reason: str  # empty when verified
     format: model.Format | None = None  # of the signature that verified, or that got furthest
+    #: Every signer (key or certificate identity) whose signature verified for it.
+    signers: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,8 +117,13 @@ class VerificationResult:
         return tuple(outcome for outcome in self.outcomes if not outcome.verified)
 
     @property
+    def distinct_signers(self) -> int:
+        """How many authorities verified with a signer of their own (see count_signers)."""
+        return count_signers([o.signers for o in self.outcomes if o.verified])
+
+    @property
     def passed(self) -> bool:
-        return len(self.verified) >= self.threshold
+        return self.distinct_signers >= self.threshold
 
     @property
     def message(self) -> str:
@@ -137,8 +157,16 @@ def _unreadable(error: Exception, label: str) -> model.Check:
     return model.Check("malformed", f"{label} cannot be read: {type(error).__name__}: {error}")
 
 
+def _problem(signatures: SignatureSet, digest: str, label: str) -> _Candidate | None:
+    problem = signatures.problems.get(digest)
+    if problem is None:
+        return None
+    return _Candidate("legacy", label, broken=model.Check("malformed", f"{label} {problem}"))
+
+
 def _candidates(signatures: SignatureSet) -> list[_Candidate]:
     found: list[_Candidate] = []
+    named: set[str] = set()
     # Bundles first: cosign v3 writes them by default, so they usually decide.
     for index, manifest in enumerate(signatures.bundle_manifests):
         label = f"referrer manifest #{index}"
@@ -148,6 +176,11 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
             found.append(_Candidate("bundle", label, broken=_unreadable(e, label)))
             continue
         for ref in refs:
+            named.add(ref.layer_digest)
+            problem = _problem(signatures, ref.layer_digest, ref.label)
+            if problem is not None:
+                found.append(dataclasses.replace(problem, format="bundle"))
+                continue
             try:
                 parsed = bundle.read_bundle(ref, signatures.blobs)
             except Exception as e:
@@ -162,6 +195,11 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
             found.append(_Candidate("legacy", label, broken=_unreadable(e, label)))
             continue
         for layer in layers:
+            named.add(layer.layer_digest)
+            problem = _problem(signatures, layer.layer_digest, layer.label)
+            if problem is not None:
+                found.append(dataclasses.replace(problem, legacy=layer))
+                continue
             try:
                 payload = legacy.read_payload(layer, signatures.blobs)
             except Exception as e:
@@ -169,6 +207,11 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
                 found.append(_Candidate("legacy", layer.label, legacy=layer, broken=broken))
             else:
                 found.append(_Candidate("legacy", layer.label, legacy=layer, payload=payload))
+    # Problems with no layer to hang on (a signature manifest or the referrers list
+    # itself could not be used) still say why nothing verified.
+    for what, reason in signatures.problems.items():
+        if what not in named:
+            found.append(_Candidate("bundle", what, broken=model.Check("malformed", reason)))
     return found
 
 
@@ -231,6 +274,7 @@ def verify(
     outcomes: list[AuthorityOutcome] = []
     for authority in authorities:
         best: tuple[model.Check, _Candidate] | None = None
+        signers: set[str] = set()
         for candidate in candidates:
             check = _check(candidate, digest, authority)
             attempts.append(
@@ -241,14 +285,24 @@ def verify(
             if best is None or check.progress > best[0].progress:
                 best = (check, candidate)
             if check.verified:
-                break  # one signature is enough for this authority
+                if isinstance(authority, KeyAuthority):
+                    # One key is one signer, whatever it signed: no need to look further.
+                    signers.add(f"key {authority.key.fingerprint}")
+                    break
+                # Keyless: every identity that signed may count towards a threshold.
+                signers.add(check.signer or f"keyless {authority.name}")
         if best is None:
             outcomes.append(AuthorityOutcome(authority.name, authority.kind, False, NO_SIGNATURE))
             continue
         check, candidate = best
         outcomes.append(
             AuthorityOutcome(
-                authority.name, authority.kind, check.verified, check.reason, candidate.format
+                authority.name,
+                authority.kind,
+                check.verified,
+                check.reason,
+                candidate.format,
+                frozenset(signers),
             )
         )
     return VerificationResult(
@@ -258,3 +312,27 @@ def verify(
         attempts=tuple(attempts),
         signatures_found=len(candidates),
     )
+
+
+def count_signers(signer_sets: Sequence[frozenset[str]]) -> int:
+    """How many authorities can each be credited to a different signer.
+
+    A threshold of N means N independent signers: one key listed under two authority
+    names, or one certificate identity two keyless authorities both accept, is one
+    signer. This is the size of a maximum matching between the verified authorities
+    and the signers that verified them (augmenting paths; a policy has at most a few
+    dozen authorities).
+    """
+    owner: dict[str, int] = {}
+
+    def assign(index: int, seen: set[str]) -> bool:
+        for signer in sorted(signer_sets[index]):
+            if signer in seen:
+                continue
+            seen.add(signer)
+            if signer not in owner or assign(owner[signer], seen):
+                owner[signer] = index
+                return True
+        return False
+
+    return sum(1 for index in range(len(signer_sets)) if assign(index, set()))

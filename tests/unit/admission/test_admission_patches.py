@@ -138,3 +138,30 @@ def test_pointer_escaping_reaches_the_patch() -> None:
     assert jsonpatch.apply_patch(body, operations) == {
         "spec": {"odd/key~": [{"image": f"nginx:1@{DIGEST}"}]}
     }
+
+
+def test_update_pins_only_the_containers_it_brings() -> None:
+    # Re-pinning a running container's image would restart it: only new images change.
+    old = samples.pod(
+        containers=[{"name": "a", "image": "nginx:1.25"}, {"name": "b", "image": "redis:7"}],
+        initContainers=None,
+    )
+    new = samples.pod(
+        containers=[{"name": "a", "image": "nginx:1.25"}, {"name": "b", "image": "redis:8"}],
+        initContainers=None,
+        ephemeralContainers=[{"name": "dbg", "image": "busybox:1"}],
+    )
+    view = workloads.parse_pod_view(new)
+    brought = workloads.build_new_containers(old, view, "Pod")
+    assert brought == {
+        ("containers", "b", "redis:8"),
+        ("ephemeralContainers", "dbg", "busybox:1"),
+    }
+    pins = {"nginx:1.25": DIGEST, "redis:8": DIGEST, "busybox:1": DIGEST}
+    operations = patches.build_pin_patch(view, pins, only=brought)
+    assert [op["path"] for op in operations] == [
+        "/spec/containers/1/image",
+        "/spec/ephemeralContainers/0/image",
+    ]
+    # A CREATE (no old object) brings every container.
+    assert len(workloads.build_new_containers(None, view, "Pod")) == 3

@@ -100,10 +100,16 @@ def find_all(manifests: Iterable[Manifest], kind: str) -> list[Manifest]:
     return [m for m in manifests if m["kind"] == kind]
 
 
-def find(manifests: Iterable[Manifest], kind: str) -> Manifest:
-    """The one manifest of `kind`."""
-    found = find_all(manifests, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+def component_of(manifest: Manifest) -> str | None:
+    labels: dict[str, str] = manifest["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/component")
+
+
+def find(manifests: Iterable[Manifest], kind: str, *, component: str | None = None) -> Manifest:
+    """The one manifest of `kind`: the operator's, or with `component="agent"` the node
+    agent's (its ServiceAccount, RBAC and DaemonSet carry that component label)."""
+    found = [m for m in find_all(manifests, kind) if component_of(m) == component]
+    assert len(found) == 1, f"expected one {kind} of component {component}, got {len(found)}"
     return found[0]
 
 

@@ -148,9 +148,23 @@ def test_operator_environment_names_the_objects_the_chart_made(
     assert env["IMAGEWARD_EXCLUDED_NAMESPACES"] == f"kube-system,{chart.NAMESPACE}"
     image = chart.find(default, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "ghcr.io/imageward/imageward:0.1.0"
-    assert env["IMAGEWARD_HELPER_IMAGE"] == env["IMAGEWARD_AGENT_IMAGE"] == image
+    assert env["IMAGEWARD_HELPER_IMAGE"] == image
+    agent = chart.find(default, "DaemonSet", component="agent")
+    assert agent["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    assert env["IMAGEWARD_AGENT_ENABLED"] == "true"
+    assert env["IMAGEWARD_AGENT_SELECTOR"] == (
+        "app.kubernetes.io/name=imageward-agent,app.kubernetes.io/instance=imageward"
+    )
+    assert env["IMAGEWARD_AGENT_KEY_SECRET"] == "imageward-agent-key"
+    assert env["IMAGEWARD_PREPULL_MAX_LAYERS"] == "256"
+    assert env["IMAGEWARD_PREPULL_MAX_LAYERS_PER_NAMESPACE"] == "32"
+    assert "IMAGEWARD_PREPULL_CROSS_NAMESPACE" not in env
     assert env["IMAGEWARD_PAUSE_IMAGE"].startswith("registry.k8s.io/pause:")
-    for absent in ("IMAGEWARD_DOCKER_CONFIG", "IMAGEWARD_REGISTRY_CA_BUNDLE"):
+    for absent in (
+        "IMAGEWARD_DOCKER_CONFIG",
+        "IMAGEWARD_DOCKER_CONFIG_REGISTRIES",
+        "IMAGEWARD_REGISTRY_CA_BUNDLE",
+    ):
         assert absent not in env
 
 
@@ -168,6 +182,8 @@ def test_all_on_mounts_registry_credentials_and_ca(all_on: list[chart.Manifest])
     configmaps = {m["metadata"]["name"] for m in chart.find_all(all_on, "ConfigMap")}
     assert volumes["registry-ca"]["configMap"]["name"] in configmaps
     assert env["IMAGEWARD_INSECURE_REGISTRIES"] == "registry.local:5000"
+    # The operator's credentials are scoped to the registries named.
+    assert env["IMAGEWARD_DOCKER_CONFIG_REGISTRIES"] == "registry.local:5000,*.acme.io"
     assert env["IMAGEWARD_REGISTRY_MIRRORS"] == (
         "docker.io=mirror.local:5000,ghcr.io=mirror.local:5001"
     )
@@ -253,11 +269,15 @@ def test_validating_webhook(default: list[chart.Manifest]) -> None:
     assert "annotations" not in configuration["metadata"]
 
 
-def test_mutating_webhook_pins_digests_of_created_pods(default: list[chart.Manifest]) -> None:
+def test_mutating_webhook_pins_digests_of_new_images(default: list[chart.Manifest]) -> None:
     (webhook,) = chart.find(default, "MutatingWebhookConfiguration")["webhooks"]
     assert webhook["clientConfig"]["service"]["path"] == "/imageward-pin-digest"
     assert "caBundle" not in webhook["clientConfig"]
-    assert [(r["resources"], r["operations"]) for r in webhook["rules"]] == [(["pods"], ["CREATE"])]
+    # Created pods, images an update changes, ephemeral containers (kubectl debug).
+    assert [(r["resources"], r["operations"]) for r in webhook["rules"]] == [
+        (["pods"], ["CREATE", "UPDATE"]),
+        (["pods/ephemeralcontainers"], ["UPDATE"]),
+    ]
     assert webhook["reinvocationPolicy"] == "IfNeeded"
     assert webhook["namespaceSelector"] == _expected_selector()
     assert webhook["sideEffects"] == "NoneOnDryRun"
@@ -351,8 +371,21 @@ def test_tls_secret_is_handled_by_a_role_in_the_release_namespace(
     assert role["metadata"]["namespace"] == chart.NAMESPACE
     granted = _verbs_for(_rules(role), "", "secrets")
     assert granted.pop("create") == {"*"}
-    assert granted == {
-        verb: {"imageward-tls"} for verb in ("get", "list", "watch", "update", "patch")
+    assert granted.pop("get") == {"imageward-tls", "imageward-agent-key"}
+    assert granted == {verb: {"imageward-tls"} for verb in ("list", "watch", "update", "patch")}
+    # Layers-mode plans are ConfigMaps of the release namespace; elsewhere configmaps are
+    # only read by name (keyless trustedRoot), never written.
+    assert set(_verbs_for(_rules(role), "", "configmaps")) == {
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+    }
+    assert _verbs_for(_rules(chart.find(default, "ClusterRole")), "", "configmaps") == {
+        "get": {"*"}
     }
     service_account = chart.find(default, "ServiceAccount")["metadata"]["name"]
     for kind in ("RoleBinding", "ClusterRoleBinding"):
@@ -364,6 +397,138 @@ def test_tls_secret_is_handled_by_a_role_in_the_release_namespace(
         }
     pod = chart.find(default, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == service_account
+
+
+# -- the node agent of Layers mode -------------------------------------------------------------
+
+
+def test_one_agent_daemonset_in_the_release_namespace(default: list[chart.Manifest]) -> None:
+    agent = chart.find(default, "DaemonSet", component="agent")
+    assert agent["metadata"]["namespace"] == chart.NAMESPACE
+    pod = agent["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "imageward-agent"
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["agent", "--from-cluster"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    context = container["securityContext"]
+    assert context["runAsUser"] == 0 and context["privileged"] is False
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["containerd"]["hostPath"] == {
+        "path": "/run/containerd/containerd.sock",
+        "type": "Socket",
+    }
+    # The only Secret it sees: the sealing key, as a file; optional, as the operator makes it.
+    assert volumes["agent-key"]["secret"]["secretName"] == "imageward-agent-key"
+    assert volumes["agent-key"]["secret"]["optional"] is True
+    secret_volumes = [v for v in pod["volumes"] if "secret" in v]
+    assert [v["name"] for v in secret_volumes] == ["agent-key"]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def test_agent_pods_are_never_selected_as_webhook_servers(default: list[chart.Manifest]) -> None:
+    agent_labels = chart.find(default, "DaemonSet", component="agent")["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    for kind, path in [
+        ("Service", ("spec", "selector")),
+        ("PodDisruptionBudget", ("spec", "selector", "matchLabels")),
+        ("Deployment", ("spec", "selector", "matchLabels")),
+    ]:
+        selector: Any = chart.find(default, kind)
+        for key in path:
+            selector = selector[key]
+        assert not selector.items() <= agent_labels.items(), kind
+    env = chart.env_of(chart.find(default, "Deployment"))
+    wanted = dict(item.split("=") for item in env["IMAGEWARD_AGENT_SELECTOR"].split(","))
+    assert wanted.items() <= agent_labels.items()
+
+
+def test_agent_rbac_reads_no_secret_and_patches_only_pod_status(
+    default: list[chart.Manifest],
+) -> None:
+    role = _rules(chart.find(default, "Role", component="agent"))
+    cluster_role = _rules(chart.find(default, "ClusterRole", component="agent"))
+    for rules in (role, cluster_role):
+        for rule in rules:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], rule
+        assert not _verbs_for(rules, "", "secrets")
+    assert set(_verbs_for(role, "", "configmaps")) == {"get", "list", "watch"}
+    assert set(_verbs_for(role, "", "pods")) == {"get"}
+    assert set(_verbs_for(role, "", "pods/status")) == {"patch"}
+    assert set(_verbs_for(cluster_role, "", "nodes")) == {"get"}
+    granted = {
+        (r, v) for rule in [*role, *cluster_role] for r in rule["resources"] for v in rule["verbs"]
+    }
+    assert granted == {
+        ("configmaps", "get"),
+        ("configmaps", "list"),
+        ("configmaps", "watch"),
+        ("pods", "get"),
+        ("pods/status", "patch"),
+        ("nodes", "get"),
+    }
+    for kind in ("RoleBinding", "ClusterRoleBinding"):
+        (subject,) = chart.find(default, kind, component="agent")["subjects"]
+        assert subject["name"] == "imageward-agent"
+
+
+def test_agent_values_reach_the_daemonset() -> None:
+    manifests = chart.render(
+        {
+            "agent": {
+                "containerdSocket": "/run/k3s/containerd/containerd.sock",
+                "maxBytesPerSecond": "50Mi",
+                "leaseTTL": "12h",
+                "tolerations": [],
+                "priorityClassName": "system-node-critical",
+            },
+            "registry": {"insecure": ["registry.local:5000"]},
+            "prepull": {"crossNamespace": {"namespaces": ["platform-tools"]}},
+        }
+    )
+    agent = chart.find(manifests, "DaemonSet", component="agent")
+    pod = agent["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--containerd-socket=/run/k3s/containerd/containerd.sock" in container["args"]
+    assert "--max-bytes-per-second=50Mi" in container["args"]
+    assert "--lease-ttl=12h" in container["args"]
+    assert {"name": "IMAGEWARD_INSECURE_REGISTRIES", "value": "registry.local:5000"} in container[
+        "env"
+    ]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert "tolerations" not in pod
+    env = chart.env_of(chart.find(manifests, "Deployment"))
+    assert env["IMAGEWARD_PREPULL_CROSS_NAMESPACE"] == "platform-tools"
+
+
+def test_without_the_agent_layers_mode_is_refused_not_waited_for() -> None:
+    manifests = chart.render({"agent": {"enabled": False}})
+    assert not [m for m in manifests if chart.component_of(m) == "agent"]
+    env = chart.env_of(chart.find(manifests, "Deployment"))
+    assert env["IMAGEWARD_AGENT_ENABLED"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"agent": {"containerdSocket": "run/containerd.sock"}}, "/agent/containerdSocket"),
+        ({"agent": {"maxBytesPerSecond": "fast"}}, "/agent/maxBytesPerSecond"),
+        ({"agent": {"enable": True}}, "enable"),
+        ({"prepull": {"maxLayersPrePulls": 1000}}, "/prepull/maxLayersPrePulls"),
+        ({"prepull": {"crossNamespace": {"namespaces": ["Bad_NS"]}}}, "/prepull/crossNamespace"),
+    ],
+)
+def test_schema_refuses_bad_agent_values(values: dict[str, Any], complaint: str) -> None:
+    error = chart.render_error(values)
+    assert "schema" in error and complaint in error, error
 
 
 # -- cert-manager ------------------------------------------------------------------------------
@@ -391,9 +556,13 @@ def test_cert_manager_issues_the_certificate_and_injects_the_ca(
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert env["IMAGEWARD_CERT_DIR"] == mounts["tls"]
     assert volumes["tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
-    # The operator neither reads Secrets of its namespace nor touches the configurations.
-    assert not chart.find_all(all_on, "Role")
-    assert not chart.find_all(all_on, "RoleBinding")
+    # The operator reads no Secret of its namespace but the agent key, and does not touch
+    # the configurations.
+    role = chart.find(all_on, "Role")
+    assert _verbs_for(_rules(role), "", "secrets") == {
+        "create": {"*"},
+        "get": {"imageward-agent-key"},
+    }
     assert not any(
         "admissionregistration.k8s.io" in rule["apiGroups"]
         for rule in _rules(chart.find(all_on, "ClusterRole"))

@@ -7,6 +7,7 @@ import pytest
 from imageward import constants, errors
 from imageward.policy import evaluate, model
 from imageward.registry import model as registry_model
+from imageward.registry import platforms as registry_platforms
 from imageward.registry import reference as registry_reference
 
 DIGEST = registry_model.Digest("sha256:9f2c1a7b3d4e" + "0" * 52)
@@ -340,6 +341,10 @@ def test_max_layer_size_without_layers() -> None:
         ("0:1000", 'config User "0:1000"'),
         ("root:wheel", 'config User "root:wheel"'),
         (":1000", 'config User ":1000"'),
+        # Go's strconv.Atoi (containerd, kubelet) reads a sign: these are uid 0 too.
+        ("+0", 'config User "+0"'),
+        ("-0", 'config User "-0"'),
+        ("+000:0", 'config User "+000:0"'),
     ],
 )
 def test_forbid_root_user_refuses(user: str | None, described: str) -> None:
@@ -363,6 +368,68 @@ def test_forbid_root_user_allows(user: str) -> None:
     reference = ref(WEB)
     p = policy({"forbidRootUser": True})
     assert evaluate.evaluate_facts(p, reference, facts(reference, image([1], user=user))) == []
+
+
+@pytest.mark.parametrize(
+    ("user", "uid"),
+    [("0", 0), ("+0", 0), ("-0", 0), ("007", 7), ("+1000:0", 1000), ("-1", -1), ("", 0)],
+)
+def test_parse_uid_reads_as_go_atoi(user: str, uid: int) -> None:
+    assert evaluate.parse_uid(user) == uid
+
+
+@pytest.mark.parametrize("user", ["app", "0x0", " 0", "0 ", "1e3", "99999999999999999999"])
+def test_parse_uid_names_are_not_uids(user: str) -> None:
+    assert evaluate.parse_uid(user) is None
+
+
+def test_require_numeric_user_refuses_names_as_runasnonroot_does() -> None:
+    reference = ref(WEB)
+    p = policy({"requireNumericUser": True})
+    assert p.rules.forbid_root_user  # implied
+    [violation] = evaluate.evaluate_facts(p, reference, facts(reference, image([1], user="app")))
+    assert violation.rule == "forbidRootUser"
+    assert violation.message == (
+        f"ImagePolicy prod-images: {WEB} ({SHORT}) runs as named user 'app' (config User "
+        '"app"), which cannot be verified as non-root (requireNumericUser: a uid is required, '
+        "as kubelet's runAsNonRoot requires)"
+    )
+    assert evaluate.evaluate_facts(p, reference, facts(reference, image([1], user="1000"))) == []
+    # Without it, a name is taken at its word (documented in the CRD).
+    plain = policy({"forbidRootUser": True})
+    assert evaluate.evaluate_facts(plain, reference, facts(reference, image([1], user="app"))) == []
+
+
+def test_unreadable_config_refuses_only_the_user_rule() -> None:
+    import dataclasses
+
+    reference = ref(WEB)
+    broken = dataclasses.replace(
+        image([1]), config_problem="is 9437184 bytes (per its descriptor), over the limit"
+    )
+    p = policy({"forbidRootUser": True, "maxLayers": 5}, failurePolicy="Ignore")
+    [violation] = evaluate.evaluate_facts(p, reference, facts(reference, broken))
+    assert violation.rule == "forbidRootUser"
+    assert "cannot be checked for forbidRootUser: its image config sha256:" in violation.message
+    assert "over the limit" in violation.message
+    assert (
+        evaluate.evaluate_facts(policy({"maxLayers": 5}), reference, facts(reference, broken)) == []
+    )
+
+
+def test_content_violation_names_the_rules_that_needed_the_facts() -> None:
+    reference = ref(WEB)
+    p = policy({"maxLayers": 5, **SIGNED}, failurePolicy="Ignore")
+    violation = evaluate.build_content_violation(p, reference, "manifest x: not JSON")
+    assert violation.rule == "signatures"
+    assert violation.message == (
+        f"ImagePolicy prod-images: {WEB} cannot be checked for signatures, maxLayers: "
+        "manifest x: not JSON"
+    )
+    # Not a lookup: failurePolicy Ignore does not admit it.
+    assert not evaluate.combine([evaluate.build_policy_result(p, [violation])]).allowed
+    pin_only = policy(pinDigest=True)
+    assert evaluate.build_content_violation(pin_only, reference, "x").rule == "pinDigest"
 
 
 def test_forbid_root_user_off_allows_root() -> None:
@@ -404,71 +471,45 @@ def multi_arch(reference: registry_model.ImageReference) -> registry_model.Image
     )
 
 
-def test_index_without_platform_checks_every_linux_platform() -> None:
+def test_index_checks_every_image_the_client_selected() -> None:
+    # The registry client selects what nodes would run (registry.platforms); every one
+    # of them must pass, Windows included when the pod does not exclude Windows nodes.
     reference = ref(WEB)
     p = policy({"maxCompressedSize": "500Mi", "forbidRootUser": True})
-    [violation] = evaluate.evaluate_facts(p, reference, multi_arch(reference))
-    assert violation.message == (
+    violations = evaluate.evaluate_facts(p, reference, multi_arch(reference))
+    # (multi_arch lists an unknown/unknown entry the client would never select.)
+    assert [(v.platform, v.rule) for v in violations] == [
+        ("linux/arm64", "maxCompressedSize"),
+        ("windows/amd64", "maxCompressedSize"),
+        ("unknown/unknown", "maxCompressedSize"),
+        ("unknown/unknown", "forbidRootUser"),
+    ]
+    assert violations[0].message == (
         f"ImagePolicy prod-images: {WEB} ({SHORT}, linux/arm64) is 900.0MiB compressed, "
         "over maxCompressedSize 500Mi"
     )
-    assert violation.platform == "linux/arm64"
-    assert violation.digest == DIGEST
+    assert violations[0].digest == DIGEST
 
 
-def test_index_with_platform_checks_only_that_platform() -> None:
+def test_index_with_nothing_a_node_runs_is_refused_not_a_lookup() -> None:
+    # Content the registry served, not an outage: failurePolicy Ignore must not admit it.
     reference = ref(WEB)
-    p = policy({"maxCompressedSize": "500Mi"})
-    assert evaluate.evaluate_facts(p, reference, multi_arch(reference), platform=LINUX_AMD64) == []
-    assert [
-        v.platform
-        for v in evaluate.evaluate_facts(p, reference, multi_arch(reference), platform=LINUX_ARM64)
-    ] == ["linux/arm64"]
-    assert (
-        evaluate.evaluate_facts(
-            p,
-            reference,
-            multi_arch(reference),
-            platform=registry_model.Platform("linux", "arm", "v7"),
-        )
-        == []
+    p = policy({"maxLayers": 10}, failurePolicy="Ignore")
+    empty = registry_model.ImageFacts(
+        reference=reference, digest=DIGEST, media_type="x", is_index=True, images=()
     )
-    # A node selector says only os/arch: any variant of that platform is checked.
-    small = policy({"maxCompressedSize": "10Mi"})
-    assert [
-        v.platform
-        for v in evaluate.evaluate_facts(
-            small,
-            reference,
-            multi_arch(reference),
-            platform=registry_model.Platform("linux", "arm"),
-        )
-    ] == ["linux/arm/v7"]
-
-
-def test_index_missing_the_platform_is_a_lookup_violation() -> None:
-    reference = ref(WEB)
-    p = policy({"maxLayers": 10})
     [violation] = evaluate.evaluate_facts(
-        p, reference, multi_arch(reference), platform=registry_model.Platform("linux", "s390x")
+        p,
+        reference,
+        empty,
+        platform=registry_platforms.PlatformChoice("linux", "s390x"),
     )
-    assert violation.rule == constants.RULE_LOOKUP
+    assert violation.rule == constants.RULE_MAX_LAYERS
     assert violation.message == (
-        f"ImagePolicy prod-images: {WEB} ({SHORT}) lookup failed: the image index has no "
-        "linux/s390x image (it has linux/amd64, linux/arm/v7, linux/arm64, windows/amd64)"
+        f"ImagePolicy prod-images: {WEB} ({SHORT}) cannot be checked for maxLayers: the image "
+        "index has no entry a node for linux/s390x would run"
     )
-
-
-def test_attestation_entries_are_skipped() -> None:
-    reference = ref(WEB)
-    p = policy({"forbidRootUser": True})
-    # The attestation entry runs as "0" and is huge; neither counts.
-    assert evaluate.evaluate_facts(p, reference, multi_arch(reference)) == []
-    only_attestation = facts(reference, image([1], platform=ATTESTATION))
-    assert messages(evaluate.evaluate_facts(p, reference, only_attestation)) == [
-        f"ImagePolicy prod-images: {WEB} ({SHORT}) lookup failed: "
-        "the image index lists no platform images"
-    ]
+    assert not evaluate.combine([evaluate.build_policy_result(p, [violation])]).allowed
 
 
 def test_index_without_linux_checks_what_is_there() -> None:

@@ -214,7 +214,7 @@ _DELETE = object()
             (
                 "spec.rules.maxCompresedSize: unknown field (known: allowedRegistries, "
                 "forbidRootUser, forbiddenTags, maxCompressedSize, maxLayerSize, maxLayers, "
-                "requireDigest, signatures)"
+                "requireDigest, requireNumericUser, signatures)"
             ),
         ),
         (

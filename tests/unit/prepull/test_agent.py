@@ -15,7 +15,8 @@ import pytest
 
 from imageward import constants
 from imageward.commands import agent as agent_command
-from imageward.prepull import agent, containerd, daemonset, planner
+from imageward.prepull import agent, containerd, nodes, planner, plans
+from imageward.prepull import model as prepull_model
 from imageward.registry import model, reference
 
 #: containerd's identifier rules (pkg/identifiers): what a lease id must look like.
@@ -41,8 +42,16 @@ def make_document(**overrides: Any) -> dict[str, Any]:
     ]
     plan = planner.build_plan(images, budget=None)
     references = {image.image: reference.parse_reference(image.image) for image in images}
-    document = daemonset.build_plan_document(
-        "web", "shop", "uid-1", plan, references, pull_secrets=["regcred"]
+    document = plans.build_plan_document(
+        "web",
+        "shop",
+        "uid-1",
+        plan,
+        references,
+        pull_secrets=["regcred", "gone"],
+        missing_pull_secrets=["gone"],
+        node_selector={"kubernetes.io/os": "linux", "pool": "gpu"},
+        tolerations=[prepull_model.Toleration(key="gpu", operator="Exists", effect="NoSchedule")],
     )
     document.update(overrides)
     return document
@@ -63,9 +72,33 @@ def test_the_plan_document_of_the_controller_parses() -> None:
         agent.Source("registry.example:5000", "team/web"),
     )
     assert by_digest[digest("b")].size == 5
+    # The operator names the pull secrets; their credentials travel sealed beside the plan.
     assert plan.pull_secrets == (
-        agent.PullSecret("regcred", "/etc/imageward/pull-secrets/regcred"),
+        agent.PullSecret("regcred", None, found=True),
+        agent.PullSecret("gone", None, found=False),
     )
+    assert plan.node_selector == {"kubernetes.io/os": "linux", "pool": "gpu"}
+    assert plan.tolerations == (
+        prepull_model.Toleration(key="gpu", operator="Exists", effect="NoSchedule"),
+    )
+    assert plan.key == plans.build_prepull_key("shop", "web", "uid-1")
+
+
+def test_a_plan_is_for_the_nodes_its_selector_and_tolerations_select() -> None:
+    plan = make_plan()
+    gpu = nodes.NodeView(
+        "gpu-1",
+        {"kubernetes.io/os": "linux", "pool": "gpu"},
+        (nodes.Taint("gpu", "true", "NoSchedule"),),
+    )
+    assert plan.selects(gpu)
+    assert not plan.selects(nodes.NodeView("cpu-1", {"kubernetes.io/os": "linux"}))
+    tainted = nodes.NodeView(
+        "gpu-2", dict(gpu.labels), (nodes.Taint("dedicated", "db", "NoExecute"),)
+    )
+    assert not plan.selects(tainted)
+    # A plan file written by hand (no nodeSelector) is for every node.
+    assert make_plan(nodeSelector=None).selects(tainted)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +116,10 @@ def test_the_plan_document_of_the_controller_parses() -> None:
             {"layers": [{"digest": "sha256:" + "a" * 64, "size": True, "sources": []}]},
             "layers[0].size: expected int, got bool",
         ),
-        ({"pullSecrets": [{"name": "x"}]}, "pullSecrets[0].path: expected str"),
+        ({"pullSecrets": [{"name": "x", "path": 3}]}, "pullSecrets[0].path: expected str"),
+        ({"pullSecrets": [{"name": "x", "found": "no"}]}, "pullSecrets[0].found: expected bool"),
+        ({"nodeSelector": {"pool": 1}}, "nodeSelector: expected an object of strings"),
+        ({"tolerations": [{"operator": "Maybe"}]}, "tolerations[0].operator"),
     ],
 )
 def test_an_unusable_plan_is_refused_naming_the_field(change: dict[str, Any], message: str) -> None:
@@ -281,6 +317,10 @@ def test_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODE_NAME", "node-7")
     options = agent_command.build_options(
         parse_args(
+            "--plan",
+            "/plans/a.json",
+            "--plan",
+            "/plans/b.json",
             "--max-bytes-per-second",
             "50Mi",
             "--insecure-registry",
@@ -291,7 +331,8 @@ def test_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
             "unix:///run/k3s/containerd/containerd.sock",
         )
     )
-    assert options.plan_path == pathlib.Path("/etc/imageward/plan/plan.json")
+    assert options.plan_paths == (pathlib.Path("/plans/a.json"), pathlib.Path("/plans/b.json"))
+    assert options.cluster is None
     assert options.socket == "/run/k3s/containerd/containerd.sock"
     assert options.max_bytes_per_second == 50 * 1024 * 1024
     assert options.registry.insecure_registries == ("a.example:5000", "b.example")
@@ -301,9 +342,34 @@ def test_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert options.listen == "0.0.0.0:8081"
 
 
+def test_cluster_options_from_the_command_line_and_the_downward_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    monkeypatch.setenv("POD_NAME", "imageward-agent-x7k2p")
+    monkeypatch.setenv("POD_NAMESPACE", "imageward-system")
+    options = agent_command.build_options(
+        parse_args("--from-cluster", "--node-refresh", "1m", "--report-interval", "2s")
+    )
+    assert options.plan_paths == ()
+    assert options.cluster == agent.ClusterOptions(
+        namespace="imageward-system",
+        pod="imageward-agent-x7k2p",
+        key_path=pathlib.Path("/etc/imageward/agent-key/key"),
+        node_refresh=60.0,
+        report_interval=2.0,
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        ([], "name a plan (--plan FILE) or serve the cluster's (--from-cluster)"),
+        (["--once", "--plan", "a.json", "--plan", "b.json"], "--once applies exactly one"),
+        (["--from-cluster", "--once"], "--once applies a --plan file"),
+        (["--from-cluster", "--node", "n1"], "--from-cluster needs --namespace"),
+        (["--from-cluster", "--namespace", "ns"], "--from-cluster needs --node"),
+        (["--from-cluster", "--namespace", "ns", "--node", "n", "--max-plans", "0"], "--max-plans"),
         (["--max-bytes-per-second", "lots"], "--max-bytes-per-second 'lots'"),
         (["--concurrency", "0"], "--concurrency must be at least 1"),
         (["--lease-ttl", "1y"], "--lease-ttl"),
@@ -311,8 +377,13 @@ def test_options_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_bad_options_exit_with_usage_status(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name in ("NODE_NAME", "POD_NAME", "POD_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
     assert agent_command.run(parse_args(*argv)) == agent_command.EXIT_USAGE
     assert message in capsys.readouterr().err
 

@@ -6,12 +6,11 @@ from typing import Any
 
 import pytest
 
-from imageward.prepull import daemonset, model, planner
+from imageward.prepull import daemonset, model
 from imageward.registry import model as registry_model
 
 HELPER = "ghcr.io/acme/imageward-helper:0.1"
 PAUSE = "registry.k8s.io/pause:3.10"
-AGENT = "ghcr.io/acme/imageward:0.1"
 UID = "5f0c7d1e-0000-4000-8000-000000000001"
 
 
@@ -43,7 +42,6 @@ def build(
         images,
         helper_image=HELPER,
         pause_image=PAUSE,
-        agent_image=AGENT,
         **kwargs,
     )
 
@@ -56,34 +54,6 @@ def pod_spec(ds: dict[str, Any]) -> dict[str, Any]:
 def all_containers(ds: dict[str, Any]) -> list[dict[str, Any]]:
     pod = pod_spec(ds)
     return [*pod.get("initContainers", []), *pod["containers"]]
-
-
-def plan_of(*images: tuple[str, Sequence[tuple[str, int]]]) -> planner.Plan:
-    return planner.build_plan(
-        [
-            planner.PlanImage(
-                image=name,
-                digest=digest("f"),
-                layers=tuple(
-                    registry_model.Layer(
-                        digest(char), size, "application/vnd.oci.image.layer.v1.tar+gzip"
-                    )
-                    for char, size in layers
-                ),
-            )
-            for name, layers in images
-        ],
-        budget=None,
-    )
-
-
-REFERENCES = {
-    "ghcr.io/acme/web:1.4": registry_model.ImageReference("ghcr.io", "acme/web", "1.4"),
-    "ghcr.io/acme/api:2.0": registry_model.ImageReference("ghcr.io", "acme/api", "2.0"),
-    "docker.io/library/nginx": registry_model.ImageReference(
-        "docker.io", "library/nginx", "latest"
-    ),
-}
 
 
 # -- Images mode, init containers ------------------------------------------------------
@@ -303,108 +273,28 @@ def test_missing_image_volumes_are_detected_on_the_stored_object() -> None:
 # -- Layers mode -----------------------------------------------------------------------
 
 
-def configmap(plan: planner.Plan, **kwargs: Any) -> dict[str, Any]:
-    return daemonset.build_plan_configmap("web-tier", "shop", UID, plan, REFERENCES, **kwargs)
-
-
-def test_plan_configmap_holds_the_plan_with_sources() -> None:
-    plan = plan_of(
-        ("ghcr.io/acme/web:1.4", [("1", 100), ("2", 50)]),
-        ("ghcr.io/acme/api:2.0", [("1", 100), ("3", 10)]),
-        ("docker.io/library/nginx", [("1", 100)]),
-    )
-    cm = configmap(plan, pull_secrets=["regcred"])
-    assert (cm["apiVersion"], cm["kind"]) == ("v1", "ConfigMap")
-    assert cm["metadata"]["name"] == "prepull-web-tier"
-    assert cm["metadata"]["ownerReferences"][0]["uid"] == UID
-    assert cm["metadata"]["annotations"]["imageward.io/plan-hash"] == daemonset.build_plan_hash(
-        plan
-    )
-    document = json.loads(cm["data"]["plan.json"])
-    assert document["version"] == 1
-    assert document["prepull"] == {"namespace": "shop", "name": "web-tier", "uid": UID}
-    assert document["containerdNamespace"] == "k8s.io"
-    assert document["bytes"] == 160
-    assert document["pullSecrets"] == [
-        {"name": "regcred", "path": "/etc/imageward/pull-secrets/regcred"}
-    ]
-    shared = document["layers"][0]
-    assert shared == {
-        "digest": digest("1"),
-        "size": 100,
-        "sources": [
-            {"registry": "docker.io", "repository": "library/nginx"},
-            {"registry": "ghcr.io", "repository": "acme/api"},
-            {"registry": "ghcr.io", "repository": "acme/web"},
-        ],
-    }
-    assert sorted(layer["digest"] for layer in document["layers"]) == [
-        digest("1"),
-        digest("2"),
-        digest("3"),
-    ]
-
-
-def test_plan_configmap_needs_a_reference_for_every_image() -> None:
-    plan = plan_of(("unknown:1", [("1", 1)]))
-    with pytest.raises(ValueError, match="unknown:1"):
-        configmap(plan)
-
-
-def test_layers_daemonset_runs_the_agent_with_the_plan_and_the_socket() -> None:
-    plan = plan_of(("ghcr.io/acme/web:1.4", [("1", 100)]))
-    cm = configmap(plan, pull_secrets=["regcred"])
-    ds = build(
-        parse(mode="Layers", imagePullSecrets=[{"name": "regcred"}]), [WEB], plan_configmap=cm
-    )
-    pod = pod_spec(ds)
-    assert "initContainers" not in pod
-    (agent,) = pod["containers"]
-    assert agent["image"] == AGENT
-    assert agent["command"] == ["imageward", "agent", "--plan", "/etc/imageward/plan/plan.json"]
-    assert {
-        "name": "NODE_NAME",
-        "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
-    } in agent["env"]
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    assert volumes["plan"]["configMap"]["name"] == cm["metadata"]["name"]
-    assert volumes["containerd"]["hostPath"] == {
-        "path": "/run/containerd/containerd.sock",
-        "type": "Socket",
-    }
-    assert volumes["pull-secret-0"]["secret"] == {"secretName": "regcred", "optional": True}
-    mounts = {mount["name"]: mount for mount in agent["volumeMounts"]}
-    assert mounts["plan"] == {"name": "plan", "mountPath": "/etc/imageward/plan", "readOnly": True}
-    assert mounts["containerd"]["mountPath"] == "/run/containerd/containerd.sock"
-    assert mounts["pull-secret-0"]["mountPath"] == "/etc/imageward/pull-secrets/regcred"
-    # Root for the socket, nothing else.
-    context = agent["securityContext"]
-    assert context["runAsUser"] == 0
-    assert context["capabilities"] == {"drop": ["ALL"]}
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False
-    assert "privileged" not in context
-    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert pod["automountServiceAccountToken"] is False
-    # The agent reads credentials from files; the pod pulls only the agent image.
-    assert "imagePullSecrets" not in pod
-
-
-def test_layers_hash_follows_the_plan_not_its_sources() -> None:
-    spec = parse(mode="Layers")
-    plan = plan_of(("ghcr.io/acme/web:1.4", [("1", 100)]))
-    base = template_hash(build(spec, [WEB], plan_configmap=configmap(plan)))
-    same_blobs = plan_of(
-        ("ghcr.io/acme/web:1.4", [("1", 100)]), ("ghcr.io/acme/api:2.0", [("1", 100)])
-    )
-    assert template_hash(build(spec, [WEB], plan_configmap=configmap(same_blobs))) == base
-    more = plan_of(("ghcr.io/acme/web:1.4", [("1", 100), ("2", 5)]))
-    assert template_hash(build(spec, [WEB], plan_configmap=configmap(more))) != base
-
-
-def test_layers_mode_needs_the_configmap() -> None:
-    with pytest.raises(ValueError, match="plan ConfigMap"):
+def test_layers_mode_has_no_daemonset_in_the_prepulls_namespace() -> None:
+    # The node agent is root with containerd's socket: it runs once, in the operator's
+    # namespace, never on behalf of whoever may create a PrePull (see test_plans).
+    with pytest.raises(ValueError, match="Layers mode has no DaemonSet"):
         build(parse(mode="Layers"))
+
+
+def test_images_mode_pods_meet_the_restricted_pod_security_standard() -> None:
+    for method in ("InitContainer", "ImageVolume"):
+        pod = pod_spec(build(parse(pullMethod=method, imagePullSecrets=[{"name": "regcred"}])))
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
+        assert all("hostPath" not in volume for volume in pod.get("volumes") or [])
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["runAsNonRoot"] is True and context["runAsUser"] != 0
+            assert "ports" not in container or all(
+                "hostPort" not in port for port in container["ports"]
+            )
 
 
 # -- names -----------------------------------------------------------------------------

@@ -295,6 +295,27 @@ def test_partial_problem_keeps_progress() -> None:
     }
 
 
+def test_notes_degrade_without_blocking_readiness() -> None:
+    note = status.Problem(status.REASON_CROSS_NAMESPACE, "namespaceSelector is ignored: ...")
+    result = conditions(status.NodeStatus(2, 2, 0), notes=[note])
+    assert summary(result) == {
+        "Ready": ("True", "AllNodesReady"),
+        "Progressing": ("False", "Complete"),
+        "Degraded": ("True", "CrossNamespaceNotAllowed"),
+    }
+    assert result["Degraded"]["message"] == note.message
+    # With a blocking problem too, Degraded names the problem first and the note after.
+    problem = status.Problem(status.REASON_DAEMONSET_REFUSED, "denied by ImagePolicy p")
+    blocked = conditions(None, problems=[problem], notes=[note])
+    assert summary(blocked)["Ready"] == ("False", "DaemonSetRefused")
+    assert blocked["Degraded"]["message"] == f"{problem.message}; {note.message}"
+
+
+def test_pending_says_what_is_awaited() -> None:
+    result = conditions(None, pending="the plan has not been written yet")
+    assert result["Ready"]["message"] == "the plan has not been written yet"
+
+
 def test_transition_time_moves_only_with_the_status() -> None:
     previous = [
         {"type": "Ready", "status": "True", "lastTransitionTime": EARLIER},

@@ -354,3 +354,49 @@ def test_default_docker_config_paths() -> None:
         pathlib.Path("/etc/docker-cfg/config.json"),
         pathlib.Path("/home/u/.dockercfg"),
     ]
+
+
+def test_operator_credentials_scoped_to_named_registries() -> None:
+    # Review finding 12: the operator's credentials are used for every pod's images
+    # unless scoped; scoped, they reach only the registries named.
+    config = auth.parse_docker_config(
+        json.dumps(
+            {
+                "auths": {
+                    "registry.acme.internal:5000": {"auth": base64.b64encode(b"u:p").decode()},
+                    "ghcr.io": {"auth": base64.b64encode(b"g:p").decode()},
+                    "mirror.acme.io": {"auth": base64.b64encode(b"m:p").decode()},
+                }
+            }
+        ),
+        source="operator",
+    )
+    scoped = auth.build_scoped_config(config, ["registry.acme.internal:5000", "*.acme.io"])
+    assert sorted(entry.host for entry in scoped.entries) == [
+        "mirror.acme.io",
+        "registry.acme.internal:5000",
+    ]
+    assert auth.build_credential_chain([scoped], "ghcr.io", "acme/web") == ()
+    assert auth.build_scoped_config(config, []) is config
+    with pytest.raises(errors.ConfigurationError, match="credential scope 'a/b'"):
+        auth.build_scoped_config(config, ["a/b"])
+
+
+def test_operator_credentials_from_settings_are_scoped(tmp_path: pathlib.Path) -> None:
+    from imageward import runtime, settings
+
+    path = tmp_path / "config.json"
+    pair = base64.b64encode(b"u:p").decode()
+    path.write_text(
+        json.dumps({"auths": {"ghcr.io": {"auth": pair}, "r.acme:5000": {"auth": pair}}})
+    )
+    config = settings.from_env(
+        environ={
+            "IMAGEWARD_DOCKER_CONFIG": str(path),
+            "IMAGEWARD_DOCKER_CONFIG_REGISTRIES": "r.acme:5000",
+        }
+    )
+    (loaded,) = runtime.load_operator_credentials(config)
+    assert [entry.host for entry in loaded.entries] == ["r.acme:5000"]
+    unscoped = settings.from_env(environ={"IMAGEWARD_DOCKER_CONFIG": str(path)})
+    assert len(runtime.load_operator_credentials(unscoped)[0].entries) == 2

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imageward.localcluster import images
-from imageward.registry import manifests, model, reference
+from imageward.registry import manifests, model, platforms, reference
 
 # The shape Docker Hub serves for an official image (trimmed to three entries).
 DOCKER_HUB_LIST = json.dumps(
@@ -73,38 +73,49 @@ def test_docker_manifest_list_as_docker_hub_serves_it() -> None:
         claimed_digest=digest_of(DOCKER_HUB_LIST),
     )
     assert isinstance(fetched.content, manifests.ImageIndex)
-    amd64 = manifests.select_manifests(fetched.content, model.Platform("linux", "amd64"))
-    arm = manifests.select_manifests(fetched.content, model.Platform("linux", "arm"))
-    arm64 = manifests.select_manifests(fetched.content, model.Platform("linux", "aarch64"))
-    assert [d.digest[7] for d in amd64] == ["1"]
-    assert [d.digest[7] for d in arm] == ["2"]  # arm means arm/v7
-    assert [d.digest[7] for d in arm64] == ["3"]  # aarch64 is arm64
-    assert len(manifests.select_manifests(fetched.content, None)) == 3
+    entries = manifests.build_entries(fetched.content)
+
+    def chosen(node: model.Platform) -> list[str]:
+        return [
+            fetched.content.manifests[e.position].digest[7]
+            for e in platforms.select_entries(entries, node)
+        ]  # type: ignore[union-attr]
+
+    assert chosen(model.Platform("linux", "amd64")) == ["1"]
+    assert chosen(model.Platform("linux", "arm")) == ["2"]  # arm means arm/v7
+    assert chosen(model.Platform("linux", "aarch64")) == ["3"]  # aarch64 is arm64
 
 
-def test_index_with_attestations() -> None:
+def test_index_with_attestations_never_selects_them() -> None:
     index = images.multiarch_index("unit")
     fetched = manifests.parse_manifest(index.body, content_type=images.OCI_INDEX)
     assert isinstance(fetched.content, manifests.ImageIndex)
-
-    every = manifests.select_manifests(fetched.content, None)
-    arm = manifests.select_manifests(fetched.content, model.Platform("linux", "arm64", "v8"))
-
+    entries = manifests.build_entries(fetched.content)
+    selected = {
+        str(fetched.content.manifests[e.position].platform)
+        for node in platforms.build_node_platforms(platforms.ANY_NODE)
+        for e in platforms.select_entries(entries, node)
+    }
     assert len(fetched.content.manifests) == 4
-    assert [str(d.platform) for d in every] == ["linux/amd64", "linux/arm64/v8"]
-    assert [str(d.platform) for d in arm] == ["linux/arm64/v8"]
-    assert all(manifests.is_attestation(d) for d in fetched.content.manifests[1::2])
+    assert selected == {"linux/amd64", "linux/arm64/v8"}
 
 
-def test_annotated_attestation_without_unknown_platform_is_skipped() -> None:
-    descriptor = manifests.Descriptor(
-        manifests.OCI_MANIFEST,
-        model.Digest("sha256:" + "a" * 64),
-        1,
-        platform=model.Platform("linux", "amd64"),
-        annotations=((manifests.ATTESTATION_ANNOTATION, manifests.ATTESTATION_VALUE),),
-    )
-    assert manifests.is_attestation(descriptor)
+@pytest.mark.parametrize(
+    ("name", "cap"), [("manifests", manifests.MAX_INDEX_ENTRIES), ("layers", manifests.MAX_LAYERS)]
+)
+def test_lists_over_their_cap_are_refused_naming_it(name: str, cap: int) -> None:
+    descriptor = {"mediaType": images.OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 1}
+    if name == "manifests":
+        document: dict[str, object] = {"schemaVersion": 2, "mediaType": images.OCI_INDEX}
+    else:
+        document = {"schemaVersion": 2, "mediaType": images.OCI_MANIFEST, "config": descriptor}
+    document[name] = [descriptor] * (cap + 1)
+    with pytest.raises(
+        manifests.ManifestError, match=f"lists {cap + 1} {name}, over the limit of {cap}"
+    ):
+        manifests.parse_content(json.dumps(document).encode(), content_type=None)
+    document[name] = [descriptor] * cap
+    manifests.parse_content(json.dumps(document).encode(), content_type=None)
 
 
 def test_generic_content_type_falls_back_on_the_document() -> None:
@@ -267,24 +278,6 @@ def test_parse_platform(text: str, expected: model.Platform) -> None:
 def test_bad_platforms(text: str) -> None:
     with pytest.raises(ValueError, match="is not os/arch"):
         manifests.parse_platform(text)
-
-
-@pytest.mark.parametrize(
-    ("found", "wanted", "matches"),
-    [
-        (model.Platform("linux", "arm64"), model.Platform("linux", "arm64", "v8"), True),
-        (model.Platform("linux", "arm64", "v8"), model.Platform("linux", "arm64"), True),
-        (model.Platform("linux", "arm", "v6"), model.Platform("linux", "arm"), True),
-        (model.Platform("linux", "arm", "v6"), model.Platform("linux", "arm", "v7"), False),
-        (model.Platform("linux", "x86_64"), model.Platform("linux", "amd64"), True),
-        (model.Platform("windows", "amd64"), model.Platform("linux", "amd64"), False),
-        (None, model.Platform("linux", "amd64"), False),
-    ],
-)
-def test_platform_matching(
-    found: model.Platform | None, wanted: model.Platform, matches: bool
-) -> None:
-    assert manifests.evaluate_platform_match(found, wanted) is matches
 
 
 def test_referrers_filtering() -> None:

@@ -72,3 +72,51 @@ def test_invalid_references(text: str, reason: str) -> None:
 )
 def test_has_explicit_tag(text: str, expected: bool) -> None:
     assert reference.has_explicit_tag(text) is expected
+
+
+# -- one spelling per registry host (review finding 7) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("ghcr.io:0443", "ghcr.io"),
+        ("GHCR.io:443", "ghcr.io"),
+        ("ghcr.io:00443", "ghcr.io"),
+        ("registry.acme:05000", "registry.acme:5000"),
+        ("127.1:5000", "127.0.0.1:5000"),  # glibc's inet_aton spellings of one address
+        ("0x7f.0.0.1:5000", "127.0.0.1:5000"),
+        ("0177.0.0.1:5000", "127.0.0.1:5000"),
+        ("2130706433:5000", "127.0.0.1:5000"),
+        ("[0:0:0:0:0:0:0:1]:5000", "[::1]:5000"),
+        ("[::FFFF:127.0.0.1]", "[::ffff:7f00:1]"),
+        ("index.docker.io:443", "docker.io"),
+        ("256.1.1.1", "256.1.1.1"),  # no address: a name, left as written
+        ("*.acme.io:0443", "*.acme.io"),  # globs go through here too
+    ],
+)
+def test_canonical_host(written: str, canonical: str) -> None:
+    assert reference.build_canonical_host(written) == canonical
+
+
+@pytest.mark.parametrize(
+    ("alias", "same"),
+    [
+        ("ghcr.io:0443/acme/web:1", "ghcr.io/acme/web:1"),
+        ("127.1:5000/shop/web:1", "127.0.0.1:5000/shop/web:1"),
+        ("[0::1]:5000/shop/web:1", "[::1]:5000/shop/web:1"),
+    ],
+)
+def test_host_aliases_parse_to_one_reference(alias: str, same: str) -> None:
+    parsed, expected = reference.parse_reference(alias), reference.parse_reference(same)
+    assert (parsed.registry, parsed.repository, parsed.tag) == (
+        expected.registry,
+        expected.repository,
+        expected.tag,
+    )
+
+
+@pytest.mark.parametrize("text", ["ghcr.io:0/acme/web", "ghcr.io:65536/acme/web"])
+def test_ports_out_of_range_are_invalid(text: str) -> None:
+    with pytest.raises(errors.InvalidReferenceError, match="invalid registry port"):
+        reference.parse_reference(text)

@@ -61,7 +61,17 @@ def test_referrers_url_and_tags() -> None:
 
 
 def test_origins_and_redirects() -> None:
-    assert routes.build_origin("https://Ghcr.io/v2/x") == ("https", "ghcr.io")
+    assert routes.build_origin("https://Ghcr.io/v2/x") == ("https", "ghcr.io:443")
+    assert routes.build_origin("https://ghcr.io:443/v2/x") == routes.build_origin(
+        "https://ghcr.io/"
+    )
+    assert routes.build_origin("https://user@ghcr.io/v2/x") == ("https", "ghcr.io:443")
+    assert routes.build_origin("http://r.io/") != routes.build_origin("https://r.io/")
+    assert routes.build_origin("http://[::1]:5000/v2/") == ("http", "[::1]:5000")
+    assert routes.evaluate_followable("https://r.io/a", "https://s3.example/b")
+    assert routes.evaluate_followable("http://r.io/a", "https://r.io/b")
+    assert not routes.evaluate_followable("https://r.io/a", "http://r.io/b")
+    assert not routes.evaluate_followable("https://r.io/a", "file:///etc/passwd")
     assert routes.build_redirect_url("https://r.io/v2/a/blobs/x", "/storage/y?sig=1") == (
         "https://r.io/storage/y?sig=1"
     )

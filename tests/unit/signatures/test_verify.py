@@ -207,3 +207,77 @@ def test_rekor_time_out_of_range_is_malformed(
     signatures = verify.SignatureSet(legacy_manifests=(manifest,), blobs=blobs)
     result = verify.verify(digest, signatures, [github_authority], threshold=1)
     assert result.failures[0].reason.startswith("Rekor integratedTime 1000000000000000")
+
+
+# -- signers, not authority entries, meet a threshold (review finding 9) --------------------
+
+
+def test_one_key_under_two_names_is_one_signer(
+    release_key: build.PrivateKey, digest: registry_model.Digest
+) -> None:
+    manifest, blobs = build.legacy_manifest(build.legacy_layer(release_key, digest))
+    signatures = verify.SignatureSet(legacy_manifests=(manifest,), blobs=blobs)
+    twice = [build.key_authority("a", release_key), build.key_authority("b", release_key)]
+    result = verify.verify(digest, signatures, twice, threshold=2)
+    assert result.verified == ("a", "b")  # both entries verify...
+    assert result.distinct_signers == 1  # ...but it is one signer
+    assert not result.passed
+
+
+def test_one_keyless_identity_accepted_twice_is_one_signer(
+    sigstore: fakesigstore.FakeSigstore,
+    trusted_root: keyless.TrustedRoot,
+    digest: registry_model.Digest,
+) -> None:
+    leaf = sigstore.issue(subject=build.WORKFLOW, issuer=build.GITHUB)
+    manifest, blobs = build.referrer_manifest(
+        build.keyless_bundle(sigstore, leaf, build.statement(digest)), digest
+    )
+    signatures = verify.SignatureSet(bundle_manifests=(manifest,), blobs=blobs)
+    authorities = [
+        build.keyless_authority(trusted_root, name="exact"),
+        build.keyless_authority(trusted_root, name="also-exact"),
+    ]
+    result = verify.verify(digest, signatures, authorities, threshold=2)
+    assert result.verified == ("exact", "also-exact")
+    assert result.distinct_signers == 1
+    (signer,) = result.outcomes[0].signers
+    assert signer.startswith(f"keyless {build.GITHUB} ") and build.WORKFLOW in signer
+
+
+@pytest.mark.parametrize(
+    ("sets", "count"),
+    [
+        ([], 0),
+        ([frozenset({"k1"}), frozenset({"k1"})], 1),
+        ([frozenset({"k1"}), frozenset({"k2"})], 2),
+        # An augmenting path: the first authority must give k1 up for the second.
+        ([frozenset({"k1", "k2"}), frozenset({"k1"})], 2),
+        ([frozenset({"x", "y"}), frozenset({"x", "y"}), frozenset({"x", "y"})], 2),
+    ],
+)
+def test_count_signers_is_a_maximum_matching(sets: list[frozenset[str]], count: int) -> None:
+    assert verify.count_signers(sets) == count
+
+
+def test_problems_refuse_their_signature_and_say_why(
+    release_authority: verify.KeyAuthority,
+    release_key: build.PrivateKey,
+    digest: registry_model.Digest,
+) -> None:
+    good, good_blobs = build.legacy_manifest(build.legacy_layer(release_key, digest))
+    layer = json.loads(good)["layers"][0]["digest"]
+    # The payload blob was over the cap: never fetched, so the signature cannot count.
+    broken = verify.SignatureSet(
+        legacy_manifests=(good,), problems={layer: "is 9437184 bytes, over the limit"}
+    )
+    result = verify.verify(digest, broken, [release_authority], threshold=1)
+    assert not result.passed
+    assert "is 9437184 bytes, over the limit" in result.failures[0].reason
+    # A problem elsewhere (the referrers list) does not hide a good legacy signature.
+    mixed = verify.SignatureSet(
+        legacy_manifests=(good,),
+        blobs=good_blobs,
+        problems={"referrers of x": "referrers list cannot be read"},
+    )
+    assert verify.verify(digest, mixed, [release_authority], threshold=1).passed

@@ -1,0 +1,158 @@
+"""What the two admission endpoints decide, from a checked AdmissionReview request.
+
+`validate` refuses or admits (with warnings, Events for Warn and Audit); `pin` only
+pins admitted images to their digests (refusals are the validating webhook's, which
+sees the pinned pod). Both return an `Answer`; `endpoints` turns it into the
+AdmissionReview response. Effects (registry lookups, Events, metrics) go through the
+`Runtime`; nothing here touches HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from imageward import errors, metrics, runtime
+from imageward.admission import messages, patches, reviews, workloads
+from imageward.policy import evaluate
+
+#: Subresources whose writes can bring an image: the object itself and ephemeral
+#: containers (`kubectl debug`). Status, scale, binding... never do.
+_CHECKED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    allowed: bool
+    code: int = 200
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+    patch: tuple[patches.ReplaceOperation, ...] = ()
+
+    def to_response(self, uid: str) -> dict[str, Any]:
+        """The `response` of an AdmissionReview (admission.k8s.io/v1)."""
+        response: dict[str, Any] = {"uid": uid, "allowed": self.allowed}
+        if not self.allowed:
+            response["status"] = {"code": self.code, "message": self.message}
+        if self.warnings:
+            response["warnings"] = list(self.warnings)
+        if self.patch:
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(
+                json.dumps(list(self.patch), separators=(",", ":")).encode()
+            ).decode()
+        return response
+
+
+ALLOW = Answer(allowed=True)
+
+
+def _deny(message: str, code: int) -> Answer:
+    return Answer(allowed=False, code=code, message=message)
+
+
+async def validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answer:
+    """The validating webhook: refuse what the policies refuse, say what they warn of."""
+    started = time.monotonic()
+    decision_label = "allow"
+    try:
+        answer = await _validate(state, request)
+        if not answer.allowed:
+            decision_label = "deny"
+        elif answer.warnings:
+            decision_label = "warn"
+        return answer
+    except Exception:
+        decision_label = "error"
+        raise
+    finally:
+        metrics.observe_admission(
+            request["resource"]["resource"],
+            request["operation"],
+            decision_label,
+            time.monotonic() - started,
+        )
+
+
+async def _validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answer:
+    view = _view(request)
+    if isinstance(view, Answer):
+        return view
+    if view is None:
+        return ALLOW
+    outcome = await state.check_view(view)
+    decision = outcome.decision
+    warnings = tuple(messages.build_warnings(decision))
+    if not request["dryRun"] and (decision.audits or decision.warned):
+        _post_events(state, view, decision)
+    if not decision.allowed:
+        return Answer(
+            allowed=False,
+            code=403,
+            message=messages.build_refusal_message(decision, kind=view.kind, name=view.name or ""),
+            warnings=warnings,
+        )
+    return Answer(allowed=True, warnings=warnings)
+
+
+async def pin(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answer:
+    """The mutating webhook: pin each new image a pinDigest policy admits to its digest."""
+    if not any(p.policy is not None and p.policy.pin_digest for p in state.store.snapshot()):
+        return ALLOW  # no policy pins: nothing to do, and no registry lookups twice per pod
+    view = _view(request)
+    if view is None or isinstance(view, Answer):
+        # A malformed object is refused by the validating webhook, with its reason.
+        return ALLOW
+    outcome = await state.check_view(view)
+    if not outcome.decision.allowed:
+        return ALLOW
+    pins = {item.image: item.pin for item in outcome.images if item.pin}
+    old = request["oldObject"] if request["operation"] == "UPDATE" else None
+    new = workloads.build_new_containers(old, view, view.kind)
+    try:
+        operations = patches.build_pin_patch(view, pins, only=new)
+    except errors.InvalidReferenceError as e:
+        return _deny(f"imageward: cannot pin: {e}", 400)
+    return Answer(allowed=True, patch=tuple(operations))
+
+
+def _view(request: reviews.AdmissionRequest) -> workloads.PodView | Answer | None:
+    """The pod (template) to check; None when nothing new needs checking; an Answer
+    refusing a malformed object."""
+    if request["subResource"] not in _CHECKED_SUBRESOURCES:
+        return None
+    body = request["object"]
+    if body is None or request["operation"] not in ("CREATE", "UPDATE"):
+        return None
+    kind = request["kind"]["kind"] or None
+    try:
+        view = workloads.parse_pod_view(body, kind=kind)
+    except errors.MalformedObjectError as e:
+        return _deny(f"imageward: {e}", 400)
+    old = request["oldObject"]
+    unchanged = (
+        request["operation"] == "UPDATE"
+        and old is not None
+        and not workloads.images_changed(old, body, view.kind)
+    )
+    return None if unchanged else view
+
+
+def _post_events(
+    state: runtime.Runtime, view: workloads.PodView, decision: evaluate.Decision
+) -> None:
+    if not view.namespace or not view.name:
+        return
+    involved = {"kind": view.kind, "name": view.name, "namespace": view.namespace}
+    events: Sequence[tuple[str, str]] = [
+        *(("ImagePolicyAudit", v.message) for v in decision.audits),
+        *(("ImagePolicyWarning", w) for w in decision.warnings),
+    ]
+    for reason, message in events:
+        state.post_event(
+            namespace=view.namespace, involved=involved, reason=reason, message=message
+        )

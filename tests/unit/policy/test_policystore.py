@@ -1,0 +1,58 @@
+"""Loading policies: key material resolved, and duplicate signers refused (finding 9)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from imageward import policystore
+from tests.unit.signatures import build
+
+
+def body(*authorities: dict[str, Any], threshold: int = 2) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "two-signers", "generation": 3},
+        "spec": {
+            "rules": {"signatures": {"threshold": threshold, "authorities": list(authorities)}}
+        },
+    }
+
+
+def test_same_key_listed_twice_makes_the_policy_unusable() -> None:
+    pem = build.public_pem(build.generate("p256"))
+    loaded = asyncio.run(
+        policystore.load_policy(
+            body(
+                {"name": "release", "key": {"pem": pem}},
+                {"name": "release-again", "key": {"pem": pem}},
+            )
+        )
+    )
+    assert not loaded.usable
+    assert loaded.reason.startswith(
+        "authorities release and release-again have the same key (sha256:"
+    )
+    assert "one signer would count twice towards the threshold" in loaded.reason
+    # What it matched is still covered (fail closed), with that reason.
+    assert loaded.generation == 3
+
+
+def test_same_key_in_another_pem_spelling_is_still_the_same_key() -> None:
+    pem = build.public_pem(build.generate("p256"))
+    respelled = pem.replace("\n", "\r\n") + "\n\n"
+    loaded = asyncio.run(
+        policystore.load_policy(
+            body({"name": "a", "key": {"pem": pem}}, {"name": "b", "key": {"pem": respelled}})
+        )
+    )
+    assert not loaded.usable and "authorities a and b have the same key" in loaded.reason
+
+
+def test_distinct_keys_load() -> None:
+    first, second = (build.public_pem(build.generate("p256")) for _ in range(2))
+    loaded = asyncio.run(
+        policystore.load_policy(
+            body({"name": "a", "key": {"pem": first}}, {"name": "b", "key": {"pem": second}})
+        )
+    )
+    assert loaded.usable and len(loaded.authorities) == 2
