@@ -16,7 +16,7 @@ IMAGE_REGISTRY ?=
 IMAGE_REPOSITORY ?= imageward
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imageward/Chart.yaml)
 
-.PHONY: all setup packages tools venv image dev test unit cluster-tests lint format bench fuzz clean
+.PHONY: all setup packages tools venv image dev dev-real-node test unit cluster-tests lint format bench fuzz clean
 
 all: test
 
@@ -41,6 +41,11 @@ image: packages
 
 dev: setup
 	$(BIN)/imageward dev
+
+# One real kubelet node beside the kwok ones: needs root, changes kernel settings,
+# iptables and mounts while it runs (restored on stop). See README "A real node".
+dev-real-node: setup
+	$(BIN)/imageward dev --real-node
 
 # The image is built before pytest (the chart tests run it; a cold build takes minutes).
 test: setup lint image
