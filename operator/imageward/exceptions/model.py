@@ -87,6 +87,10 @@ class PolicyException:
     deleting: bool = False
     """metadata.deletionTimestamp is set: it no longer applies."""
 
+    status: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """What the object's status says now (written by the scanning replica; never read
+    for a decision)."""
+
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -110,6 +114,7 @@ class InvalidException:
     uid: str
     reason: str
     generation: int = 0
+    status: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -247,7 +252,15 @@ def parse_exception(obj: Mapping[str, Any]) -> PolicyException:
         expires=expires,
         generation=generation if isinstance(generation, int) else 0,
         deleting=bool(metadata.get("deletionTimestamp")),
+        status=_status(obj),
     )
+
+
+def _status(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    status = obj.get("status")
+    if not isinstance(status, Mapping):
+        return {}
+    return {k: status[k] for k in ("state", "message", "observedGeneration") if k in status}
 
 
 def project_exception(obj: Mapping[str, Any]) -> Parsed | None:
@@ -265,4 +278,5 @@ def project_exception(obj: Mapping[str, Any]) -> Parsed | None:
             uid=str(metadata.get("uid") or ""),
             reason=e.reason,
             generation=generation if isinstance(generation, int) else 0,
+            status=_status(obj),
         )
