@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime
 import functools
@@ -34,6 +35,8 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import kubernetes
 
 from imageward import checker, constants, errors, kube, metrics, policystore, runtime
 from imageward.admission import workloads
@@ -237,7 +240,9 @@ class Scanner:
             {state.settings.namespace, *state.settings.admission.excluded_namespaces}
         )
         self.budget = source.Budget(self.settings.registry_requests_per_minute)
+        source.install_meter(state.source.client)
         self.inventory: Inventory | None = None
+        self._kube: kube.Kube | None = None
         self.last: PassStats | None = None
         self.passes = 0
         self._leases: set[str] = set()
@@ -265,6 +270,10 @@ class Scanner:
         self._reports_missing_logged = False
 
     # -- leadership ------------------------------------------------------------------------
+
+    @property
+    def _client(self) -> kube.Kube:
+        return self._kube or self.runtime.kube
 
     @property
     def leading(self) -> bool:
@@ -312,6 +321,9 @@ class Scanner:
         if self.inventory is not None:
             await self.inventory.close()
             self.inventory = None
+        if self._kube is not None:
+            self._kube.close()
+            self._kube = None
         # A replica that does not scan exports no scan gauges (the leader's are the truth).
         for policy, rule in self._gauges:
             with contextlib.suppress(KeyError):
@@ -326,8 +338,10 @@ class Scanner:
     async def _run(self) -> None:
         try:
             while self.inventory is None:
+                if self._kube is None:
+                    self._kube = build_client(self.runtime.kube)
                 inventory = Inventory(
-                    self.runtime.kube,
+                    self._kube,
                     max_items=self.settings.cache_max_objects,
                     on_change=self._wake.set,
                 )
@@ -654,7 +668,7 @@ class Scanner:
     async def _write_reports(self, rendered: build.Rendered) -> int:
         inventory = self.inventory
         assert inventory is not None
-        kube_api = self.runtime.kube
+        kube_api = self._client
         writes = 0
         existing = {e.namespace or "": e for e in inventory.reports.items.values()}
         try:
@@ -745,7 +759,7 @@ class Scanner:
         create: Any,
         replace: Any,
     ) -> int:
-        kube_api = self.runtime.kube
+        kube_api = self._client
         namespace = body["metadata"].get("namespace")
         where = f"{kind} {namespace + '/' if namespace else ''}{build.REPORT_NAME}"
         try:
@@ -769,7 +783,7 @@ class Scanner:
         return 1
 
     async def _write_violations(self, rendered: build.Rendered) -> int:
-        kube_api = self.runtime.kube
+        kube_api = self._client
         writes = 0
         for policy, count in sorted(rendered.violations.items()):
             if self._violations.get(policy) == count:
@@ -793,7 +807,7 @@ class Scanner:
     async def _write_exception_states(
         self, infos: Mapping[str, build.PolicyInfo], now: datetime.datetime
     ) -> int:
-        kube_api = self.runtime.kube
+        kube_api = self._client
         writes = 0
         for item in list(self.runtime.exceptions.items.values()):
             if isinstance(item, exceptions_model.PolicyException) and item.deleting:
@@ -829,6 +843,14 @@ class Scanner:
                     message=f"ImagePolicyException {item.key} {status['message']}",
                 )
         return writes
+
+
+def build_client(base: kube.Kube) -> kube.Kube:
+    """A client of the scanner's own, with a connection pool its nine watches and its
+    writes fit in (the shared client's pool is sized for admission's reads)."""
+    configuration = copy.deepcopy(base.api_client.configuration)
+    configuration.connection_pool_maxsize = 32
+    return kube.Kube(kubernetes.client.ApiClient(configuration))
 
 
 class _ReportsMissing(Exception):
