@@ -182,7 +182,12 @@ def test_defaults_and_printer_columns(
     assert table[good][:3] == [good, "Enforce", "True"]
     assert table[broken][:3] == [broken, "Audit", "False"]
 
-    wide = cluster.kubectl("get", "ipol", broken, "-o", "wide").stdout.splitlines()
+    def wide_rows() -> list[str] | None:
+        # VIOLATIONS stays empty until the background scanner's first pass writes it.
+        lines = cluster.kubectl("get", "ipol", broken, "-o", "wide").stdout.splitlines()
+        return lines if len(lines[1].split()) == 7 else None
+
+    wide = utils.wait_for("status.violations in kubectl get ipol", wide_rows, timeout=30)
     assert wide[0].split() == [
         "NAME",
         "MODE",
@@ -192,8 +197,6 @@ def test_defaults_and_printer_columns(
         "REASON",
         "AGE",
     ]
-    row = wide[1].split()
-    # VIOLATIONS: the background scan's count (0 here), or <none> before its first pass.
-    assert row[:3] == [broken, "Audit", "False"] and row[4:6] == ["Fail", "InvalidPolicy"]
+    assert wide[1].split()[:6] == [broken, "Audit", "False", "0", "Fail", "InvalidPolicy"]
     category = cluster.kubectl("get", "imageward").stdout
     assert f"imagepolicy.imageward.io/{good}" in category

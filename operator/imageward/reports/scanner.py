@@ -89,8 +89,15 @@ def project_report(body: Mapping[str, Any]) -> Existing | None:
     )
 
 
-def project_namespace(body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    labels = (body.get("metadata") or {}).get("labels") or {}
+def project_namespace(body: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """A namespace's labels; None for one being deleted (nothing is written there: the
+    API server refuses new objects in it, and its workloads are going)."""
+    metadata = body.get("metadata") or {}
+    if metadata.get("deletionTimestamp") or (body.get("status") or {}).get("phase") == (
+        "Terminating"
+    ):
+        return None
+    labels = metadata.get("labels") or {}
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
 
@@ -439,12 +446,14 @@ class Scanner:
         if inventory.workload_version() != self._versions:
             self._versions = inventory.workload_version()
             namespaces = dict(inventory.namespaces.items)
-            self._targets = targets.build_targets(
+            built = targets.build_targets(
                 inventory.pods.items.values(),
                 inventory.replica_sets.items.values(),
                 [r for cache in inventory.workloads.values() for r in cache.items.values()],
                 excluded=self.excluded,
             )
+            # Namespaces being deleted (or not seen yet) are left out.
+            self._targets = {k: t for k, t in built.items() if t.namespace in namespaces}
             self._wanted = {
                 (view, namespaces.get(view.namespace, ()))
                 for target in self._targets.values()
@@ -671,11 +680,14 @@ class Scanner:
         kube_api = self._client
         writes = 0
         existing = {e.namespace or "": e for e in inventory.reports.items.values()}
+        live = inventory.namespaces.items
         try:
             for namespace, body in sorted(rendered.reports.items()):
                 found = existing.get(namespace)
                 if found is not None and found.content == _content(body):
                     continue
+                if namespace not in live:
+                    continue  # being deleted: the API server refuses new objects there
                 writes += await self._put(
                     "PolicyReport",
                     body,
@@ -697,6 +709,8 @@ class Scanner:
                     ),
                 )
             for namespace in sorted(set(existing) - set(rendered.reports)):
+                if namespace not in live:
+                    continue  # the namespace controller deletes it with its namespace
                 await kube_api.call(
                     f"delete PolicyReport {namespace}/{build.REPORT_NAME}",
                     kube_api.custom.delete_namespaced_custom_object,
@@ -776,6 +790,8 @@ class Scanner:
         except kube.KubeError as e:
             if e.status == 409:
                 return 0  # someone else wrote it meanwhile: the watch brings it, try again
+            if e.status == 403 and "being terminated" in str(e):
+                return 0  # its namespace began terminating since the cache last said
             raise
         if answer is None:
             raise _ReportsMissing()
@@ -809,8 +825,11 @@ class Scanner:
     ) -> int:
         kube_api = self._client
         writes = 0
+        live = self.inventory.namespaces.items if self.inventory is not None else {}
         for item in list(self.runtime.exceptions.items.values()):
             if isinstance(item, exceptions_model.PolicyException) and item.deleting:
+                continue
+            if item.namespace not in live:
                 continue
             status = build.build_exception_status(item, infos, now)
             if dict(item.status) == status:
