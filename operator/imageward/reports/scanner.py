@@ -513,7 +513,8 @@ class Scanner:
             metrics.scan_duration.labels(trigger=stats.trigger).observe(stats.seconds)
             logger.info(
                 "scan (%s): %d workloads, %d checks of %d images, %d registry lookups "
-                "(%d shared) sending %d requests, %d writes, %.2fs",
+                "(%d shared) sending %d requests (lookups waited %.1fs in all for budget), "
+                "%d writes, %.2fs",
                 stats.trigger,
                 stats.targets,
                 stats.checks,
@@ -521,6 +522,7 @@ class Scanner:
                 stats.lookups,
                 stats.shared,
                 stats.requests,
+                stats.budget_wait,
                 stats.writes,
                 stats.seconds,
             )
