@@ -92,6 +92,22 @@ def wait_scan(
     raise TimeoutError(f"no {trigger} scan within {timeout:.0f}s")
 
 
+def install_crd(plane: controlplane.ControlPlane, path: pathlib.Path) -> None:
+    """Apply a CRD and wait until it is served (`kubectl wait` fails outright, not after
+    its timeout, when it asks before the API server wrote any condition)."""
+    plane.kubectl("apply", "--server-side", "-f", str(path))
+    deadline = time.monotonic() + 120
+    while True:
+        waited = plane.kubectl(
+            "wait", "--for=condition=Established", "-f", str(path), "--timeout=30s", check=False
+        )
+        if waited.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} not Established: {waited.stderr}")
+        time.sleep(1.0)
+
+
 def add_nodes(plane: controlplane.ControlPlane, count: int, *, wait: float = 900.0) -> int:
     """Create kwok nodes in batches (one apply of a thousand takes longer than kubectl is
     given), then wait for them to be Ready; returns how many are."""
@@ -217,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
         started = time.monotonic()
         plane = stack.enter_context(controlplane.ControlPlane(nodes=1))
+        for crd in [*sorted(harness.CRDS.glob("*.yaml")), *sorted(CHART_CRDS.glob("*.yaml"))]:
+            install_crd(plane, crd)
         ready = add_nodes(plane, args.nodes - 1) + 1
         print(
             f"   {ready} of {args.nodes} nodes Ready in {time.monotonic() - started:.0f}s "
@@ -224,10 +242,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         registry = stack.enter_context(registries.start_anonymous(workdir=workdir / "registry"))
-        harness.install_crds(plane)
-        for crd in sorted(CHART_CRDS.glob("*.yaml")):
-            plane.kubectl("apply", "--server-side", "-f", str(crd))
-            plane.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=30s")
         plane.create_namespace(harness.OPERATOR_NAMESPACE)
 
         started = time.monotonic()
