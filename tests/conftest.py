@@ -244,6 +244,9 @@ def imageward_operator(
         IMAGEWARD_TLS_CHECK_INTERVAL="2",
         # Tests sign images between two admissions; in production 30 s is the default.
         IMAGEWARD_SIGNATURE_CACHE_TTL="1",
+        # Background scans (tests/cluster/test_reports.py waits for an interval scan);
+        # in production 1h is the default.
+        IMAGEWARD_SCAN_INTERVAL="20",
     )
     env.pop("IMAGEWARD_WEBHOOK_SERVICE", None)
     process = processes.ManagedProcess(

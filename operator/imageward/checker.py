@@ -11,6 +11,7 @@ the registry client's cache.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime
 import hashlib
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 import cachetools
 
 from imageward import constants, errors, metrics
+from imageward.exceptions import evaluate as exceptions_evaluate
+from imageward.exceptions import model as exceptions_model
 from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
 from imageward.registry import auth as registry_auth
@@ -71,6 +74,11 @@ class Context:
     pod_labels: Mapping[str, str] | None = None
     platform: registry_platforms.PlatformChoice | registry_model.Platform | None = None
     credentials: Sequence[registry_auth.DockerConfig] = ()
+    namespace: str | None = None
+    #: ImagePolicyExceptions of `namespace` (exceptions/evaluate.py decides what they waive).
+    exceptions: Sequence[exceptions_model.PolicyException] = ()
+    #: False for background scans: the evaluation and verification counters are admission's.
+    count_metrics: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +99,9 @@ class ImageOutcome:
     results: tuple[evaluate.PolicyResult, ...]
     pin: registry_model.Digest | None  # set when a matching policy pins and the image is allowed
     attestations: tuple[AttestationReport, ...] = ()
+    #: ImagePolicyExceptions that waived violations of this image (or would have, but
+    #: had expired or were not allowed).
+    exceptions: tuple[exceptions_evaluate.Use, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,6 +129,10 @@ def _failure(error: BaseException, registry: str) -> _Failure:
 
 _SignatureSet = signatures_verify.SignatureSet | _Failure
 
+#: Whether this check counts in the evaluation and verification metrics (admission and
+#: `imageward check` do; background scans have metrics of their own).
+_COUNTING: contextvars.ContextVar[bool] = contextvars.ContextVar("imageward_counting", default=True)
+
 
 def _needs_images(policy: model.ImagePolicy) -> bool:
     return (
@@ -138,9 +153,13 @@ async def check_images(
     """Check every distinct image concurrently; `deadline` is in seconds from now."""
     distinct = list(dict.fromkeys(images))
     until = time.monotonic() + deadline
-    outcomes = await asyncio.gather(
-        *(_check_image(image, policies, context, source, until) for image in distinct)
-    )
+    counting = _COUNTING.set(context.count_metrics)
+    try:
+        outcomes = await asyncio.gather(
+            *(_check_image(image, policies, context, source, until) for image in distinct)
+        )
+    finally:
+        _COUNTING.reset(counting)
     by_image = dict(zip(distinct, outcomes, strict=True))
     ordered = tuple(by_image[image] for image in distinct)
     decision = evaluate.combine([r for outcome in ordered for r in outcome.results])
@@ -295,6 +314,18 @@ async def _check_image(
         _count_evaluations(policy, violations)
         results.append(result)
 
+    uses: list[exceptions_evaluate.Use] = []
+    if context.exceptions:
+        results, uses = exceptions_evaluate.apply_exceptions(
+            results,
+            reference=reference,
+            image=image,
+            namespace=context.namespace,
+            pod_labels=context.pod_labels,
+            exceptions=context.exceptions,
+            allows={policy.name: policy.allow_exceptions for _, policy in usable},
+            now=datetime.datetime.now(datetime.UTC),
+        )
     decision = evaluate.combine(results)
     pin = None
     if (
@@ -305,7 +336,7 @@ async def _check_image(
         and any(policy.pin_digest for _, policy in usable)
     ):
         pin = digest
-    return ImageOutcome(image, digest, decision, tuple(results), pin, tuple(reports))
+    return ImageOutcome(image, digest, decision, tuple(results), pin, tuple(reports), tuple(uses))
 
 
 def _failure_violation(
@@ -556,9 +587,10 @@ def _attestation_violations(
             if judged.result != "error":
                 expires = judged.changes_at.timestamp() if judged.changes_at else None
                 _JUDGED[key] = (judged, expires)
-        metrics.attestation_verifications.labels(
-            policy=policy.name, attestation=entry.name, result=judged.result
-        ).inc()
+        if _COUNTING.get():
+            metrics.attestation_verifications.labels(
+                policy=policy.name, attestation=entry.name, result=judged.result
+            ).inc()
         reports.append(AttestationReport(policy.name, entry.name, judged.result, judged.message))
         if judged.result == "error":
             violations.append(
@@ -613,6 +645,8 @@ def _judge_entry(
 def _count_attempts(
     policy: model.ImagePolicy, result: signatures_verify.VerificationResult
 ) -> None:
+    if not _COUNTING.get():
+        return
     for attempt in result.attempts:
         metrics.signature_verifications.labels(
             policy=policy.name,
@@ -623,6 +657,8 @@ def _count_attempts(
 
 
 def _count_evaluations(policy: model.ImagePolicy, violations: Sequence[evaluate.Violation]) -> None:
+    if not _COUNTING.get():
+        return
     failed = {v.rule for v in violations}
     for rule in _rules_of(policy):
         if rule in failed:

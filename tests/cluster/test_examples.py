@@ -39,6 +39,7 @@ def test_every_example_is_covered() -> None:
         "policies/sbom-required.yaml",
         "prepulls/web-tier.yaml",
         "prepulls/shared-layers.yaml",
+        "exceptions/legacy-vendor.yaml",
     }
     present = {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")}
     assert present == covered
@@ -159,6 +160,60 @@ def test_signed_only_admits_signed_and_refuses_unsigned(
         assert refused.returncode != 0
         assert f"ImagePolicy {policy['metadata']['name']}" in refused.stderr
         assert "release-key: no signature found" in refused.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "secret",
+            "release-key",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_legacy_vendor_exception_lets_labelled_vendor_pods_off_signatures(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    cosign_tool: cosign.Cosign,
+    imageward_operator: RunningOperator,
+) -> None:
+    key = cosign_tool.generate_key_pair(f"release-{_uid()}")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "release-key", "namespace": imageward_operator.namespace},
+        "stringData": {"cosign.pub": key.public_pem},
+    }
+    cluster.apply(secret)
+    try:
+        policy = example.apply("policies/signed-only.yaml")
+        exception = example.load("exceptions/legacy-vendor.yaml")
+        exception["spec"]["policies"][0]["name"] = policy["metadata"]["name"]
+        # The example's date, moved to the future whenever the test runs.
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        exception["spec"]["expires"] = later.strftime("%Y-%m-%dT%H:%M:%SZ")
+        cluster.apply(exception)
+        vendor = example.push(f"vendor/{_uid()}", images.nonroot_image(f"v-{_uid()}"))
+
+        def labelled(name: str, app: str) -> Any:
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": example.namespace, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "app", "image": vendor}]},
+            }
+            return cluster.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+
+        admitted = utils.wait_for(
+            "the exception to let the vendor pod in",
+            lambda: (result := labelled("report", "vendor-report")).returncode == 0 and result,
+            timeout=30,
+        )
+        assert "ImagePolicyException" in admitted.stderr and "SEC-1234" in admitted.stderr
+        refused = labelled("other", "web")  # not selected by the exception's podSelector
+        assert refused.returncode != 0 and "no signature found" in refused.stderr
     finally:
         example.cleanup()
         cluster.kubectl(

@@ -208,6 +208,8 @@ class ImagePolicy:
     )
     rules: Rules = Rules()
     pin_digest: bool = False
+    allow_exceptions: bool = True
+    """Whether ImagePolicyExceptions may waive this policy's rules (in their namespace)."""
 
 
 class _Invalid(Exception):
@@ -806,7 +808,11 @@ def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
     try:
         name, generation = _parse_header(obj)
         spec = _mapping(obj, "spec", "")
-        _check_fields(spec, "spec", {"mode", "failurePolicy", "match", "rules", "pinDigest"})
+        _check_fields(
+            spec,
+            "spec",
+            {"mode", "failurePolicy", "match", "rules", "pinDigest", "allowExceptions"},
+        )
         return ImagePolicy(
             name=name,
             generation=generation,
@@ -815,6 +821,8 @@ def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
             match=_parse_match(_mapping(spec, "match", "spec"), "spec.match"),
             rules=_parse_rules(_mapping(spec, "rules", "spec"), "spec.rules"),
             pin_digest=_bool(spec, "pinDigest", "spec"),
+            allow_exceptions=spec.get("allowExceptions") is None
+            or _bool(spec, "allowExceptions", "spec"),
         )
     except _Invalid as error:
         # `from None`: the field path and reason are the whole story for the reader.

@@ -176,7 +176,8 @@ _DELETE = object()
         (
             "spec.extra",
             1,
-            "spec.extra: unknown field (known: failurePolicy, match, mode, pinDigest, rules)",
+            "spec.extra: unknown field (known: allowExceptions, failurePolicy, match, mode, "
+            "pinDigest, rules)",
         ),
         (
             "spec.match.images",
