@@ -28,6 +28,7 @@ from imageward.registry import model as registry_model
 from imageward.registry import platforms as registry_platforms
 from imageward.registry import reference as registry_reference
 from imageward.signatures import coverage as signatures_coverage
+from imageward.signatures import model as signatures_model
 from imageward.signatures import verify as signatures_verify
 
 if TYPE_CHECKING:
@@ -242,7 +243,7 @@ async def _check_image(
         and facts.is_index
         and top_set is not None
         and not (
-            all(_vouched_by_top(loaded, policy, facts.digest, top_set) for loaded, policy in signed)
+            all(_vouched_by_top(loaded, policy, facts, top_set) for loaded, policy in signed)
             and all(
                 _attested_by_top(entry, facts.digest, top_set)
                 for loaded, _ in attested
@@ -350,29 +351,47 @@ async def _fetch_signature_set(
 # image costs a lookup here instead of parsing and checking every signature again.
 # Bounded by the bytes of the sets it keeps alive (each up to 1 MiB of signature blobs).
 _VERIFIED: cachetools.LRUCache[
-    tuple[str, tuple[signatures_verify.Authority, ...], int],
+    tuple[
+        str,
+        signatures_model.Target | None,
+        tuple[signatures_verify.Authority, ...],
+        int,
+    ],
     tuple[signatures_verify.SignatureSet, signatures_verify.VerificationResult],
 ] = cachetools.LRUCache(maxsize=32 * 1024 * 1024, getsizeof=lambda hit: 1024 + hit[0].size)
+
+
+def _target(media_type: str, size: int | None) -> signatures_model.Target | None:
+    """What a Notation payload must name besides the digest (the manifest's descriptor)."""
+    return None if size is None else signatures_model.Target(media_type, size)
 
 
 def _verify(
     digest: registry_model.Digest,
     found: signatures_verify.SignatureSet,
     authorities: tuple[signatures_verify.Authority, ...],
+    target: signatures_model.Target | None = None,
 ) -> signatures_verify.VerificationResult:
-    key = (digest, authorities, id(found))
+    key = (digest, target, authorities, id(found))
     hit = _VERIFIED.get(key)
     if hit is not None and hit[0] is found:  # the id of a collected object can be reused
         return hit[1]
-    result = signatures_verify.verify(digest, found, authorities, threshold=1)
-    _VERIFIED[key] = (found, result)
+    result = signatures_verify.verify(digest, found, authorities, threshold=1, target=target)
+    if not _time_dependent(authorities):
+        _VERIFIED[key] = (found, result)
     return result
+
+
+def _time_dependent(authorities: Sequence[signatures_verify.Authority]) -> bool:
+    """Notation verdicts change with time (certificate validity, expiry): never cached."""
+    return any(isinstance(a, signatures_verify.NotationAuthority) for a in authorities)
 
 
 def _result_of(
     digest: registry_model.Digest,
     found: _SignatureSet,
     authorities: tuple[signatures_verify.Authority, ...],
+    target: signatures_model.Target | None = None,
 ) -> signatures_verify.VerificationResult:
     """The verification of one digest; a set that could not be fetched verifies nothing
     (and, when the registry served something unusable, says what)."""
@@ -381,13 +400,13 @@ def _result_of(
         return signatures_verify.verify(
             digest, signatures_verify.SignatureSet(problems=problems), authorities, threshold=1
         )
-    return _verify(digest, found, authorities)
+    return _verify(digest, found, authorities, target)
 
 
 def _vouched_by_top(
     loaded: LoadedPolicy,
     policy: model.ImagePolicy,
-    digest: registry_model.Digest,
+    facts: registry_model.ImageFacts,
     top: _SignatureSet,
 ) -> bool:
     """Whether the index's own signatures meet the policy's threshold (then the platform
@@ -396,7 +415,9 @@ def _vouched_by_top(
     assert rule is not None
     if isinstance(top, _Failure):
         return False
-    return _verify(digest, top, loaded.authorities).distinct_signers >= rule.threshold
+    target = _target(facts.media_type, facts.size)
+    verified = _verify(facts.digest, top, loaded.authorities, target)
+    return verified.distinct_signers >= rule.threshold
 
 
 def _signature_violations(
@@ -410,7 +431,7 @@ def _signature_violations(
     rule = policy.rules.signatures
     assert rule is not None
     authorities = loaded.authorities
-    top = _result_of(facts.digest, top_set, authorities)
+    top = _result_of(facts.digest, top_set, authorities, _target(facts.media_type, facts.size))
     _count_attempts(policy, top)
     pulled: list[signatures_coverage.Pulled] = []
     if facts.is_index and entry_sets:
@@ -418,7 +439,9 @@ def _signature_violations(
             found = entry_sets.get(image.digest)
             if found is None:
                 continue
-            result = _result_of(image.digest, found, authorities)
+            result = _result_of(
+                image.digest, found, authorities, _target(image.media_type, image.size)
+            )
             _count_attempts(policy, result)
             pulled.append(
                 signatures_coverage.Pulled(

@@ -78,6 +78,7 @@ def evaluate_coverage(
         if top_outcome is not None and top_outcome.verified:
             continue
         top_reason = top_outcome.reason if top_outcome is not None else verify.NO_SIGNATURE
+        top_missing = top_outcome is None or top_outcome.missing
         if not per_entry:
             failures.append((name, top_reason))
             continue
@@ -91,6 +92,7 @@ def evaluate_coverage(
             continue
         first, first_outcome = missing[0]
         entry_reason = first_outcome.reason if first_outcome is not None else verify.NO_SIGNATURE
+        entry_missing = first_outcome is None or first_outcome.missing
         if signed:
             failures.append(
                 (
@@ -99,11 +101,11 @@ def evaluate_coverage(
                     f"{', '.join(e.label for e, _ in missing)} ({first.label}: {entry_reason})",
                 )
             )
-        elif top_reason == verify.NO_SIGNATURE and entry_reason != verify.NO_SIGNATURE:
+        elif top_missing and not entry_missing:
             failures.append((name, f"{first.label}: {entry_reason}"))
-        elif top_reason == verify.NO_SIGNATURE:
+        elif top_missing:
             where = ", ".join(e.label for e, _ in missing)
-            failures.append((name, f"{verify.NO_SIGNATURE} on the index or on {where}"))
+            failures.append((name, f"{top_reason} on the index or on {where}"))
         else:
             failures.append((name, top_reason))
     return Coverage(verified=verified, failures=tuple(failures))
