@@ -27,7 +27,7 @@ import binascii
 import dataclasses
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 import cbor2
@@ -131,7 +131,7 @@ def parse_envelope(media_type: str, raw: bytes) -> Envelope:
 
 
 def _certificates(values: object, what: str) -> tuple[x509.Certificate, ...]:
-    if not isinstance(values, list) or not values:
+    if not isinstance(values, (list, tuple)) or not values:
         raise _malformed(f"{what} is missing or not a list of certificates")
     if len(values) > MAX_CERTIFICATES:
         raise _malformed(
@@ -152,7 +152,7 @@ def _certificates(values: object, what: str) -> tuple[x509.Certificate, ...]:
 
 def _check_signed_attributes(
     *,
-    critical: list[Any],
+    critical: Sequence[Any],
     present: set[Any],
     scheme: object,
     signing_time: datetime.datetime | None,
@@ -421,12 +421,12 @@ def parse_cose(raw: bytes) -> Envelope:
     if not isinstance(document, cbor2.CBORTag) or document.tag != 18:
         raise _malformed("COSE envelope is not a COSE_Sign1_Tagged (tag 18)")
     value = document.value
-    if not isinstance(value, list) or len(value) != 4:
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise _malformed("COSE_Sign1 is not an array of four items")
     protected_raw, unprotected, payload, signature = value
     if not isinstance(protected_raw, bytes) or not protected_raw:
         raise _malformed("COSE protected header is not a byte string")
-    if not isinstance(unprotected, dict):
+    if not isinstance(unprotected, Mapping):  # cbor2 reads maps inside tags as frozendict
         raise _malformed("COSE unprotected header is not a map")
     if not isinstance(payload, bytes):
         raise _malformed("COSE payload is detached or not a byte string")
@@ -437,14 +437,14 @@ def parse_cose(raw: bytes) -> Envelope:
     if len(protected_raw) > MAX_HEADER_BYTES:
         raise _malformed(f"COSE protected header is over {MAX_HEADER_BYTES} bytes")
     protected = _cbor(protected_raw, "COSE protected header")
-    if not isinstance(protected, dict):
+    if not isinstance(protected, Mapping):
         raise _malformed("COSE protected header is not a map")
     algorithm = _COSE_ALGORITHMS.get(protected.get(1))  # type: ignore[arg-type]
     if algorithm is None:
         raise model.Refused("unsupported", f"COSE algorithm {protected.get(1)!r}")
     critical = protected.get(2)
     if critical is not None and not (
-        isinstance(critical, list) and all(isinstance(c, (str, int)) for c in critical)
+        isinstance(critical, (list, tuple)) and all(isinstance(c, (str, int)) for c in critical)
     ):
         raise _malformed("COSE crit is not a list of labels")
     if any(isinstance(c, int) and 0 <= c <= 8 for c in critical or []):
