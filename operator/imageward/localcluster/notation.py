@@ -68,9 +68,7 @@ class Notation:
     def add_key(self, key: SigningKey) -> None:
         """Register a local signing key (what `notation key add` does for plugin keys)."""
         path = self.config / "signingkeys.json"
-        document: dict[str, Any] = (
-            json.loads(path.read_text()) if path.exists() else {"keys": []}
-        )
+        document: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"keys": []}
         document["keys"] = [k for k in document["keys"] if k.get("name") != key.name]
         document["keys"].append(
             {"name": key.name, "keyPath": str(key.key), "certPath": str(key.chain)}

@@ -46,6 +46,11 @@ def _outcomes(result: verify.VerificationResult) -> dict[str, verify.AuthorityOu
     return {outcome.authority: outcome for outcome in result.outcomes}
 
 
+def _missing(outcome: verify.AuthorityOutcome | None) -> bool:
+    """No signature of the authority's format at all (not one that failed)."""
+    return outcome is None or outcome.missing or outcome.reason == verify.NO_SIGNATURE
+
+
 def _signers(outcome: verify.AuthorityOutcome | None) -> frozenset[str]:
     return outcome.signers if outcome is not None and outcome.verified else frozenset()
 
@@ -78,7 +83,7 @@ def evaluate_coverage(
         if top_outcome is not None and top_outcome.verified:
             continue
         top_reason = top_outcome.reason if top_outcome is not None else verify.NO_SIGNATURE
-        top_missing = top_outcome is None or top_outcome.missing
+        top_missing = _missing(top_outcome)
         if not per_entry:
             failures.append((name, top_reason))
             continue
@@ -92,7 +97,7 @@ def evaluate_coverage(
             continue
         first, first_outcome = missing[0]
         entry_reason = first_outcome.reason if first_outcome is not None else verify.NO_SIGNATURE
-        entry_missing = first_outcome is None or first_outcome.missing
+        entry_missing = _missing(first_outcome)
         if signed:
             failures.append(
                 (

@@ -166,7 +166,9 @@ def tsa(issuer: Issued) -> Issued:
     )
 
 
-def write_chain(directory: pathlib.Path, label: str, signer: Issued, *chain: Issued) -> tuple[pathlib.Path, pathlib.Path]:
+def write_chain(
+    directory: pathlib.Path, label: str, signer: Issued, *chain: Issued
+) -> tuple[pathlib.Path, pathlib.Path]:
     """(key file, chain file: signer first, root last) for notation's signingkeys.json."""
     directory.mkdir(parents=True, exist_ok=True)
     key_path = directory / f"{label}.key"
