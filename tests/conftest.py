@@ -17,7 +17,14 @@ from collections.abc import Iterator
 import pytest
 
 from imageward import webhooks
-from imageward.localcluster import containerd, controlplane, cosign, processes, registries
+from imageward.localcluster import (
+    containerd,
+    controlplane,
+    cosign,
+    notation,
+    processes,
+    registries,
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +66,11 @@ def containerd_daemon() -> Iterator[containerd.Containerd]:
 @pytest.fixture(scope="session")
 def cosign_tool(tmp_path_factory: pytest.TempPathFactory) -> cosign.Cosign:
     return cosign.Cosign(tmp_path_factory.mktemp("cosign"))
+
+
+@pytest.fixture(scope="session")
+def notation_tool(tmp_path_factory: pytest.TempPathFactory) -> notation.Notation:
+    return notation.Notation(tmp_path_factory.mktemp("notation"))
 
 
 class RunningOperator:

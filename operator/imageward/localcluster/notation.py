@@ -75,6 +75,12 @@ class Notation:
         )
         path.write_text(json.dumps(document, indent=2))
 
+    def generate_test(self, name: str) -> SigningKey:
+        """`notation cert generate-test`: a self-signed RSA signing certificate and key."""
+        self._checked("cert", "generate-test", name)
+        keys = self.config / "localkeys"
+        return SigningKey(name, keys / f"{name}.key", keys / f"{name}.crt")
+
     def sign(
         self,
         image: str,

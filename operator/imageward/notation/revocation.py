@@ -18,7 +18,9 @@ self-signed root is its own issuer):
 - CRL (distribution point `http://` URLs, in order, 5 s each, at most `MAX_CRL_BYTES`):
   signed by the issuer, not past its nextUpdate; the serial listed means revoked.
 
-Anything else is `unavailable`.
+Anything else is `unavailable`. Decided statuses (good, revoked) are kept for
+`CACHE_SECONDS` per certificate, so a burst of pods costs one look-up; `unavailable`
+is never kept.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 import aiohttp
+import cachetools
 from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,6 +45,7 @@ MAX_OCSP_BYTES: Final = 64 * 1024
 OCSP_TIMEOUT: Final = 2.0
 CRL_TIMEOUT: Final = 5.0
 MAX_URLS: Final = 4
+CACHE_SECONDS: Final = 300.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class Status:
 
 #: Status by certificate fingerprint (hex sha256 of the DER certificate).
 Statuses = Mapping[str, Status]
+
+_DECIDED: cachetools.TTLCache[str, Status] = cachetools.TTLCache(maxsize=4096, ttl=CACHE_SECONDS)
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -252,7 +258,7 @@ async def fetch_statuses(
         issuers = [*certificates[1:], certificates[-1]]
         found = await asyncio.gather(
             *(
-                _status(session, cert, issuer, now)
+                _cached_status(session, cert, issuer, now)
                 for cert, issuer in zip(certificates, issuers, strict=True)
             )
         )
@@ -260,3 +266,19 @@ async def fetch_statuses(
         if own:
             await session.close()
     return {fingerprint(cert): status for cert, status in zip(certificates, found, strict=True)}
+
+
+async def _cached_status(
+    session: aiohttp.ClientSession,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    now: datetime.datetime,
+) -> Status:
+    key = fingerprint(cert) + fingerprint(issuer)
+    hit = _DECIDED.get(key)
+    if hit is not None:
+        return hit
+    status = await _status(session, cert, issuer, now)
+    if status.state != "unavailable":
+        _DECIDED[key] = status
+    return status

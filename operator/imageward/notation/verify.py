@@ -114,10 +114,13 @@ def _when(moment: datetime.datetime) -> str:
 class _Run:
     """One verification: applies the policy's action to each validation's failure."""
 
-    def __init__(self, policy: trust.TrustPolicy, authority: str, label: str) -> None:
+    def __init__(
+        self, policy: trust.TrustPolicy, authority: str, label: str, *, quiet: bool = False
+    ) -> None:
         self.policy = policy
         self.authority = authority
         self.label = label
+        self.quiet = quiet
         self.logged: list[str] = []
 
     def fail(self, action: trust.Action, result: model.Result, reason: str) -> None:
@@ -125,6 +128,8 @@ class _Run:
             raise model.Refused(result, reason)
         if action == "log":
             self.logged.append(reason)
+            if self.quiet:
+                return
             logger.warning(
                 "notation authority %s: %s: %s (logged, not enforced: verificationLevel %s)",
                 self.authority,
@@ -147,11 +152,45 @@ def verify_signature(
 ) -> model.Check:
     """Whether this signature vouches for `digest` under `policy`; Refused becomes data."""
     try:
-        return _verify(
+        check, _ = _verify(
             ref, blobs, digest, target, policy, authority=authority, now=now, revocation=revocation
         )
     except model.Refused as refused:
         return refused.check
+    return check
+
+
+def trusted_chain(
+    ref: SignatureRef,
+    blobs: Mapping[str, bytes],
+    digest: registry_model.Digest,
+    target: model.Target | None,
+    policy: trust.TrustPolicy,
+    *,
+    authority: str,
+) -> tuple[x509.Certificate, ...] | None:
+    """The chain of a signature that passes every validation but revocation and whose
+    chain reaches the trust store (whatever the level logs): the only certificates whose
+    OCSP and CRL addresses the operator may call. None for any other signature."""
+    try:
+        check, chain_ = _verify(
+            ref,
+            blobs,
+            digest,
+            target,
+            dataclasses.replace(policy, revocation="skip"),
+            authority=authority,
+            now=None,
+            revocation=None,
+            quiet=True,
+        )
+    except model.Refused:
+        return None
+    if not check.verified or chain_ is None:
+        return None
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in chain_]
+    stores = (policy.ca, policy.signing_authority)
+    return chain_ if any(der in store for store in stores for der in ders) else None
 
 
 def _verify(
@@ -164,9 +203,10 @@ def _verify(
     authority: str,
     now: datetime.datetime | None,
     revocation: notation_revocation.Statuses | None,
-) -> model.Check:
+    quiet: bool = False,
+) -> tuple[model.Check, tuple[x509.Certificate, ...] | None]:
     now = now or datetime.datetime.now(datetime.UTC)
-    run = _Run(policy, authority, ref.label)
+    run = _Run(policy, authority, ref.label, quiet=quiet)
     raw = model.check_blob(ref.layer_digest, blobs.get(ref.layer_digest), what="Notation envelope")
 
     # 1. integrity
@@ -234,7 +274,7 @@ def _verify(
 
     # 6. the signed descriptor
     _check_payload(parsed.payload, digest, target)
-    return model.Check("verified", signer=signer_of(leaf))
+    return model.Check("verified", signer=signer_of(leaf)), certificates
 
 
 def _check_time(

@@ -22,6 +22,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from imageward.registry import model as registry_model
 from imageward.signatures import bundle, keys, legacy, model
 
@@ -442,6 +445,43 @@ def verify(
         attempts=tuple(attempts),
         signatures_found=len(candidates),
     )
+
+
+def revocation_chains(
+    digest: registry_model.Digest,
+    signatures: SignatureSet,
+    authorities: Sequence[Authority],
+    *,
+    target: model.Target | None = None,
+) -> list[tuple[x509.Certificate, ...]]:
+    """The chains whose revocation status the authorities that check it need: those of
+    Notation signatures that pass everything else and reach the trust store."""
+    wanting = [
+        a for a in authorities if isinstance(a, NotationAuthority) and a.policy.revocation != "skip"
+    ]
+    if not wanting:
+        return []
+    from imageward.notation import verify as notation_verify
+
+    chains: dict[bytes, tuple[x509.Certificate, ...]] = {}
+    for candidate in _candidates(signatures):
+        if candidate.notation is None or candidate.broken is not None:
+            continue
+        for authority in wanting:
+            try:
+                found = notation_verify.trusted_chain(
+                    candidate.notation,
+                    signatures.blobs,
+                    digest,
+                    target,
+                    authority.policy,
+                    authority=authority.name,
+                )
+            except Exception:  # a signature that cannot be read has no chain to look up
+                found = None
+            if found is not None:
+                chains[b"".join(c.fingerprint(hashes.SHA256()) for c in found)] = found
+    return list(chains.values())
 
 
 def count_signers(signer_sets: Sequence[frozenset[str]]) -> int:
