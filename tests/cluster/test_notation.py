@@ -535,3 +535,362 @@ def test_native_referrers_api(
         for pushed in (jws, cose):
             verified = notation_tool.verify(f"{registry.host}/{repository}@{pushed.digest}")
             assert verified.returncode == 0, verified.stderr
+
+
+# -- revocation: off by default; when on, OCSP then CRL, and unreachable fails closed ----------
+
+
+class _Responder:
+    """A CA's CRL distribution point and OCSP responder on loopback (plain HTTP, as the
+    specification allows), signed by `ca`; `revoked` holds revoked serial numbers."""
+
+    def __init__(self, ca: pki.Issued) -> None:
+        import http.server
+        import threading
+
+        self.ca = ca
+        self.revoked: set[int] = set()
+        self.requests: list[str] = []
+        responder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, body: bytes, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/ocsp/"):  # RFC 6960 A.1: GET {url}/{base64 request}
+                    import urllib.parse
+
+                    encoded = urllib.parse.unquote(self.path[len("/ocsp/") :])
+                    responder.requests.append("GET /ocsp")
+                    request = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+                    self._send(responder.ocsp(request), "application/ocsp-response")
+                    return
+                responder.requests.append(f"GET {self.path}")
+                self._send(responder.crl(), "application/pkix-crl")
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                responder.requests.append(f"POST {self.path}")
+                self._send(responder.ocsp(body), "application/ocsp-response")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.issued: dict[int, pki.Issued] = {}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def crl_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ca.crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ocsp"
+
+    def crl(self) -> bytes:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ca.cert.subject)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(hours=1))
+            .add_extension(x509.CRLNumber(1), critical=False)
+        )
+        for serial in sorted(self.revoked):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - datetime.timedelta(minutes=1))
+                .build()
+            )
+        return builder.sign(self.ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    def ocsp(self, body: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509 import ocsp
+
+        request = ocsp.load_der_ocsp_request(body)
+        cert = self.issued[request.serial_number]
+        now = datetime.datetime.now(datetime.UTC)
+        revoked = request.serial_number in self.revoked
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert.cert,
+                issuer=self.ca.cert,
+                algorithm=request.hash_algorithm,
+                cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+                this_update=now - datetime.timedelta(minutes=1),
+                next_update=now + datetime.timedelta(hours=1),
+                revocation_time=now - datetime.timedelta(minutes=1) if revoked else None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.ca.cert)
+            .sign(self.ca.key, hashes.SHA256())
+        )
+        return response.public_bytes(serialization.Encoding.DER)
+
+    def leaf(self, cn: str, *, crl: str | None = None, ocsp_url: str | None = None) -> pki.Issued:
+        from cryptography import x509
+        from cryptography.x509 import oid
+
+        extra: list[x509.ExtensionType] = []
+        if crl is not None:
+            extra.append(
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            [x509.UniformResourceIdentifier(crl)], None, None, None
+                        )
+                    ]
+                )
+            )
+        if ocsp_url is not None:
+            extra.append(
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            oid.AuthorityInformationAccessOID.OCSP,
+                            x509.UniformResourceIdentifier(ocsp_url),
+                        )
+                    ]
+                )
+            )
+        issued = pki.leaf(self.ca, pki.name(C="US", ST="WA", O="Acme", CN=cn), extra=extra)
+        self.issued[issued.cert.serial_number] = issued
+        return issued
+
+
+def test_revocation_is_off_by_default_and_fails_closed_when_on(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: helpers.Policies,
+    anonymous: registries.Registry,
+    notation_tool: notation.Notation,
+    registry_set: registries.Registries,
+    tmp_path: pathlib.Path,
+) -> None:
+    from imageward.localcluster import processes
+
+    root = pki.ca(pki.name(C="US", ST="WA", O="Acme", CN="Acme Revoking Root"))
+    responder = _Responder(root)
+    try:
+        closed = f"http://127.0.0.1:{processes.free_port()}/ca.crl"
+        leaves = {
+            "crl-good": responder.leaf("crl-good", crl=responder.crl_url),
+            "crl-revoked": responder.leaf("crl-revoked", crl=responder.crl_url),
+            "ocsp-good": responder.leaf("ocsp-good", ocsp_url=responder.ocsp_url),
+            "ocsp-revoked": responder.leaf("ocsp-revoked", ocsp_url=responder.ocsp_url),
+            "unreachable": responder.leaf("unreachable", crl=closed),
+        }
+        responder.revoked = {
+            leaves["crl-revoked"].cert.serial_number,
+            leaves["ocsp-revoked"].cert.serial_number,
+        }
+        prefix = f"rv{helpers.uid()}"
+        pushed: dict[str, tuple[str, str]] = {}
+        for label, issued in leaves.items():
+            image, digest = helpers.push(
+                anonymous, images.nonroot_image(f"{label}-{helpers.uid()}"), prefix=prefix
+            )
+            notation_tool.sign(
+                helpers.pinned(image, digest), _key(tmp_path / "keys", label, issued, root)
+            )
+            pushed[label] = (image, digest)
+
+        def authority(**extra: Any) -> dict[str, Any]:
+            return {
+                "name": "acme",
+                "notation": {
+                    "trustStore": {"pem": root.pem.decode()},
+                    "trustedIdentities": ["*"],
+                    **extra,
+                },
+            }
+
+        check = Check(tmp_path, registry_set)
+
+        def decide(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+            policy = check.policy_file(
+                {
+                    "apiVersion": "imageward.io/v1alpha1",
+                    "kind": "ImagePolicy",
+                    "metadata": {"name": "revocation"},
+                    "spec": {
+                        "match": {"images": [f"{anonymous.host}/{prefix}/**"]},
+                        "rules": {"signatures": {"authorities": [spec]}},
+                    },
+                }
+            )
+            _, report = check.json("--policy", policy, *(image for image, _ in pushed.values()))
+            by_image = {entry["image"]: entry for entry in report["images"]}
+            return {label: by_image[image] for label, (image, _) in pushed.items()}
+
+        # Off by default: every image is admitted, the unreachable responder included.
+        default = decide(authority())
+        assert {label: e["decision"] for label, e in default.items()} == dict.fromkeys(
+            leaves, "allow"
+        )
+        notation_tool.trust(
+            {"ca:acme": [root.pem]}, identities=["*"], override={"revocation": "skip"}
+        )
+        for label, (image, digest) in pushed.items():
+            assert notation_tool.verify(helpers.pinned(image, digest)).returncode == 0, label
+
+        # On: OCSP or CRL decides; a responder that cannot be reached fails closed.
+        enforced = decide(authority(override={"revocation": "enforce"}))
+        decisions = {label: e["decision"] for label, e in enforced.items()}
+        assert decisions == {
+            "crl-good": "allow",
+            "crl-revoked": "deny",
+            "ocsp-good": "allow",
+            "ocsp-revoked": "deny",
+            "unreachable": "deny",
+        }, enforced
+        message = enforced["crl-revoked"]["violations"][0]["message"]
+        assert (
+            "acme: certificate CN=crl-revoked,O=Acme,ST=WA,C=US is revoked (CRL: revoked at"
+            in message
+        )
+        message = enforced["ocsp-revoked"]["violations"][0]["message"]
+        assert (
+            "acme: certificate CN=ocsp-revoked,O=Acme,ST=WA,C=US is revoked (OCSP: revoked at"
+            in message
+        )
+        message = enforced["unreachable"]["violations"][0]["message"]
+        assert (
+            "acme: revocation status of certificate CN=unreachable,O=Acme,ST=WA,C=US could not be "
+            f"determined: CRL {closed}: " in message
+        ), message
+        assert "POST /ocsp" in responder.requests and "GET /ca.crl" in responder.requests
+        responder.requests.clear()
+
+        # notation verify at strict (revocation enforced) agrees on each.
+        notation_tool.trust({"ca:acme": [root.pem]}, identities=["*"])
+        for label, (image, digest) in pushed.items():
+            verified = notation_tool.verify(helpers.pinned(image, digest))
+            assert (verified.returncode == 0) == (decisions[label] == "allow"), (
+                label,
+                verified.stderr,
+                responder.requests,
+            )
+
+        # The webhook fails closed the same way.
+        policies.apply(
+            [f"{anonymous.host}/{prefix}/**"],
+            {"signatures": {"authorities": [authority(override={"revocation": "enforce"})]}},
+        )
+        image, digest = pushed["unreachable"]
+        refused = helpers.create(cluster, namespace, helpers.pod("unreachable", image))
+        assert refused.returncode != 0 and "could not be determined" in refused.stderr, (
+            refused.stderr
+        )
+        admitted = helpers.create(cluster, namespace, helpers.pod("good", pushed["ocsp-good"][0]))
+        assert admitted.returncode == 0, admitted.stderr
+    finally:
+        responder.close()
+
+
+def test_a_timestamped_signature_outlives_its_certificate(
+    notation_tool: notation.Notation,
+    anonymous: registries.Registry,
+    registry_set: registries.Registries,
+    keys: Keys,
+    tmp_path: pathlib.Path,
+) -> None:
+    """`notation sign --timestamp-url` against a local RFC 3161 TSA: once the signing
+    certificate has expired, the countersignature keeps the signature valid, for
+    notation and imageward alike, when the timestampTrustStore holds the TSA's root;
+    without that store both refuse."""
+    from tests.unit.notation import tsa
+
+    authority = tsa.Authority()
+    server = tsa.Server(authority)
+    try:
+        tsa_root = tmp_path / "tsa-root.pem"
+        tsa_root.write_bytes(authority.root_pem)
+        not_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=10)
+        short = _key(
+            tmp_path / "keys",
+            "stamped",
+            pki.leaf(
+                keys.root, not_after=not_after, not_before=pki.NOW - datetime.timedelta(hours=1)
+            ),
+            keys.root,
+        )
+        prefix = f"ts{helpers.uid()}"
+        images_ = {}
+        for envelope in ("jws", "cose"):
+            image, digest = helpers.push(
+                anonymous, images.nonroot_image(f"{envelope}-{helpers.uid()}"), prefix=prefix
+            )
+            notation_tool.sign(
+                helpers.pinned(image, digest),
+                short,
+                envelope=envelope,
+                extra=["--timestamp-url", server.url, "--timestamp-root-cert", str(tsa_root)],
+            )
+            images_[envelope] = (image, digest)
+        assert server.requests == 2
+        time.sleep(max(0.0, (not_after - datetime.datetime.now(datetime.UTC)).total_seconds() + 2))
+
+        check = Check(tmp_path, registry_set)
+
+        def decisions(**store: Any) -> dict[str, tuple[str, list[str]]]:
+            spec = {"trustStore": {"pem": keys.root_pem}, "trustedIdentities": [RELEASE], **store}
+            policy = check.policy_file(
+                {
+                    "apiVersion": "imageward.io/v1alpha1",
+                    "kind": "ImagePolicy",
+                    "metadata": {"name": "stamped"},
+                    "spec": {
+                        "match": {"images": [f"{anonymous.host}/{prefix}/**"]},
+                        "rules": {
+                            "signatures": {"authorities": [{"name": "acme", "notation": spec}]}
+                        },
+                    },
+                }
+            )
+            _, report = check.json("--policy", policy, *(i for i, _ in images_.values()))
+            by_image = {e["image"]: e for e in report["images"]}
+            return {
+                kind: (
+                    by_image[image]["decision"],
+                    [v["message"] for v in by_image[image]["violations"]],
+                )
+                for kind, (image, _) in images_.items()
+            }
+
+        stamped = decisions(timestampTrustStore={"pem": authority.root_pem.decode()})
+        assert stamped == {"jws": ("allow", []), "cose": ("allow", [])}, stamped
+        notation_tool.trust(
+            {"ca:acme": [keys.root.pem], "tsa:acme-tsa": [authority.root_pem]}, identities=[RELEASE]
+        )
+        for kind, (image, digest) in images_.items():
+            verified = notation_tool.verify(helpers.pinned(image, digest))
+            assert verified.returncode == 0, (kind, verified.stderr)
+
+        unstamped = decisions()
+        for kind, (decision, messages) in unstamped.items():
+            assert decision == "deny", kind
+            assert "signature expired: certificate CN=release" in messages[0], messages
+        _trust_like_the_policy(notation_tool, keys)
+        for kind, (image, digest) in images_.items():
+            assert notation_tool.verify(helpers.pinned(image, digest)).returncode != 0, kind
+    finally:
+        server.close()

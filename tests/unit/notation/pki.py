@@ -86,7 +86,7 @@ def ca(
         .issuer_name(issuer.cert.subject if issuer else subject)
         .public_key(private.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or NOW - datetime.timedelta(days=1))
+        .not_valid_before(not_before or NOW - datetime.timedelta(days=60))
         .not_valid_after(not_after or NOW + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
@@ -162,6 +162,7 @@ def tsa(issuer: Issued) -> Issued:
         name(C="US", ST="WA", O="Acme", CN="Acme TSA"),
         ekus=(oid.ExtendedKeyUsageOID.TIME_STAMPING,),
         eku_critical=True,
+        not_before=NOW - datetime.timedelta(days=30),
         not_after=NOW + datetime.timedelta(days=3650),
     )
 
