@@ -894,3 +894,56 @@ def test_a_timestamped_signature_outlives_its_certificate(
             assert notation_tool.verify(helpers.pinned(image, digest)).returncode != 0, kind
     finally:
         server.close()
+
+
+def test_threshold_counts_cosign_and_notation_signers(
+    anonymous: registries.Registry,
+    registry_set: registries.Registries,
+    notation_tool: notation.Notation,
+    cosign_tool: cosign.Cosign,
+    keys: Keys,
+    tmp_path: pathlib.Path,
+) -> None:
+    """threshold: 2 over a cosign key and a notation authority: met by one signature of
+    each format, not by either alone."""
+    prefix = f"nth{helpers.uid()}"
+    key = cosign_tool.generate_key_pair(f"th-{helpers.uid()}")
+    both, both_digest = helpers.push(
+        anonymous, images.nonroot_image(f"b-{helpers.uid()}"), prefix=prefix
+    )
+    cosign_tool.sign(helpers.pinned(both, both_digest), key)
+    notation_tool.sign(helpers.pinned(both, both_digest), keys.release, envelope="cose")
+    only, only_digest = helpers.push(
+        anonymous, images.nonroot_image(f"o-{helpers.uid()}"), prefix=prefix
+    )
+    notation_tool.sign(helpers.pinned(only, only_digest), keys.release)
+    check = Check(tmp_path, registry_set)
+    policy = check.policy_file(
+        {
+            "apiVersion": "imageward.io/v1alpha1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": "two-formats"},
+            "spec": {
+                "match": {"images": [f"{anonymous.host}/{prefix}/**"]},
+                "rules": {
+                    "signatures": {
+                        "threshold": 2,
+                        "authorities": [
+                            {"name": "release-key", "key": {"pem": key.public_pem}},
+                            _authority(keys),
+                        ],
+                    }
+                },
+            },
+        }
+    )
+    status, report = check.json("--policy", policy, both, only)
+    by_image = {entry["image"]: entry for entry in report["images"]}
+    assert by_image[both]["decision"] == "allow", by_image[both]
+    assert by_image[only]["decision"] == "deny" and status == 1
+    (violation,) = by_image[only]["violations"]
+    assert "is verified by 1 of 2 authorities, under signatures threshold 2" in violation["message"]
+    assert (
+        "release-key: no signature found for cosign (only Notation signatures"
+        in violation["message"]
+    )

@@ -110,28 +110,16 @@ def _children(content: bytes) -> list[tuple[int, bytes]]:
     return found
 
 
-def parse_request(der: bytes) -> tuple[str, bytes, int | None]:
-    """(hash algorithm OID, message hash, nonce) of a TimeStampReq."""
+def parse_request(der: bytes) -> tuple[bytes, bytes, int | None]:
+    """(hash AlgorithmIdentifier as sent, message hash, nonce) of a TimeStampReq."""
     _, body, _ = _read(der, 0)
     fields = _children(body)
     imprint = _children(fields[1][1])
-    (_, oid_der), *_ = _children(imprint[0][1])
     nonce = None
     for tag, value in fields[2:]:
         if tag == 0x02:
             nonce = int.from_bytes(value, "big", signed=True)
-    return _decode_oid(oid_der), imprint[1][1], nonce
-
-
-def _decode_oid(raw: bytes) -> str:
-    parts = [raw[0] // 40, raw[0] % 40]
-    value = 0
-    for byte in raw[1:]:
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            parts.append(value)
-            value = 0
-    return ".".join(map(str, parts))
+    return seq(imprint[0][1]), imprint[1][1], nonce
 
 
 # -- the token ------------------------------------------------------------------------------
@@ -148,7 +136,7 @@ class Authority:
     def token(
         self,
         message_hash: bytes,
-        hash_oid: str = SHA256,
+        hash_oid: str | bytes = SHA256,
         *,
         nonce: int | None = None,
         gen_time: datetime.datetime | None = None,
@@ -160,7 +148,10 @@ class Authority:
         info_fields = [
             integer(1),
             oid(POLICY),
-            seq(algorithm(hash_oid), octets(message_hash)),
+            seq(
+                hash_oid if isinstance(hash_oid, bytes) else algorithm(hash_oid),
+                octets(message_hash),
+            ),
             integer(self.serial),
             generalized_time(moment),
         ]
@@ -203,8 +194,9 @@ class Authority:
         return seq(oid(SIGNED_DATA), explicit(0, signed_data))
 
     def respond(self, request: bytes) -> bytes:
-        hash_oid, message_hash, nonce = parse_request(request)
-        return seq(seq(integer(0)), self.token(message_hash, hash_oid, nonce=nonce))
+        # The imprint's AlgorithmIdentifier goes back as sent (NULL parameters or none).
+        hash_algorithm, message_hash, nonce = parse_request(request)
+        return seq(seq(integer(0)), self.token(message_hash, hash_algorithm, nonce=nonce))
 
     def token_for(self, signature: bytes) -> bytes:
         """The countersignature notation attaches: a token over sha256(signature)."""
