@@ -83,6 +83,16 @@ build_kubernetes() {
   done
 }
 
+build_pause() {
+  # The real node's sandbox image (nothing can be pulled from registry.k8s.io here).
+  local src=$here/pause/imageward-pause.c
+  local v; v=$(sha256sum "$src" | cut -c1-12)
+  have imageward-pause "$v" && { log "imageward-pause $v cached"; return; }
+  log "building imageward-pause $v (static, gcc)"
+  cc -static -Os -s -o "$bin/imageward-pause-$v" "$src"
+  have imageward-pause "$v"
+}
+
 build_etcd() {
   local v=$ETCD_VERSION
   have etcd "$v" && { log "etcd $v cached"; return; }
@@ -135,10 +145,11 @@ build_notation() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(helper etcd kubernetes kwok cosign helm crane referrers-registry notation)
+[ ${#targets[@]} -eq 0 ] && targets=(helper pause etcd kubernetes kwok cosign helm crane referrers-registry notation)
 for t in "${targets[@]}"; do
   case $t in
     helper) build_helper ;;
+    pause) build_pause ;;
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;
