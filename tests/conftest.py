@@ -23,6 +23,7 @@ from imageward.localcluster import (
     containerd,
     controlplane,
     cosign,
+    notation,
     processes,
     realnode,
     registries,
@@ -129,6 +130,11 @@ def real_node_slot() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def cosign_tool(tmp_path_factory: pytest.TempPathFactory) -> cosign.Cosign:
     return cosign.Cosign(tmp_path_factory.mktemp("cosign"))
+
+
+@pytest.fixture(scope="session")
+def notation_tool(tmp_path_factory: pytest.TempPathFactory) -> notation.Notation:
+    return notation.Notation(tmp_path_factory.mktemp("notation"))
 
 
 class RunningOperator:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from imageward.localcluster import controlplane, cosign, images, registries
+from imageward.localcluster import controlplane, cosign, images, notation, registries
 from imageward.prepull import plans
 from tests import utils
 from tests.conftest import RunningOperator
@@ -37,6 +37,7 @@ def test_every_example_is_covered() -> None:
         "policies/production-namespace.yaml",
         "policies/no-critical-cves.yaml",
         "policies/sbom-required.yaml",
+        "policies/notation-signed.yaml",
         "prepulls/web-tier.yaml",
         "prepulls/shared-layers.yaml",
         "exceptions/legacy-vendor.yaml",
@@ -220,6 +221,64 @@ def test_legacy_vendor_exception_lets_labelled_vendor_pods_off_signatures(
             "delete",
             "secret",
             "release-key",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_notation_signed_admits_the_release_identity(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    notation_tool: notation.Notation,
+    imageward_operator: RunningOperator,
+    tmp_path: pathlib.Path,
+) -> None:
+    from tests.unit.notation import pki
+
+    root = pki.ca(pki.name(C="US", ST="WA", O="Acme", CN="Acme Root"))
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(root.pem)
+    key_file, chain_file = pki.write_chain(tmp_path, "release", pki.leaf(root), root)
+    release = notation.SigningKey(f"release-{_uid()}", key_file, chain_file)
+    qa_key, qa_chain = pki.write_chain(
+        tmp_path, "qa", pki.leaf(root, pki.name(C="US", ST="WA", O="Acme", CN="qa")), root
+    )
+    qa = notation.SigningKey(f"qa-{_uid()}", qa_key, qa_chain)
+    # The command the example's comment gives, as a manifest (so it can be applied twice).
+    config_map = cluster.kubectl(
+        "create",
+        "configmap",
+        "notation-roots",
+        "-n",
+        imageward_operator.namespace,
+        f"--from-file=ca.crt={root_file}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", input=config_map)
+    try:
+        signed_manifest = images.nonroot_image(f"n-{_uid()}")
+        signed = example.push(f"notary/{_uid()}", signed_manifest)
+        notation_tool.sign(f"{signed.rsplit(':', 1)[0]}@{signed_manifest.digest}", release)
+        qa_manifest = images.nonroot_image(f"q-{_uid()}")
+        by_qa = example.push(f"notary/{_uid()}", qa_manifest)
+        notation_tool.sign(f"{by_qa.rsplit(':', 1)[0]}@{qa_manifest.digest}", qa, envelope="cose")
+        policy = example.apply("policies/notation-signed.yaml")
+
+        assert example.run("signed", signed).returncode == 0
+        refused = example.run("by-qa", by_qa)
+        assert refused.returncode != 0
+        assert f"ImagePolicy {policy['metadata']['name']}" in refused.stderr
+        assert "acme-release: identity not trusted" in refused.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "configmap",
+            "notation-roots",
             "-n",
             imageward_operator.namespace,
             "--ignore-not-found",

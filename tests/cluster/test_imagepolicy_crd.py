@@ -54,6 +54,8 @@ def _key(name: str) -> dict[str, Any]:
     return {"name": name, "key": {"pem": PEM}}
 
 
+CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
 KEYLESS = {"issuer": "https://token.actions.githubusercontent.com", "subject": "x"}
 
 MISTAKES: list[tuple[str, dict[str, Any], str]] = [
@@ -71,12 +73,55 @@ MISTAKES: list[tuple[str, dict[str, Any], str]] = [
             }
         },
         'spec.rules.signatures.authorities[0]: Invalid value: "object": '
-        "set exactly one of key and keyless",
+        "set exactly one of key, keyless and notation",
     ),
     (
         "an authority with neither",
         {"signatures": {"authorities": [{"name": "none"}]}},
-        "set exactly one of key and keyless",
+        "set exactly one of key, keyless and notation",
+    ),
+    (
+        "a notation authority without a trust store",
+        {"signatures": {"authorities": [{"name": "n", "notation": {"trustedIdentities": ["*"]}}]}},
+        "set trustStore or signingAuthorityTrustStore",
+    ),
+    (
+        "a notation trust store given inline and from a ConfigMap",
+        {
+            "signatures": {
+                "authorities": [
+                    {
+                        "name": "n",
+                        "notation": {
+                            "trustStore": {
+                                "pem": CERT_PEM,
+                                "configMapRef": {"namespace": "n", "name": "c"},
+                            },
+                            "trustedIdentities": ["*"],
+                        },
+                    }
+                ]
+            }
+        },
+        "set exactly one of pem, secretRef and configMapRef",
+    ),
+    (
+        "a notation verification level notation has but imageward does not (skip)",
+        {
+            "signatures": {
+                "authorities": [
+                    {
+                        "name": "n",
+                        "notation": {
+                            "trustStore": {"pem": CERT_PEM},
+                            "trustedIdentities": ["*"],
+                            "verificationLevel": "skip",
+                        },
+                    }
+                ]
+            }
+        },
+        'Unsupported value: "skip"',
     ),
     (
         "a key given inline and from a Secret",
