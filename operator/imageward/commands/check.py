@@ -7,21 +7,19 @@ denied, 2 usage errors and unusable policies.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import yaml
+from imageward import commands, constants, errors
 
-from imageward import commands, constants, errors, settings
-from imageward.registry import auth as registry_auth
-from imageward.registry import model as registry_model
-
+# What a run needs is imported by the function that needs it, not here: `check --help`
+# (and the other commands, which import this module for its helpers) need none of it.
 if TYPE_CHECKING:
     from imageward import checker
+    from imageward.registry import auth as registry_auth
+    from imageward.registry import model as registry_model
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 
@@ -46,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_platform(text: str | None) -> registry_model.Platform | None:
+    from imageward.registry import model as registry_model
+
     if not text:
         return None
     parts = text.split("/")
@@ -55,6 +55,8 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    import yaml
+
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
@@ -82,6 +84,8 @@ def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
+    from imageward.registry import auth as registry_auth
+
     candidates = [pathlib.Path(path)] if path else registry_auth.default_docker_config_paths()
     for candidate in candidates:
         if candidate.is_file():
@@ -129,7 +133,9 @@ def render_text(report: dict[str, Any], out: TextIO) -> None:
 async def _run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: sigstore and the registry client cost a third of a
     # second that `imageward --help` and the other commands need not pay.
-    from imageward import checker, imagesource, policystore
+    import json
+
+    from imageward import checker, imagesource, policystore, settings
 
     platform = parse_platform(args.platform)
     documents = read_policy_documents(args.policy)
@@ -161,6 +167,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     try:
         return asyncio.run(_run(args))
     except UsageError as e:
