@@ -595,6 +595,8 @@ def measure_clis(
     imageward = [str(script) if script.exists() else sys.executable]
     if not script.exists():
         imageward += ["-m", "imageward"]
+    if args.imageward_tree:  # another checkout's imageward (a before/after comparison)
+        env["PYTHONPATH"] = str(args.imageward_tree.resolve() / "operator")
     files = workdir / "cli"
     files.mkdir(parents=True, exist_ok=True)
     iw_policy = files / "imagepolicy.yaml"
@@ -635,6 +637,17 @@ def measure_clis(
     rows: dict[str, dict[str, CliFigure]] = {}
     nomatch = "example.invalid/elsewhere/app:1.0"
     floor_pods = pods_file("floor", [nomatch])
+    rows["imageward check --help / kyverno apply --help / tester --help"] = {
+        "imageward": run_commands(
+            [[*imageward, "check", "--help"]], env, None, args.repeat, expect=ok
+        ),
+        peers.KYVERNO: run_commands(
+            [[kyverno[0], "apply", "--help"]], env, None, args.repeat, expect=ok
+        ),
+        peers.POLICY_CONTROLLER: run_commands(
+            [[tester[0], "--help"]], env, None, args.repeat, expect=lambda r: True
+        ),
+    }
     rows["floor (nothing to look up)"] = {
         "imageward": run_commands(
             [[*imageward, "check", "--policy", str(iw_policy), nomatch]],
@@ -898,6 +911,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="CLI runs per figure (median)")
     parser.add_argument(
         "--profile", type=pathlib.Path, help="run imageward under pyinstrument, text report here"
+    )
+    parser.add_argument(
+        "--imageward-tree",
+        type=pathlib.Path,
+        help="run the CLI of the imageward in this checkout (PYTHONPATH), e.g. an older one",
     )
     args = parser.parse_args(argv)
     args.cli_latency = args.cli_latency or [0.0, args.latency]

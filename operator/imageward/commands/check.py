@@ -17,9 +17,11 @@ from imageward import commands, constants, errors
 # What a run needs is imported by the function that needs it, not here: `check --help`
 # (and the other commands, which import this module for its helpers) need none of it.
 if TYPE_CHECKING:
-    from imageward import checker
+    from imageward import checker, imagesource, settings
     from imageward.registry import auth as registry_auth
     from imageward.registry import model as registry_model
+    from imageward.registry import platforms as registry_platforms
+    from imageward.signatures import verify as signatures_verify
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 
@@ -135,7 +137,7 @@ async def _run(args: argparse.Namespace) -> int:
     # second that `imageward --help` and the other commands need not pay.
     import json
 
-    from imageward import checker, imagesource, policystore, settings
+    from imageward import checker, policystore, settings
 
     platform = parse_platform(args.platform)
     documents = read_policy_documents(args.policy)
@@ -149,7 +151,7 @@ async def _run(args: argparse.Namespace) -> int:
         registry=settings.RegistrySettings(insecure_registries=tuple(args.insecure_registry))
     )
     credentials = read_docker_config(args.docker_config)
-    async with imagesource.RegistryImageSource(config.registry) as source:
+    async with _LazySource(config.registry) as source:
         outcome = await checker.check_images(
             args.images,
             loaded,
@@ -164,6 +166,70 @@ async def _run(args: argparse.Namespace) -> int:
     else:
         render_text(report, sys.stdout)
     return EXIT_DENIED if any(i["decision"] == "deny" for i in report["images"]) else EXIT_OK
+
+
+class _LazySource:
+    """The checker's image source, built at its first lookup: images no policy matches
+    need no registry client at all, so a run that looks nothing up never imports one.
+
+    A one-shot command talks HTTP with the standard library's streams
+    (`registry.streams`), not aiohttp, whose import alone costs more than the lookups of
+    a small image.
+    """
+
+    def __init__(self, config: settings.RegistrySettings) -> None:
+        self._config = config
+        self._source: imagesource.RegistryImageSource | None = None
+
+    def _get(self) -> imagesource.RegistryImageSource:
+        if self._source is None:
+            from imageward import imagesource
+            from imageward.registry import client, streams
+
+            registry_client = client.RegistryClient(
+                self._config,
+                transport_=streams.StreamTransport(
+                    max_concurrency=self._config.max_concurrency,
+                    ca_bundle=self._config.ca_bundle,
+                ),
+            )
+            self._source = imagesource.RegistryImageSource(
+                self._config, registry_client=registry_client
+            )
+        return self._source
+
+    async def __aenter__(self) -> _LazySource:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._source is not None:
+            await self._source.__aexit__(*exc_info)
+
+    async def fetch_facts(
+        self,
+        reference: registry_model.ImageReference,
+        *,
+        platform: registry_platforms.PlatformChoice | registry_model.Platform | None,
+        credentials: Sequence[registry_auth.DockerConfig],
+    ) -> registry_model.ImageFacts:
+        return await self._get().fetch_facts(reference, platform=platform, credentials=credentials)
+
+    async def fetch_signatures(
+        self,
+        reference: registry_model.ImageReference,
+        digest: registry_model.Digest,
+        *,
+        credentials: Sequence[registry_auth.DockerConfig],
+    ) -> signatures_verify.SignatureSet:
+        return await self._get().fetch_signatures(reference, digest, credentials=credentials)
+
+    async def resolve(
+        self,
+        reference: registry_model.ImageReference,
+        *,
+        credentials: Sequence[registry_auth.DockerConfig],
+    ) -> registry_model.Digest:
+        return await self._get().resolve(reference, credentials=credentials)
 
 
 def run(args: argparse.Namespace) -> int:
