@@ -172,33 +172,45 @@ def pod_body(refs: Sequence[str]) -> bytes:
 
 
 class Api:
-    """Pod creates on one keep-alive HTTPS connection, as the admin user."""
+    """Pod creates on one keep-alive HTTPS connection, as the admin user (reconnecting
+    once when the apiserver closed it while idle)."""
 
     def __init__(self, plane: controlplane.ControlPlane) -> None:
         self.plane = plane
         self.context = plane.ssl_context()
-        self.connection = http.client.HTTPSConnection(
-            "127.0.0.1", plane.port, context=self.context, timeout=60
+        self.connection = self._connect()
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.plane.port, context=self.context, timeout=60
         )
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        for attempt in (1, 2):
+            try:
+                self.connection.request(method, path, body=body, headers=headers)
+                response = self.connection.getresponse()
+                return response.status, response.read()
+            except (OSError, http.client.HTTPException):
+                self.connection.close()
+                self.connection = self._connect()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def create(self, body: bytes, *, dry_run: bool = False) -> tuple[int, dict[str, Any]]:
         path = f"/api/v1/namespaces/{NAMESPACE}/pods" + ("?dryRun=All" if dry_run else "")
-        self.connection.request(
-            "POST", path, body=body, headers={"Content-Type": "application/json"}
-        )
-        response = self.connection.getresponse()
-        payload = response.read()
-        return response.status, json.loads(payload) if payload else {}
+        status, payload = self.call("POST", path, body)
+        return status, json.loads(payload) if payload else {}
 
     def delete_pods(self) -> None:
         """Delete every bench pod (one deletecollection) and wait until none is left."""
-        self.connection.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods")
-        self.connection.getresponse().read()
+        self.call("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods")
 
         def gone() -> bool:
-            self.connection.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1")
-            response = self.connection.getresponse()
-            items: list[Any] = json.loads(response.read()).get("items", [])
+            _, payload = self.call("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?limit=1")
+            items: list[Any] = json.loads(payload).get("items", [])
             return not items
 
         self.plane.wait_for("bench pods deleted", gone, timeout=120)
@@ -626,7 +638,13 @@ def measure_clis(
         path.write_text(yaml.safe_dump_all(docs))
         return path
 
-    kyverno = [str(tools.find("kubectl-kyverno")), "apply", str(ky_policy)]
+    kyverno = [
+        str(tools.find("kubectl-kyverno")),
+        "apply",
+        str(ky_policy),
+        "--registry",  # verifyImages needs the registry
+        "--remove-color",
+    ]
     tester = [str(tools.find("policy-tester")), "--policy", str(pc_policy), "--log-level=error"]
     ok: Callable[[subprocess.CompletedProcess[str]], bool] = lambda r: r.returncode == 0  # noqa: E731
 
@@ -869,16 +887,21 @@ ARGS = argparse.Namespace(concurrency=16)
 # -- main ------------------------------------------------------------------------------------
 
 
-def peer_tools_missing() -> list[str]:
+def peer_tools_missing(names: Sequence[str], *, cli: bool) -> list[str]:
+    """What `make peer-tools` builds that this run needs and is not there."""
+    needed = {
+        peers.KYVERNO: ["kyverno"] + (["kubectl-kyverno"] if cli else []),
+        peers.POLICY_CONTROLLER: ["policy-webhook"] + (["policy-tester"] if cli else []),
+    }
     missing = []
-    for name in ("kyverno", "kubectl-kyverno", "policy-webhook", "policy-tester"):
-        try:
-            tools.find(name)
-        except tools.ToolMissingError:
-            missing.append(name)
-    for kit in (peers.KYVERNO, peers.POLICY_CONTROLLER):
-        if not (peers.kit_dir(kit) / "version").exists():
-            missing.append(f"{kit} kit")
+    for name in names:
+        for tool in needed.get(name, []):
+            try:
+                tools.find(tool)
+            except tools.ToolMissingError:
+                missing.append(tool)
+        if name in needed and not (peers.kit_dir(name) / "version").exists():
+            missing.append(f"{name} kit")
     return missing
 
 
@@ -923,8 +946,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n for n in args.controllers.split(",") if n]
     scenarios = [SCENARIOS_BY_NAME[n] for n in args.scenarios.split(",") if n]
 
-    missing = peer_tools_missing()
-    if missing and set(names) - {"imageward"}:
+    cli = not args.skip_cli and set(names) >= set(CONTROLLERS)
+    missing = peer_tools_missing(names, cli=cli)
+    if missing:
         print(f"peers_bench: skipped, not built: {', '.join(missing)} (run `make peer-tools`)")
         return 0
     print(harness.load_note())
@@ -1000,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"CPU {conc.cpu_per_review * 1000:.2f} ms/pod ({harness.load_note()})"
                         )
                     rss[name] = subject.peak_rss()
-        if not args.skip_cli and set(names) >= set(CONTROLLERS):
+        if cli:
             print(f"\n== CLIs ({harness.load_note()})")
             legacy = sets.get("legacy") or next(iter(sets.values()))
             repositories = list(itertools.chain.from_iterable(legacy.cold))[: args.cli_images]
