@@ -224,7 +224,8 @@ def pinned_images(pod: dict[str, Any]) -> list[str]:
 
 
 def refusal(answer: dict[str, Any]) -> str:
-    return str(answer.get("message") or answer.get("reason") or answer)[:300]
+    text = " ".join(str(answer.get("message") or answer.get("reason") or answer).split())
+    return text if len(text) <= 240 else text[:80] + " … " + text[-150:]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ import dataclasses
 import os
 import pathlib
 import shutil
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +60,7 @@ POLICY_CIP_VALIDATING = "validating.clusterimagepolicy.sigstore.dev"
 KNATIVE_EXCLUDE_LABEL = "webhooks.knative.dev/exclude"
 #: The Secret keys knative's certificate controller reads and writes.
 KNATIVE_CERT_KEYS = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
+POLICY_WEBHOOK_PORT = 8443
 
 
 class PeerError(RuntimeError):
@@ -402,6 +404,15 @@ def process_peak_rss(pid: int) -> int:
     return 0
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def pinned(argv: Sequence[str], cpu: int | None) -> list[str]:
     taskset = shutil.which("taskset")
     if cpu is None or not taskset:
@@ -533,7 +544,11 @@ class PolicyController(Controller):
 
     def start(self, *, timeout: float = 120.0) -> None:
         config = load_documents(sorted((self.kit / "config").glob("*.yaml")))
-        self.port = processes.free_port()
+        # 0.15.1 ignores --secure-port: main() puts a copy of its webhook options in the
+        # context before parsing the flag, so the webhook always listens on :8443.
+        self.port = POLICY_WEBHOOK_PORT
+        if not _port_free(self.port):
+            raise PeerError(f"policy-controller needs port {self.port}, which is taken")
         base = f"https://127.0.0.1:{self.port}"
         ca = pki.CertificateAuthority.create("policy-controller-webhook-ca")
         crds = [
@@ -555,6 +570,7 @@ class PolicyController(Controller):
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(home),
+            "KUBECONFIG": str(self.plane.kubeconfig),
             "SYSTEM_NAMESPACE": POLICY_NAMESPACE,
             "CONFIG_LOGGING_NAME": "config-logging",
             "CONFIG_OBSERVABILITY_NAME": "config-observability",
@@ -567,8 +583,8 @@ class PolicyController(Controller):
             "PROFILING_PORT": str(processes.free_port()),
         }
         argv = [
+            # main() parses its flags before knative registers --kubeconfig: the env, then.
             str(tools.find("policy-webhook")),
-            f"--kubeconfig={self.plane.kubeconfig}",
             f"--secure-port={self.port}",
             "--disable-tuf",  # no TUF mirror is reachable; key authorities need none
         ]
