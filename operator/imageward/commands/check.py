@@ -236,8 +236,11 @@ class _LazySource:
         digest: registry_model.Digest,
         *,
         credentials: Sequence[registry_auth.DockerConfig],
+        attestations: bool = False,
     ) -> signatures_verify.SignatureSet:
-        return await self._get().fetch_signatures(reference, digest, credentials=credentials)
+        return await self._get().fetch_signatures(
+            reference, digest, credentials=credentials, attestations=attestations
+        )
 
     async def resolve(
         self,
