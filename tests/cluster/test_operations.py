@@ -163,7 +163,9 @@ def test_prometheus_answers_every_dashboard_and_alert_expression(
     client = registry.client()
     repository = f"obs/{_uid()}"
     signed = client.push(repository, images.nonroot_image(f"obs-{_uid()}"), tag="signed")
-    client.push(repository, images.many_layer_image(f"obs-{_uid()}", count=4), tag="layers")
+    layered = images.many_layer_image(f"obs-{_uid()}", count=4)
+    client.push(repository, layered, tag="layers")
+    client.push(repository, layered, tag="excused")
     key = cosign_tool.generate_key_pair(f"obs-{_uid()}")
     cosign_tool.sign(f"{registry.host}/{repository}@{signed.digest}", key)
     unreachable = f"127.0.0.1:{processes.free_port()}"
@@ -172,9 +174,26 @@ def test_prometheus_answers_every_dashboard_and_alert_expression(
         _policy(
             names[0],
             [f"{registry.host}/{repository}:signed"],
-            {"signatures": {"authorities": [{"name": "release", "key": {"pem": key.public_pem}}]}},
+            {
+                "signatures": {
+                    "authorities": [{"name": "release", "key": {"pem": key.public_pem}}]
+                },
+                # Optional and absent: checked (and counted) on every admission of the image.
+                "attestations": [
+                    {
+                        "name": "scan",
+                        "predicateType": "https://cosign.sigstore.dev/attestation/vuln/v1",
+                        "required": False,
+                        "authorities": [{"name": "release", "key": {"pem": key.public_pem}}],
+                    }
+                ],
+            },
         ),
-        _policy(names[1], [f"{registry.host}/{repository}:layers"], {"maxLayers": 2}),
+        _policy(
+            names[1],
+            [f"{registry.host}/{repository}:layers", f"{registry.host}/{repository}:excused"],
+            {"maxLayers": 2},
+        ),
         _policy(names[2], [f"{unreachable}/**"], {"maxLayers": 2}),
     )
     try:
@@ -186,6 +205,25 @@ def test_prometheus_answers_every_dashboard_and_alert_expression(
             ("down", f"{unreachable}/x/y:1"),
         ):
             cluster.kubectl("apply", "-f", "-", input=_pod(pod, namespace, image), check=False)
+        cluster.apply(
+            {
+                "apiVersion": "imageward.io/v1alpha1",
+                "kind": "ImagePolicyException",
+                "metadata": {"name": "obs", "namespace": namespace},
+                "spec": {
+                    "policies": [{"name": names[1]}],
+                    "images": [f"{registry.host}/{repository}:excused"],
+                    "reason": "the exceptions panel needs one use",
+                    "expires": "2099-01-01T00:00:00Z",
+                },
+            }
+        )
+        excused = _pod("excused", namespace, f"{registry.host}/{repository}:excused")
+        utils.wait_for(
+            "the exception to let a pod in",
+            lambda: cluster.kubectl("apply", "-f", "-", input=excused, check=False).returncode == 0,
+            timeout=30,
+        )
         cluster.apply(
             {
                 "apiVersion": "imageward.io/v1alpha1",

@@ -370,9 +370,14 @@ def build_reports(
         bad_policies: set[str] = set()
         for entry_key, entry in entries.items():
             policy, rule, result, _ = entry_key
+            # Every rule decided gets a count, 0 when it passes: the dashboard and the
+            # alert then read 0 instead of "no data" for a policy the cluster complies
+            # with. An error decided nothing, so it sets no count.
+            if result != "error":
+                running.setdefault((policy, rule), 0)
             if result in ("fail", "warn"):
                 bad_policies.add(policy)
-                running[(policy, rule)] = running.get((policy, rule), 0) + 1
+                running[(policy, rule)] += 1
             cluster.setdefault((policy, rule, result), {}).setdefault(target.namespace, {})[
                 f"{target.kind}/{target.name}"
             ] = None

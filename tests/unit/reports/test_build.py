@@ -253,3 +253,22 @@ def test_exception_status() -> None:
     )
     assert invalid is not None
     assert build.build_exception_status(invalid, policies, NOW)["state"] == "Invalid"
+
+
+def test_a_rule_every_workload_passes_counts_zero_running_violations() -> None:
+    # The dashboard's "running workloads out of policy" and the Enforce alert read 0, not
+    # "no data", for a policy the cluster complies with.
+    enforce = policy_model.Mode.ENFORCE
+    pods = [pod(f"p{i}", f"r/app{i}:1") for i in range(3)]
+    found = targets.build_targets(pods, [], [])
+    checks = {
+        (p.view, ()): {
+            p.view.images[0]: build.ImageResult(
+                None, {"signed": result("signed", enforce, image=p.view.images[0])}
+            )
+        }
+        for p in pods
+    }
+    rendered = render(checks, {"signed": info("signed", rules=("signatures",))}, found=found)
+    assert rendered.reports["shop"]["summary"]["pass"] == 3
+    assert rendered.running == {("signed", "signatures"): 0}
