@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imageward import webhooks
+from imageward.admission import webhooks
 from imageward.localcluster import (
     containerd,
     controlplane,

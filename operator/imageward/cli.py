@@ -16,15 +16,13 @@ EXIT_USAGE = 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from imageward import operator_runner
+    from imageward.commands import run
 
-    return operator_runner.run(
-        standalone=args.standalone, liveness=args.liveness, verbose=args.verbose
-    )
+    return run.run(standalone=args.standalone, liveness=args.liveness, verbose=args.verbose)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from imageward import dev
+    from imageward.commands import dev
 
     return dev.run(nodes=args.nodes, state_dir=args.state_dir, real_node=args.real_node)
 

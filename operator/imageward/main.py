@@ -1,6 +1,6 @@
 """Every Kopf handler of imageward, and nothing else: each one is a thin call into a
 plain module (style.md). Decisions live in `policy/`, `admission/`, `signatures/`,
-`prepull/`; effects in `runtime`, `serving`, `kube`."""
+`prepull/`; effects in `runtime`, `admission.serving`, `kube`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from typing import Any
 
 import kopf
 
-from imageward import constants, metrics, runtime, serving
+from imageward import constants, metrics, runtime
 from imageward import settings as imageward_settings
 from imageward.admission import endpoints as admission_endpoints
+from imageward.admission import serving
 from imageward.policystore import LoadedPolicy
 from imageward.prepull import controller as prepull_controller
 from imageward.prepull import model as prepull_model

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from kopf.testing import KopfRunner
 
-from imageward import pki
+from imageward.admission import pki
 from imageward.localcluster import controlplane, processes
 from tests import utils
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from imageward import dev
+from imageward.commands import dev
 from imageward.localcluster import realnode, tools
 from tests import utils
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imageward import tls
+from imageward.admission import tls
 from imageward.localcluster import controlplane, cosign, images, processes, prometheus, registries
 from tests import utils
 from tests.conftest import RunningOperator

@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from imageward import errors, runtime, webhooks
-from imageward.admission import handler, reviews
+from imageward import errors, runtime
+from imageward.admission import handler, reviews, webhooks
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from imageward import pki
+from imageward.admission import pki
 from imageward.localcluster import processes, tools
 
 logger = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from imageward import pki
+from imageward.admission import pki
 from imageward.localcluster import controlplane, processes, tools
 
 Manifest = dict[str, Any]

@@ -7,7 +7,7 @@ import pathlib
 
 from cryptography import x509
 
-from imageward import pki
+from imageward.admission import pki
 from imageward.localcluster import peers
 
 

@@ -13,7 +13,8 @@ import pathlib
 import urllib.parse
 from typing import Any
 
-from imageward import kube, settings, tls, webhooks
+from imageward import kube, settings
+from imageward.admission import tls, webhooks
 
 logger = logging.getLogger(__name__)
 

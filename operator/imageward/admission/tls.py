@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
-from imageward import pki
+from imageward.admission import pki
 
 SERVING_VALIDITY = datetime.timedelta(days=90)
 RENEW_BEFORE = datetime.timedelta(days=30)

@@ -9,7 +9,8 @@ import datetime
 import pytest
 from cryptography import x509
 
-from imageward import errors, settings, tls, webhooks
+from imageward import errors, settings
+from imageward.admission import tls, webhooks
 
 
 def test_configurations_point_at_the_handler_paths_and_exclude_namespaces() -> None:
