@@ -183,9 +183,11 @@ def build_kubelet_config(
     runtime_socket: pathlib.Path,
     pod_logs_dir: pathlib.Path,
     taints: Sequence[Mapping[str, str]],
+    feature_gates: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """The KubeletConfiguration verified on the project machines (facts.md)."""
-    return {
+    """The KubeletConfiguration verified on the project machines (facts.md);
+    `feature_gates` as the control plane has them (e.g. ImageVolume)."""
+    config: dict[str, Any] = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "address": node_ip,
@@ -230,6 +232,9 @@ def build_kubelet_config(
         "registerWithTaints": [dict(taint) for taint in taints],
         "maxPods": 110,
     }
+    if feature_gates:
+        config["featureGates"] = dict(sorted(feature_gates.items()))
+    return config
 
 
 def build_kube_proxy_config(
@@ -975,6 +980,7 @@ class RealNode:
             runtime_socket=layout.socket,
             pod_logs_dir=layout.pod_logs,
             taints=taints,
+            feature_gates=self.plane.feature_gates,
         )
         (layout.config / "kubelet.yaml").write_text(yaml.safe_dump(config))
         process = processes.ManagedProcess(
