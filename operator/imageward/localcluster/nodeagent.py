@@ -105,6 +105,23 @@ def select_agent_objects(manifests: Iterable[Mapping[str, Any]]) -> list[dict[st
     ]
 
 
+#: What the operator must be told to find and feed the agent pods (the chart sets them on
+#: its own Deployment; an operator started by hand must be given them).
+OPERATOR_ENV = ("IMAGEWARD_AGENT_ENABLED", "IMAGEWARD_AGENT_SELECTOR", "IMAGEWARD_AGENT_KEY_SECRET")
+
+
+def select_operator_env(manifests: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The chart Deployment's `OPERATOR_ENV` values (the agent's label selector and key
+    Secret, as this release names them)."""
+    (deployment,) = [m for m in manifests if m.get("kind") == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {
+        e["name"]: str(e["value"])
+        for e in container.get("env") or []
+        if e["name"] in OPERATOR_ENV and "value" in e
+    }
+
+
 def find_daemonset(objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     found = [dict(o) for o in objects if o.get("kind") == "DaemonSet"]
     if len(found) != 1:

@@ -37,3 +37,21 @@ def test_the_agent_daemonset_is_rendered_for_one_real_node() -> None:
     assert nodeagent.build_selector_text(daemonset) == ",".join(
         f"{k}={v}" for k, v in sorted(daemonset["spec"]["selector"]["matchLabels"].items())
     )
+
+
+def test_the_operator_is_told_how_the_chart_names_its_agents() -> None:
+    values = nodeagent.build_values(
+        repository="r/operator",
+        digest="sha256:" + "b" * 64,
+        containerd_socket="/s.sock",
+        node_selector={},
+        tolerations=[],
+    )
+    manifests = nodeagent.render_chart(values, release="demo", namespace="ns")
+    env = nodeagent.select_operator_env(manifests)
+    daemonset = nodeagent.find_daemonset(nodeagent.select_agent_objects(manifests))
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    selector = dict(item.split("=", 1) for item in env["IMAGEWARD_AGENT_SELECTOR"].split(","))
+    assert selector.items() <= labels.items()
+    assert env["IMAGEWARD_AGENT_KEY_SECRET"] == "demo-imageward-agent-key"  # fullname
+    assert env["IMAGEWARD_AGENT_ENABLED"] == "true"
