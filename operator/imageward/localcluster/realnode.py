@@ -680,9 +680,12 @@ class RealNode:
         taint: bool = True,
         startup_timeout: float = 90.0,
         lock_timeout: float = 0.0,
+        containerd_tool: str = "containerd",
     ) -> None:
         """`lock_timeout`: how long `start()` waits for another process's real node on this
-        machine to stop (0: fail at once, naming its pid)."""
+        machine to stop (0: fail at once, naming its pid). `containerd_tool`: Debian's
+        `containerd` (1.6), or `containerd2` (2.x, built by `make tools`: a CRI with image
+        volumes; give the control plane the ImageVolume feature gate too)."""
         self.plane = plane
         self.name = name
         self.layout = Layout(base_dir)
@@ -691,6 +694,7 @@ class RealNode:
         self.taint = taint
         self.startup_timeout = startup_timeout
         self.lock_timeout = lock_timeout
+        self.containerd_tool = containerd_tool
         self.pause_image = PAUSE_IMAGE
         self.node_ip = ""
         self.before: hoststate.Snapshot | None = None
@@ -945,7 +949,11 @@ class RealNode:
             opt_dir=layout.containerd / "opt",
         )
         daemon = containerd.Containerd(
-            workdir=layout.containerd, config=config, log_dir=self.log_dir, socket=layout.socket
+            workdir=layout.containerd,
+            config=config,
+            log_dir=self.log_dir,
+            socket=layout.socket,
+            binary=self.containerd_tool,
         )
         self._containerd = daemon
         try:
