@@ -53,7 +53,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="imageward.io", key="last-handled-configuration"
     )
-    settings.peering.name = "imageward"
+    settings.peering.name = config.peering_name
     settings.peering.mandatory = False
     settings.watching.server_timeout = 300
 

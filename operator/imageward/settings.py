@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -158,6 +159,11 @@ class Settings:
     metrics_port: int = 8080
     """Port of the Prometheus /metrics endpoint (0 disables it)."""
 
+    peering_name: str = "imageward"
+    """ClusterKopfPeering the replicas coordinate through (one runs the controllers, the
+    others stand by). Two installations in one cluster need two names, or Kopf pauses
+    the controllers of all but one of them."""
+
     docker_config: str | None = None
     """The operator's own registry credentials (a docker config.json), tried last."""
 
@@ -207,6 +213,15 @@ def _parse_positive(text: str) -> int:
     return value
 
 
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _parse_object_name(text: str) -> str:
+    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
+        raise ValueError("expected a Kubernetes object name (lower-case DNS subdomain)")
+    return text
+
+
 def _parse_plan_count(text: str) -> int:
     value = _parse_positive(text)
     if value > MAX_AGENT_PLANS:
@@ -218,6 +233,7 @@ def _parse_plan_count(text: str) -> int:
 _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "NAMESPACE": ("", "namespace", str),
     "METRICS_PORT": ("", "metrics_port", int),
+    "PEERING_NAME": ("", "peering_name", _parse_object_name),
     "INSECURE_REGISTRIES": ("registry", "insecure_registries", _parse_list),
     "REGISTRY_CA_BUNDLE": ("registry", "ca_bundle", str),
     "REGISTRY_MIRRORS": ("registry", "mirrors", _parse_pairs),

@@ -224,6 +224,22 @@ def test_peering_object_is_the_operators(default: list[chart.Manifest]) -> None:
     peering = chart.find(default, "ClusterKopfPeering")
     assert peering["apiVersion"] == "kopf.dev/v1"
     assert peering["metadata"]["name"] == "imageward"
+    assert chart.env_of(chart.find(default, "Deployment"))["IMAGEWARD_PEERING_NAME"] == "imageward"
+
+
+def test_a_second_installation_peers_under_its_own_name() -> None:
+    """Two releases in one cluster: each one's replicas elect a controller among themselves
+    (one shared peering would leave a single controller for both, or pause both)."""
+    manifests = chart.render({"peering": {"name": "imageward-canary"}})
+    assert chart.find(manifests, "ClusterKopfPeering")["metadata"]["name"] == "imageward-canary"
+    env = chart.env_of(chart.find(manifests, "Deployment"))
+    assert env["IMAGEWARD_PEERING_NAME"] == "imageward-canary"
+    rules = _rules(chart.find(manifests, "ClusterRole"))
+    assert _verbs_for(rules, "kopf.dev", "clusterkopfpeerings")["patch"] == {"imageward-canary"}
+    assert settings.from_env(environ=_operator_environ(manifests)).peering_name == (
+        "imageward-canary"
+    )
+    assert "/peering/name" in chart.render_error({"peering": {"name": "Imageward"}})
 
 
 def _expected_selector(*extra: str) -> dict[str, Any]:
