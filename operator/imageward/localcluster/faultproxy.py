@@ -116,22 +116,10 @@ class Seen:
 
 
 class FaultProxy:
-    """`with FaultProxy("http://127.0.0.1:5000") as proxy:` then use `proxy.host`.
+    """`with FaultProxy("http://127.0.0.1:5000") as proxy:` then use `proxy.host`."""
 
-    `bind`: the address it listens on; another than 127.0.0.1 (e.g. the real node's
-    address) lets pods reach a loopback registry through it, e.g. as a registry mirror.
-    """
-
-    def __init__(
-        self,
-        upstream: str,
-        *,
-        latency: float = 0.0,
-        rate: float | None = None,
-        bind: str = "127.0.0.1",
-    ) -> None:
+    def __init__(self, upstream: str, *, latency: float = 0.0, rate: float | None = None) -> None:
         self.upstream = upstream.rstrip("/")
-        self.bind = bind
         self.latency = latency
         self.rate = rate
         self._sent: list[tuple[str, str, int]] = []  # (method, path, body bytes)
@@ -211,10 +199,10 @@ class FaultProxy:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.bind, 0))
+        sock.bind(("127.0.0.1", 0))
         site = web.SockSite(self._runner, sock)
         await site.start()
-        self.host = f"{self.bind}:{sock.getsockname()[1]}"
+        self.host = f"127.0.0.1:{sock.getsockname()[1]}"
 
     async def _cleanup(self) -> None:
         if self._runner is not None:
