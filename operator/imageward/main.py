@@ -91,6 +91,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         port=config.admission.port,
         certfile=certfile,
         keyfile=keyfile,
+        drain_seconds=config.admission.shutdown_drain,
     )
     await server.start()
     memo["admission_server"] = server

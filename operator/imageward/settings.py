@@ -104,6 +104,12 @@ class AdmissionSettings:
     tls_check_interval: float = 3600.0
     """Seconds between checks whether the serving certificate needs renewing."""
 
+    shutdown_drain: float = 0.0
+    """Seconds the webhook server keeps answering once the operator is told to stop,
+    each connection closed after its next answer: behind a Service the apiserver learns
+    a moment later that the replica is gone, and reuses connections it holds to it
+    (the chart sets 5). 0: stop at once (one local process, tests)."""
+
 
 #: Plans one node agent serves, so conditions one agent pod carries, at most.
 MAX_AGENT_PLANS = 256
@@ -222,6 +228,13 @@ def _parse_object_name(text: str) -> str:
     return text
 
 
+def _parse_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 60:
+        raise ValueError("expected seconds between 0 and 60")
+    return value
+
+
 def _parse_plan_count(text: str) -> int:
     value = _parse_positive(text)
     if value > MAX_AGENT_PLANS:
@@ -260,6 +273,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "CREATE_WEBHOOK_CONFIGURATIONS": ("admission", "create_configurations", _parse_bool),
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
+    "SHUTDOWN_DRAIN": ("admission", "shutdown_drain", _parse_seconds),
     "HELPER_IMAGE": ("prepull", "helper_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),
     "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),
