@@ -16,7 +16,7 @@ IMAGE_REGISTRY ?=
 IMAGE_REPOSITORY ?= imageward
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imageward/Chart.yaml)
 
-.PHONY: all setup packages tools venv image dev dev-real-node test unit cluster-tests lint format bench fuzz clean
+.PHONY: all setup packages tools peer-tools venv image dev dev-real-node test unit cluster-tests lint format bench bench-peers fuzz clean
 
 all: test
 
@@ -27,6 +27,11 @@ packages:
 
 tools:
 	bash hack/build-tools.sh
+
+# Kyverno and sigstore policy-controller, for bench/peers_bench.py only (not `make test`):
+# a cold build takes about 10 minutes and 3 GiB of memory, and adds about 6 GB of Go caches.
+peer-tools: tools
+	bash hack/build-peers.sh
 
 venv: $(BIN)/.installed
 
@@ -66,6 +71,7 @@ format: venv
 	$(BIN)/ruff format operator tests bench
 	$(BIN)/ruff check --fix operator tests bench
 
+# Every benchmark; peers_bench.py says it skipped itself when `make peer-tools` was not run.
 bench: setup
 	$(BIN)/python bench/run_all.py
 
@@ -78,6 +84,9 @@ fuzz: $(BIN)/.fuzz-installed
 $(BIN)/.fuzz-installed: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test,fuzz]'
 	touch $@
+
+bench-peers: setup peer-tools
+	$(BIN)/python bench/peers_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .fuzz

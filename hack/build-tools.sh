@@ -151,8 +151,23 @@ build_containerd2() {
   have containerd2 "$v"
 }
 
+build_notation() {
+  # The Notary Project CLI, for tests that sign with it and compare `notation verify`.
+  # `go install …@v` asks the proxy for the module's version list (deprecation check),
+  # which it refuses (403) for this module; a wrapper module that requires it builds.
+  local v=$NOTATION_VERSION
+  have notation "$v" && { log "notation $v cached"; return; }
+  local mod=$cache/src/notation-$v
+  mkdir -p "$mod"
+  printf 'module imageward.local/notation-tools\n\ngo 1.24\n\nrequire github.com/notaryproject/notation v%s\n' "$v" > "$mod/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/notaryproject/notation/cmd/notation"\n' > "$mod/tools.go"
+  log "building notation $v"
+  (cd "$mod" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w -X github.com/notaryproject/notation/internal/version.BuildMetadata=" -o "$bin/notation-$v" github.com/notaryproject/notation/cmd/notation)
+  have notation "$v"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(helper pause etcd kubernetes kwok cosign helm crane referrers-registry containerd2)
+[ ${#targets[@]} -eq 0 ] && targets=(helper pause etcd kubernetes kwok cosign helm crane referrers-registry notation containerd2)
 for t in "${targets[@]}"; do
   case $t in
     helper) build_helper ;;
@@ -165,6 +180,7 @@ for t in "${targets[@]}"; do
     referrers-registry) build_referrers_registry ;;
     containerd2) build_containerd2 ;;
     crane) go_install crane "$CRANE_VERSION" "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" ;;
+    notation) build_notation ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done

@@ -23,6 +23,7 @@ from imageward.localcluster import (
     containerd,
     controlplane,
     cosign,
+    notation,
     processes,
     realnode,
     registries,
@@ -129,6 +130,11 @@ def real_node_slot() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def cosign_tool(tmp_path_factory: pytest.TempPathFactory) -> cosign.Cosign:
     return cosign.Cosign(tmp_path_factory.mktemp("cosign"))
+
+
+@pytest.fixture(scope="session")
+def notation_tool(tmp_path_factory: pytest.TempPathFactory) -> notation.Notation:
+    return notation.Notation(tmp_path_factory.mktemp("notation"))
 
 
 #: Where the session operator's pre-pull pods take /imageward-helper from (the operator
@@ -264,6 +270,9 @@ def imageward_operator(
         IMAGEWARD_TLS_CHECK_INTERVAL="2",
         # Tests sign images between two admissions; in production 30 s is the default.
         IMAGEWARD_SIGNATURE_CACHE_TTL="1",
+        # Background scans (tests/cluster/test_reports.py waits for an interval scan);
+        # in production 1h is the default.
+        IMAGEWARD_SCAN_INTERVAL="20",
     )
     env.pop("IMAGEWARD_WEBHOOK_SERVICE", None)
     process = processes.ManagedProcess(

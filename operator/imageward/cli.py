@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,28 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return dev.run(nodes=args.nodes, state_dir=args.state_dir, real_node=args.real_node)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose arguments live in `imageward.commands.<name>` (`add_arguments` and
+# `run`). Only the module of the command being run is imported: `check` must not pay for
+# the agent's containerd client or the registry transport to print its help.
+_MODULE_COMMANDS = {
+    "check": "evaluate images against ImagePolicy files, no cluster needed",
+    "plan": "print the layer plan for a set of images",
+    "agent": "the node agent of PrePull Layers mode",
+}
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names: its first word not starting with `-` (the top-level
+    options take no values)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `argv`, only the arguments of the command it names are
+    added (and only that command's module imported). Help and errors are the same."""
     parser = argparse.ArgumentParser(
         prog="imageward",
         description="Keep container images verifiable, small and fast to start.",
@@ -66,26 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(handler=_cmd_dev)
 
-    from imageward.commands import agent, check, plan
-
-    check_parser = sub.add_parser(
-        "check", help="evaluate images against ImagePolicy files, no cluster needed"
-    )
-    check.add_arguments(check_parser)
-    check_parser.set_defaults(handler=check.run)
-
-    plan_parser = sub.add_parser("plan", help="print the layer plan for a set of images")
-    plan.add_arguments(plan_parser)
-    plan_parser.set_defaults(handler=plan.run)
-
-    agent_parser = sub.add_parser("agent", help="the node agent of PrePull Layers mode")
-    agent.add_arguments(agent_parser)
-    agent_parser.set_defaults(handler=agent.run)
+    named = None if argv is None else _named_command(argv)
+    for name, help_text in _MODULE_COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text)
+        if argv is None or name == named:
+            module = importlib.import_module(f"imageward.commands.{name}")
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -283,11 +283,10 @@ def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
             registry, state, runnable=real_node, operator_image=operator_image
         )
 
-        crds = _apply_directory(plane, REPO_ROOT / "crds")
-        for crd in crds:
-            plane.kubectl(
-                "wait", "--for=condition=Established", "-f", str(REPO_ROOT / "crds" / crd)
-            )
+        # imageward's CRDs, and the PolicyReport CRDs the chart installs when absent.
+        for directory in (REPO_ROOT / "crds", REPO_ROOT / "charts/imageward/policyreport-crds"):
+            for crd in _apply_directory(plane, directory):
+                plane.kubectl("wait", "--for=condition=Established", "-f", str(directory / crd))
         plane.create_namespace("imageward-system")
         plane.create_namespace("shop")
         # The production-namespace sample policy pins tags in namespaces labelled so.
@@ -352,6 +351,7 @@ def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
         _say(f"  export KUBECONFIG={kubeconfig}")
         _say("  kubectl get nodes")
         _say("  kubectl get imagepolicies,prepulls -A")
+        _say("  kubectl get policyreports -A   # what runs now against today's policies")
         tries = (
             ("shop", "web", "shop/web:1.0", "signed: admitted"),
             (

@@ -1,8 +1,10 @@
 """Registry facts and cosign signatures for the checker, through the one registry client.
 
-Signatures are looked up in both on-registry formats at once: the legacy
-`sha256-<hex>.sig` tag and Sigstore bundles found through the referrers API (or its
-`sha256-<hex>` tag fallback). A format that is simply absent is not an error.
+Signatures are looked up in every on-registry format at once: the legacy
+`sha256-<hex>.sig` tag, and Sigstore bundles and Notary Project (Notation) signatures
+found through the referrers API (or its `sha256-<hex>` tag fallback), which share one
+list, one manifest cap and one byte budget. A format that is simply absent is not an
+error.
 Attestations, when a policy asks for them, come in the same lookup: the legacy
 `sha256-<hex>.att` tag beside the `.sig` one, and attestation bundles from the same
 referrers list (no extra round trip), under a byte budget of their own (an SBOM is
@@ -31,6 +33,9 @@ from imageward.signatures import legacy as signatures_legacy
 from imageward.signatures import verify as signatures_verify
 
 BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+NOTATION_ARTIFACT_TYPE = "application/vnd.cncf.notary.signature"
+#: The envelope layer of a Notation signature: JWS or COSE.
+NOTATION_ENVELOPE_TYPES = frozenset({"application/jose+json", "application/cose"})
 #: A bundle or a simple-signing payload is a few KiB (a keyless bundle with its
 #: certificate chain and log entry under 16 KiB): anything larger is not read.
 MAX_SIGNATURE_BLOB = 256 * 1024
@@ -370,8 +375,9 @@ class RegistryImageSource:
                 credentials,
                 attestation_budget if attestation and attestation_budget else budget,
                 problems,
-                wanted=lambda layer: layer.media_type.startswith(
-                    signatures_bundle.MEDIA_TYPE_PREFIX
+                wanted=lambda layer: (
+                    layer.media_type.startswith(signatures_bundle.MEDIA_TYPE_PREFIX)
+                    or layer.media_type in NOTATION_ENVELOPE_TYPES
                 ),
                 attestations=attestation,
             )
@@ -416,7 +422,8 @@ def _announced_predicate(fetched: manifests.FetchedManifest) -> str | None:
 
 
 def _may_be_bundle(descriptor: manifests.Descriptor) -> bool:
-    if descriptor.artifact_type == BUNDLE_ARTIFACT_TYPE:
+    """Whether a referrer may be a signature (a Sigstore bundle or a Notation signature)."""
+    if descriptor.artifact_type in (BUNDLE_ARTIFACT_TYPE, NOTATION_ARTIFACT_TYPE):
         return True
     if descriptor.annotation("dev.sigstore.bundle.content") is not None:
         return True

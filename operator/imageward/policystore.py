@@ -171,6 +171,12 @@ async def _resolve_authorities(
                         ),
                     )
                 )
+            elif authority.notation is not None:
+                resolved.append(
+                    await _notation_authority(
+                        authority.name, authority.notation, read_secret, read_config_map
+                    )
+                )
         except signatures_model.AuthorityError as e:
             raise errors.PolicyError(policy_name, str(e)) from e
     _refuse_duplicates(policy_name, resolved)
@@ -185,6 +191,9 @@ def _refuse_duplicates(policy: str, authorities: Iterable[signatures_verify.Auth
         if isinstance(authority, signatures_verify.KeyAuthority):
             identity: object = ("key", authority.key.spki)
             what = f"the same key ({authority.key.fingerprint[:19]}…)"
+        elif isinstance(authority, signatures_verify.NotationAuthority):
+            identity = ("notation", authority.policy.digest)
+            what = "the same Notation trust stores and trusted identities"
         else:
             identity = ("keyless", str(authority.identity), authority.trusted_root.digest)
             what = f"the same keyless identity ({authority.identity}) and trusted root"
@@ -195,6 +204,72 @@ def _refuse_duplicates(policy: str, authorities: Iterable[signatures_verify.Auth
                 "one signer would count twice towards the threshold",
             )
         seen[identity] = authority.name
+
+
+async def _certificates(
+    authority: str,
+    source: model.CertificateSource,
+    field: str,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> str | bytes:
+    """The PEM text of a Notation trust store, inline or from a Secret or ConfigMap."""
+    if source.pem is not None:
+        return source.pem
+    if source.secret_ref is not None:
+        ref: model.SecretKeyRef | model.ConfigMapKeyRef = source.secret_ref
+        where = f"{field}: Secret {ref.namespace}/{ref.name} key {ref.key}"
+        reader: Callable[[Any], Awaitable[bytes | str | None]] | None = read_secret
+    else:
+        assert source.config_map_ref is not None  # parse_policy guarantees one source
+        ref = source.config_map_ref
+        where = f"{field}: ConfigMap {ref.namespace}/{ref.name} key {ref.key}"
+        reader = read_config_map
+    if reader is None:
+        raise signatures_model.AuthorityError(
+            authority, f"{where} cannot be read here (no cluster)"
+        )
+    try:
+        value = await reader(ref)
+    except errors.ImagewardError as e:
+        raise signatures_model.AuthorityError(authority, f"{where}: {e}") from e
+    if value is None:
+        raise signatures_model.AuthorityError(authority, f"{where} not found")
+    if len(value) > model.MAX_TRUST_STORE_LENGTH:
+        raise signatures_model.AuthorityError(
+            authority, f"{where} is over {model.MAX_TRUST_STORE_LENGTH} bytes"
+        )
+    return value
+
+
+async def _notation_authority(
+    name: str,
+    spec: model.NotationAuthority,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> signatures_verify.NotationAuthority:
+    from imageward.notation import trust
+
+    stores: dict[str, trust.Store] = {}
+    for field, source in (
+        ("trustStore", spec.trust_store),
+        ("signingAuthorityTrustStore", spec.signing_authority_trust_store),
+        ("timestampTrustStore", spec.timestamp_trust_store),
+    ):
+        if source is not None:
+            text = await _certificates(name, source, field, read_secret, read_config_map)
+            stores[field] = trust.parse_certificates(text, authority=name, what=field)
+    policy = trust.build_policy(
+        authority=name,
+        ca=stores.get("trustStore", trust.EMPTY),
+        signing_authority=stores.get("signingAuthorityTrustStore", trust.EMPTY),
+        tsa=stores.get("timestampTrustStore", trust.EMPTY),
+        identities=spec.trusted_identities,
+        level=spec.verification_level,
+        override=dict(spec.override),
+        verify_timestamp=spec.verify_timestamp,
+    )
+    return signatures_verify.NotationAuthority(name=name, policy=policy)
 
 
 async def _key_pem(

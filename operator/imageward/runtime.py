@@ -23,6 +23,7 @@ import kubernetes
 
 from imageward import checker, constants, errors, imagesource, kube, policystore, settings
 from imageward.admission import workloads
+from imageward.exceptions import store as exceptions_store
 from imageward.policy import model as policy_model
 from imageward.registry import auth as registry_auth
 
@@ -53,6 +54,8 @@ class Runtime:
         self.kube = kube_api
         self.source = source
         self.store = policystore.PolicyStore()
+        #: ImagePolicyExceptions, followed by a watch once `exceptions.start()` ran.
+        self.exceptions = exceptions_store.ExceptionCache()
         self.operator_credentials = tuple(operator_credentials)
         self._lookups: cachetools.TTLCache[tuple[str, ...], Any] = cachetools.TTLCache(
             maxsize=4096, ttl=_LOOKUP_TTL
@@ -73,6 +76,7 @@ class Runtime:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.exceptions.close()
         await self.source.client.close()
         self.kube.close()
 
@@ -248,6 +252,8 @@ class Runtime:
                 pod_labels=view.pod_labels,
                 platform=workloads.parse_platform(view),
                 credentials=credentials,
+                namespace=view.namespace,
+                exceptions=self.exceptions.for_namespace(view.namespace),
             ),
             source=self.source,
             deadline=remaining,

@@ -350,6 +350,9 @@ def test_a_run_that_died_is_cleaned_up_by_the_next_start(
             str(cluster.workdir),
             "--log-dir",
             str(tmp_path),
+            # Another run on this machine may take the one real node meanwhile: wait.
+            "--lock-timeout",
+            "1200",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

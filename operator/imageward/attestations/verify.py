@@ -106,6 +106,9 @@ def _check(
         return candidate.broken, None
     envelope = candidate.envelope
     assert envelope is not None
+    if isinstance(authority, signatures_verify.NotationAuthority):
+        # The policy model refuses these; kept so that no other path can count one.
+        return model.Check("unsupported", "Notation authorities do not verify attestations"), None
     if isinstance(authority, signatures_verify.KeyAuthority):
         signed = bundle.pae(envelope.payload_type, envelope.payload)
         # keyid fields are unsigned hints: every signature is tried with the policy key.

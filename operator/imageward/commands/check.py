@@ -9,21 +9,21 @@ denied, 2 usage errors and unusable policies. `--output json` adds, under each i
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import yaml
+from imageward import commands, constants, errors
 
-from imageward import commands, constants, errors, settings
-from imageward.registry import auth as registry_auth
-from imageward.registry import model as registry_model
-
+# What a run needs is imported by the function that needs it, not here: `check --help`
+# (and the other commands, which import this module for its helpers) need none of it.
 if TYPE_CHECKING:
-    from imageward import checker
+    from imageward import checker, imagesource, settings
+    from imageward.registry import auth as registry_auth
+    from imageward.registry import model as registry_model
+    from imageward.registry import platforms as registry_platforms
+    from imageward.signatures import verify as signatures_verify
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
 
@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_platform(text: str | None) -> registry_model.Platform | None:
+    from imageward.registry import model as registry_model
+
     if not text:
         return None
     parts = text.split("/")
@@ -57,6 +59,8 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    import yaml
+
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
@@ -84,6 +88,8 @@ def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
+    from imageward.registry import auth as registry_auth
+
     candidates = [pathlib.Path(path)] if path else registry_auth.default_docker_config_paths()
     for candidate in candidates:
         if candidate.is_file():
@@ -145,7 +151,9 @@ def render_text(report: dict[str, Any], out: TextIO) -> None:
 async def _run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: sigstore and the registry client cost a third of a
     # second that `imageward --help` and the other commands need not pay.
-    from imageward import checker, imagesource, policystore
+    import json
+
+    from imageward import checker, policystore, settings
 
     platform = parse_platform(args.platform)
     documents = read_policy_documents(args.policy)
@@ -159,7 +167,7 @@ async def _run(args: argparse.Namespace) -> int:
         registry=settings.RegistrySettings(insecure_registries=tuple(args.insecure_registry))
     )
     credentials = read_docker_config(args.docker_config)
-    async with imagesource.RegistryImageSource(config.registry) as source:
+    async with _LazySource(config.registry) as source:
         outcome = await checker.check_images(
             args.images,
             loaded,
@@ -176,7 +184,76 @@ async def _run(args: argparse.Namespace) -> int:
     return EXIT_DENIED if any(i["decision"] == "deny" for i in report["images"]) else EXIT_OK
 
 
+class _LazySource:
+    """The checker's image source, built at its first lookup: images no policy matches
+    need no registry client at all, so a run that looks nothing up never imports one.
+
+    A one-shot command talks HTTP with the standard library's streams
+    (`registry.streams`), not aiohttp, whose import alone costs more than the lookups of
+    a small image.
+    """
+
+    def __init__(self, config: settings.RegistrySettings) -> None:
+        self._config = config
+        self._source: imagesource.RegistryImageSource | None = None
+
+    def _get(self) -> imagesource.RegistryImageSource:
+        if self._source is None:
+            from imageward import imagesource
+            from imageward.registry import client, streams
+
+            registry_client = client.RegistryClient(
+                self._config,
+                transport_=streams.StreamTransport(
+                    max_concurrency=self._config.max_concurrency,
+                    ca_bundle=self._config.ca_bundle,
+                ),
+            )
+            self._source = imagesource.RegistryImageSource(
+                self._config, registry_client=registry_client
+            )
+        return self._source
+
+    async def __aenter__(self) -> _LazySource:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._source is not None:
+            await self._source.__aexit__(*exc_info)
+
+    async def fetch_facts(
+        self,
+        reference: registry_model.ImageReference,
+        *,
+        platform: registry_platforms.PlatformChoice | registry_model.Platform | None,
+        credentials: Sequence[registry_auth.DockerConfig],
+    ) -> registry_model.ImageFacts:
+        return await self._get().fetch_facts(reference, platform=platform, credentials=credentials)
+
+    async def fetch_signatures(
+        self,
+        reference: registry_model.ImageReference,
+        digest: registry_model.Digest,
+        *,
+        credentials: Sequence[registry_auth.DockerConfig],
+        attestations: bool = False,
+    ) -> signatures_verify.SignatureSet:
+        return await self._get().fetch_signatures(
+            reference, digest, credentials=credentials, attestations=attestations
+        )
+
+    async def resolve(
+        self,
+        reference: registry_model.ImageReference,
+        *,
+        credentials: Sequence[registry_auth.DockerConfig],
+    ) -> registry_model.Digest:
+        return await self._get().resolve(reference, credentials=credentials)
+
+
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     try:
         return asyncio.run(_run(args))
     except UsageError as e:

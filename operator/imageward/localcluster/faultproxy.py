@@ -341,6 +341,7 @@ class FaultProxy:
         ) as upstream:
             body = await upstream.read()
             status = upstream.status
+            upstream_length = upstream.headers.get("Content-Length", "")
             out_headers = multidict.CIMultiDict(
                 (k, v) for k, v in upstream.headers.items() if k.lower() not in _DROP_HEADERS
             )
@@ -352,8 +353,16 @@ class FaultProxy:
         if fault is not None and (fault.trickle or fault.chunked):
             return await self._stream(request, fault, status, out_headers, body)
         if request.method == "HEAD":
-            response = web.Response(status=status, headers=out_headers)
-            return response
+            # A HEAD answer's Content-Length is the size of the body a GET would get;
+            # registries send it, and clients (go-containerregistry) require it.
+            length = upstream_length if upstream_length.isdigit() else None
+            if length is None:
+                return web.Response(status=status, headers=out_headers)
+            head = web.StreamResponse(status=status, headers=out_headers)
+            head.content_length = int(length)
+            await head.prepare(request)
+            await head.write_eof()
+            return head
         if self.rate:
             return await self._paced(request, status, out_headers, body)
         return web.Response(status=status, headers=out_headers, body=body)

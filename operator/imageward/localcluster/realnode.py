@@ -1183,6 +1183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--log-dir", type=pathlib.Path, default=None)
     parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another process's real node on this machine to stop",
+    )
+    parser.add_argument(
         "--registry",
         action="append",
         default=[],
@@ -1193,7 +1199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     plane = controlplane.ControlPlane.attach(args.attach)
-    node = RealNode(plane, log_dir=args.log_dir)
+    node = RealNode(plane, log_dir=args.log_dir, lock_timeout=args.lock_timeout)
     for registry in args.registry:
         node.add_registry(registry)
     stop = False

@@ -26,11 +26,24 @@ KIND = "ImagePolicy"
 DEFAULT_IMAGES = ("**",)
 DEFAULT_SECRET_KEY = "cosign.pub"
 DEFAULT_TRUSTED_ROOT_KEY = "trusted_root.json"
+#: Notation trust stores from a Secret or ConfigMap: cert-manager's name for a CA bundle.
+DEFAULT_CERTIFICATES_KEY = "ca.crt"
 
 # Bounds shared with crds/imagepolicies.yaml (maxItems keep CEL cost estimates low).
 MAX_PATTERNS = 64
 MAX_AUTHORITIES = 16
 MAX_PEM_LENGTH = 16384
+MAX_TRUST_STORE_LENGTH = 65536  # a Notation trust store: a bundle of a few roots
+MAX_TRUSTED_IDENTITIES = 64
+MAX_IDENTITY_LENGTH = 1024
+VERIFICATION_LEVELS = ("strict", "permissive", "audit")
+OVERRIDES = {
+    "authenticity": ("enforce", "log"),
+    "authenticTimestamp": ("enforce", "log"),
+    "expiry": ("enforce", "log"),
+    "revocation": ("enforce", "log", "skip"),
+}
+TIMESTAMP_OPTIONS = ("always", "afterCertExpiry")
 MAX_ATTESTATIONS = 16
 MAX_CONDITIONS = 16
 MAX_IGNORES = 256
@@ -111,12 +124,39 @@ class KeylessAuthority:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CertificateSource:
+    """PEM certificates: exactly one of `pem` (raw text), `secret_ref`, `config_map_ref`."""
+
+    pem: str | None = None
+    secret_ref: SecretKeyRef | None = None
+    config_map_ref: ConfigMapKeyRef | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotationAuthority:
+    """A Notary Project trust-policy statement (see `imageward.notation.trust`).
+
+    At least one of `trust_store` (CA roots, signing scheme notary.x509) and
+    `signing_authority_trust_store` (notary.x509.signingAuthority) is set.
+    """
+
+    trusted_identities: tuple[str, ...]
+    trust_store: CertificateSource | None = None
+    signing_authority_trust_store: CertificateSource | None = None
+    timestamp_trust_store: CertificateSource | None = None
+    verification_level: str = "strict"
+    override: tuple[tuple[str, str], ...] = ()
+    verify_timestamp: str = "always"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Authority:
-    """Exactly one of `key` and `keyless` is set."""
+    """Exactly one of `key`, `keyless` and `notation` is set."""
 
     name: str
     key: KeyAuthority | None = None
     keyless: KeylessAuthority | None = None
+    notation: NotationAuthority | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,6 +248,8 @@ class ImagePolicy:
     )
     rules: Rules = Rules()
     pin_digest: bool = False
+    allow_exceptions: bool = True
+    """Whether ImagePolicyExceptions may waive this policy's rules (in their namespace)."""
 
 
 class _Invalid(Exception):
@@ -428,10 +470,107 @@ def _parse_keyless(obj: Mapping[str, Any], path: str) -> KeylessAuthority:
     )
 
 
-def _parse_authority(obj: object, path: str) -> Authority:
+def _parse_certificate_source(
+    obj: Mapping[str, Any], key: str, path: str
+) -> CertificateSource | None:
+    if obj.get(key) is None:
+        return None
+    where = _join(path, key)
+    source = _mapping(obj, key, path)
+    _check_fields(source, where, {"pem", "secretRef", "configMapRef"})
+    given = [name for name in ("pem", "secretRef", "configMapRef") if source.get(name) is not None]
+    if len(given) != 1:
+        raise _Invalid(where, "set exactly one of pem, secretRef and configMapRef")
+    if given == ["pem"]:
+        pem = _string(source, "pem", where)
+        assert pem is not None
+        if len(pem) > MAX_TRUST_STORE_LENGTH:
+            raise _Invalid(f"{where}.pem", f"longer than {MAX_TRUST_STORE_LENGTH} characters")
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise _Invalid(
+                f"{where}.pem", "is not PEM certificates (-----BEGIN CERTIFICATE----- ...)"
+            )
+        return CertificateSource(pem=pem)
+    (name,) = given
+    ref_path = f"{where}.{name}"
+    ref = _mapping(source, name, where)
+    _check_fields(ref, ref_path, {"namespace", "name", "key"})
+    namespace = _dns_name(ref, "namespace", ref_path)
+    object_name = _dns_name(ref, "name", ref_path)
+    data_key = _config_key(ref, "key", ref_path, DEFAULT_CERTIFICATES_KEY)
+    if name == "secretRef":
+        return CertificateSource(secret_ref=SecretKeyRef(namespace, object_name, data_key))
+    return CertificateSource(config_map_ref=ConfigMapKeyRef(namespace, object_name, data_key))
+
+
+def _parse_notation(obj: Mapping[str, Any], path: str) -> NotationAuthority:
+    _check_fields(
+        obj,
+        path,
+        {
+            "trustStore",
+            "signingAuthorityTrustStore",
+            "timestampTrustStore",
+            "trustedIdentities",
+            "verificationLevel",
+            "override",
+            "verifyTimestamp",
+        },
+    )
+    trust_store = _parse_certificate_source(obj, "trustStore", path)
+    signing_authority = _parse_certificate_source(obj, "signingAuthorityTrustStore", path)
+    if trust_store is None and signing_authority is None:
+        raise _Invalid(path, "set trustStore (CA roots) or signingAuthorityTrustStore, or both")
+    identities = _list(obj, "trustedIdentities", path, max_items=MAX_TRUSTED_IDENTITIES)
+    if not identities:
+        raise _Invalid(
+            f"{path}.trustedIdentities",
+            'required: x509.subject identities ("x509.subject: C=US, ST=WA, O=Acme") or ["*"]',
+        )
+    for index, identity in enumerate(identities):
+        if not isinstance(identity, str) or not identity or len(identity) > MAX_IDENTITY_LENGTH:
+            raise _Invalid(
+                f"{path}.trustedIdentities[{index}]",
+                f"must be a non-empty string of at most {MAX_IDENTITY_LENGTH} characters",
+            )
+    level = _string(obj, "verificationLevel", path) or "strict"
+    if level not in VERIFICATION_LEVELS:
+        raise _Invalid(
+            f"{path}.verificationLevel", f"{level!r} is not one of {', '.join(VERIFICATION_LEVELS)}"
+        )
+    override: list[tuple[str, str]] = []
+    raw_override = _mapping(obj, "override", path)
+    for key, value in raw_override.items():
+        allowed = OVERRIDES.get(key)
+        if allowed is None:
+            raise _Invalid(
+                f"{path}.override.{key}", f"unknown validation (known: {', '.join(OVERRIDES)})"
+            )
+        if value not in allowed:
+            raise _Invalid(
+                f"{path}.override.{key}", f"{value!r} is not one of {', '.join(allowed)}"
+            )
+        override.append((key, value))
+    verify_timestamp = _string(obj, "verifyTimestamp", path) or "always"
+    if verify_timestamp not in TIMESTAMP_OPTIONS:
+        raise _Invalid(
+            f"{path}.verifyTimestamp", f"{verify_timestamp!r} is not one of always, afterCertExpiry"
+        )
+    return NotationAuthority(
+        trusted_identities=tuple(identities),
+        trust_store=trust_store,
+        signing_authority_trust_store=signing_authority,
+        timestamp_trust_store=_parse_certificate_source(obj, "timestampTrustStore", path),
+        verification_level=level,
+        override=tuple(sorted(override)),
+        verify_timestamp=verify_timestamp,
+    )
+
+
+def _parse_authority(obj: object, path: str, *, notation: bool = True) -> Authority:
     if not isinstance(obj, Mapping):
-        raise _Invalid(path, "must be an object with name and key or keyless")
-    _check_fields(obj, path, {"name", "key", "keyless"})
+        raise _Invalid(path, "must be an object with name and key, keyless or notation")
+    _check_fields(obj, path, {"name", "key", "keyless", "notation"})
     name = _string(obj, "name", path, required=True)
     assert name is not None  # required=True
     if len(name) > 63 or not _AUTHORITY_NAME_RE.fullmatch(name):
@@ -442,8 +581,19 @@ def _parse_authority(obj: object, path: str) -> Authority:
         )
     has_key = obj.get("key") is not None
     has_keyless = obj.get("keyless") is not None
-    if has_key == has_keyless:
-        raise _Invalid(path, "set exactly one of key and keyless")
+    has_notation = obj.get("notation") is not None
+    if has_key + has_keyless + has_notation != 1:
+        raise _Invalid(path, "set exactly one of key, keyless and notation")
+    if has_notation:
+        if not notation:
+            raise _Invalid(
+                f"{path}.notation",
+                "Notation signs artifacts, not in-toto attestations: an attestation is a "
+                "DSSE envelope only a key or keyless authority can verify",
+            )
+        return Authority(
+            name=name, notation=_parse_notation(_mapping(obj, "notation", path), f"{path}.notation")
+        )
     if has_key:
         return Authority(name=name, key=_parse_key(_mapping(obj, "key", path), f"{path}.key"))
     return Authority(
@@ -451,12 +601,15 @@ def _parse_authority(obj: object, path: str) -> Authority:
     )
 
 
-def _parse_authorities(obj: Mapping[str, Any], path: str) -> tuple[Authority, ...]:
+def _parse_authorities(
+    obj: Mapping[str, Any], path: str, *, notation: bool = True
+) -> tuple[Authority, ...]:
     raw = _list(obj, "authorities", path, max_items=MAX_AUTHORITIES)
     if not raw:
         raise _Invalid(f"{path}.authorities", "at least one authority is required")
     authorities = tuple(
-        _parse_authority(item, f"{path}.authorities[{index}]") for index, item in enumerate(raw)
+        _parse_authority(item, f"{path}.authorities[{index}]", notation=notation)
+        for index, item in enumerate(raw)
     )
     seen: set[str] = set()
     for index, authority in enumerate(authorities):
@@ -638,7 +791,7 @@ def _parse_attestation(obj: object, path: str) -> Attestation:
     assert predicate_type is not None
     if len(predicate_type) > MAX_PREDICATE_TYPE_LENGTH:
         raise _Invalid(f"{path}.predicateType", f"longer than {MAX_PREDICATE_TYPE_LENGTH}")
-    authorities = _parse_authorities(obj, path)
+    authorities = _parse_authorities(obj, path, notation=False)
     required = obj.get("required", True)
     if not isinstance(required, bool):
         raise _Invalid(f"{path}.required", f"must be true or false, not {required!r}")
@@ -806,7 +959,11 @@ def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
     try:
         name, generation = _parse_header(obj)
         spec = _mapping(obj, "spec", "")
-        _check_fields(spec, "spec", {"mode", "failurePolicy", "match", "rules", "pinDigest"})
+        _check_fields(
+            spec,
+            "spec",
+            {"mode", "failurePolicy", "match", "rules", "pinDigest", "allowExceptions"},
+        )
         return ImagePolicy(
             name=name,
             generation=generation,
@@ -815,6 +972,8 @@ def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
             match=_parse_match(_mapping(spec, "match", "spec"), "spec.match"),
             rules=_parse_rules(_mapping(spec, "rules", "spec"), "spec.rules"),
             pin_digest=_bool(spec, "pinDigest", "spec"),
+            allow_exceptions=spec.get("allowExceptions") is None
+            or _bool(spec, "allowExceptions", "spec"),
         )
     except _Invalid as error:
         # `from None`: the field path and reason are the whole story for the reader.

@@ -15,14 +15,19 @@ import dataclasses
 import ssl
 import time
 from collections.abc import Awaitable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import multidict
-import yarl
 
 from imageward import metrics
 from imageward.registry import manifests, model
+
+if TYPE_CHECKING:
+    import aiohttp
+
+# aiohttp (and yarl) are imported by the first request, not here: a one-shot
+# `imageward check` whose images no policy matches never sends one, and aiohttp's import
+# is the largest part of its start-up. Later requests find it in sys.modules.
 
 USER_AGENT = "imageward/0.1 (+https://imageward.io)"
 _CHUNK = 64 * 1024
@@ -124,6 +129,8 @@ class Transport:
         self._closed = False
 
     def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._closed:
             raise RuntimeError("the registry transport is closed")
         if self._session is None:
@@ -168,6 +175,9 @@ class Transport:
         the response's `body` is empty (other answers are read into memory as usual).
         Raises TransportError subclasses; an HTTP error status is not an exception here.
         """
+        import aiohttp
+        import yarl
+
         started = time.perf_counter()
         code: str = "error"
         received = 0

@@ -176,7 +176,8 @@ _DELETE = object()
         (
             "spec.extra",
             1,
-            "spec.extra: unknown field (known: failurePolicy, match, mode, pinDigest, rules)",
+            "spec.extra: unknown field (known: allowExceptions, failurePolicy, match, mode, "
+            "pinDigest, rules)",
         ),
         (
             "spec.match.images",
@@ -299,12 +300,12 @@ _DELETE = object()
         (
             "spec.rules.signatures.authorities[0].keyless",
             {"issuer": "x", "subject": "y"},
-            "spec.rules.signatures.authorities[0]: set exactly one of key and keyless",
+            "spec.rules.signatures.authorities[0]: set exactly one of key, keyless and notation",
         ),
         (
             "spec.rules.signatures.authorities[0].key",
             _DELETE,
-            "spec.rules.signatures.authorities[0]: set exactly one of key and keyless",
+            "spec.rules.signatures.authorities[0]: set exactly one of key, keyless and notation",
         ),
         (
             "spec.rules.signatures.authorities[0].key.secretRef",

@@ -1,0 +1,78 @@
+"""The pure parts of the CLI's stream transport: answer heads, requests, chunked bodies."""
+
+from __future__ import annotations
+
+import pytest
+
+from imageward.registry import streams
+
+
+def test_parse_head_reads_status_headers_and_keep_alive() -> None:
+    head = streams.parse_head(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nDocker-Content-Digest: sha256:ab\r\n"
+        b"WWW-Authenticate: Bearer a\r\nWWW-Authenticate: Basic b\r\n\r\n"
+    )
+    assert head.status == 200 and head.keep_alive and head.content_length == 12
+    assert head.headers.getall("www-authenticate") == ["Bearer a", "Basic b"]
+    assert not head.chunked
+
+
+def test_parse_head_connection_close_and_http10() -> None:
+    assert not streams.parse_head(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n").keep_alive
+    assert not streams.parse_head(b"HTTP/1.0 200 OK\r\n\r\n").keep_alive
+    assert streams.parse_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n").keep_alive
+    chunked = streams.parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    assert chunked.chunked and chunked.content_length is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n",
+    ],
+)
+def test_parse_head_refuses_what_is_not_http(data: bytes) -> None:
+    with pytest.raises(streams.HeadError):
+        streams.parse_head(data)
+
+
+def test_content_length_must_be_a_number() -> None:
+    head = streams.parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n")
+    with pytest.raises(streams.HeadError):
+        _ = head.content_length
+
+
+def test_build_request_sets_host_agent_accept_and_length() -> None:
+    raw = streams.build_request(
+        "GET", "/v2/a/manifests/1?x=y", "127.0.0.1:5000", {"Accept": "m/t"}, None, "ua/1"
+    )
+    assert raw == (
+        b"GET /v2/a/manifests/1?x=y HTTP/1.1\r\nHost: 127.0.0.1:5000\r\nUser-Agent: ua/1\r\n"
+        b"Accept: m/t\r\n\r\n"
+    )
+    post = streams.build_request("POST", "/t", "h", {}, b"abc", "ua")
+    assert post.endswith(b"Accept: */*\r\nContent-Length: 3\r\n\r\nabc")
+    with pytest.raises(ValueError):
+        streams.build_request("GET", "/", "h", {"X": "a\r\nInjected: 1"}, None, "ua")
+
+
+def test_chunked_decoder_in_any_split() -> None:
+    body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n"
+    for step in (1, 2, 3, 7, len(body)):
+        decoder = streams.ChunkedDecoder()
+        out = b""
+        for start in range(0, len(body), step):
+            decoder.feed(body[start : start + step])
+            out += decoder.take()
+        assert decoder.done
+        assert out == b"Wikipedia in\r\n\r\nchunks."
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"3\r\nabcX\r\n", b"-1\r\n"])
+def test_chunked_decoder_refuses_bad_framing(body: bytes) -> None:
+    decoder = streams.ChunkedDecoder()
+    with pytest.raises(streams.HeadError):
+        decoder.feed(body)
