@@ -5,7 +5,7 @@ after each kind of pre-pull.
 
 Needs root (a real kubelet node, `realnode`; it waits for the machine's one real node if
 another run holds it) and the operator image (`make image`). Not part of `make test`;
-about ten minutes with the defaults.
+about seven minutes with the defaults (`make bench-startup`).
 
 Everything is real: the local control plane, the real node (kubelet, containerd 1.6's
 CRI, runc), `imageward run` (webhooks on, no policy), PrePulls reconciled by it, the
