@@ -16,7 +16,7 @@ IMAGE_REGISTRY ?=
 IMAGE_REPOSITORY ?= imageward
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imageward/Chart.yaml)
 
-.PHONY: all setup packages tools peer-tools venv image dev dev-real-node test unit cluster-tests lint format bench bench-peers fuzz clean
+.PHONY: all setup packages tools peer-tools venv image dev dev-real-node test unit cluster-tests lint format bench bench-peers bench-startup fuzz clean
 
 all: test
 
@@ -87,6 +87,10 @@ $(BIN)/.fuzz-installed: $(BIN)/.installed
 
 bench-peers: setup peer-tools
 	$(BIN)/python bench/peers_bench.py
+
+# Pod start time through the machine's real kubelet node (root; README "Pod start time").
+bench-startup: setup image
+	$(BIN)/python bench/startup_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .fuzz

@@ -129,6 +129,28 @@ build_referrers_registry() {
   have referrers-registry "$key"
 }
 
+build_containerd2() {
+  # containerd 2.x (a CRI with image volumes, KEP-4639) beside Debian's 1.6. Its go.mod has
+  # exclude directives, so `go install pkg@v` refuses it; a wrapper module repeating them
+  # builds. No cgo: the btrfs, devmapper and zfs snapshotters are left out (overlayfs).
+  local v=$CONTAINERD2_VERSION
+  have containerd2 "$v" && { log "containerd2 $v cached"; return; }
+  local mod=$cache/src/containerd-$v pkg=github.com/containerd/containerd/v2
+  mkdir -p "$mod"
+  {
+    printf 'module imageward.local/containerd-tools\n\ngo 1.24\n\nrequire %s v%s\n\n' "$pkg" "$v"
+    printf 'exclude (\n'
+    printf '\tgithub.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc\n'
+    printf '\tgithub.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2\n'
+    printf ')\n'
+  } > "$mod/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/containerd"\n' "$pkg" > "$mod/tools.go"
+  log "building containerd2 $v (a cold build takes minutes)"
+  (cd "$mod" && go mod tidy >/dev/null && go build -trimpath -tags no_btrfs,no_devmapper,no_zfs \
+    -ldflags "-s -w -X $pkg/version.Version=v$v" -o "$bin/containerd2-$v" "$pkg/cmd/containerd")
+  have containerd2 "$v"
+}
+
 build_notation() {
   # The Notary Project CLI, for tests that sign with it and compare `notation verify`.
   # `go install …@v` asks the proxy for the module's version list (deprecation check),
@@ -145,7 +167,7 @@ build_notation() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(helper pause etcd kubernetes kwok cosign helm crane referrers-registry notation)
+[ ${#targets[@]} -eq 0 ] && targets=(helper pause etcd kubernetes kwok cosign helm crane referrers-registry notation containerd2)
 for t in "${targets[@]}"; do
   case $t in
     helper) build_helper ;;
@@ -156,6 +178,7 @@ for t in "${targets[@]}"; do
     cosign) go_install cosign "$COSIGN_VERSION" "github.com/sigstore/cosign/v3/cmd/cosign@v$COSIGN_VERSION" ;;
     helm) go_install helm "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" ;;
     referrers-registry) build_referrers_registry ;;
+    containerd2) build_containerd2 ;;
     crane) go_install crane "$CRANE_VERSION" "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" ;;
     notation) build_notation ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;

@@ -137,6 +137,16 @@ def notation_tool(tmp_path_factory: pytest.TempPathFactory) -> notation.Notation
     return notation.Notation(tmp_path_factory.mktemp("notation"))
 
 
+#: Where the session operator's pre-pull pods take /imageward-helper from (the operator
+#: image, which holds it), a tag of the session's anonymous registry.
+HELPER_REPOSITORY = "imageward/operator"
+HELPER_TAG = "session"
+
+
+def helper_image_reference(registry_set: registries.Registries) -> str:
+    return f"{registry_set.anonymous.host}/{HELPER_REPOSITORY}:{HELPER_TAG}"
+
+
 class RunningOperator:
     """`imageward run` as a real process against the session's control plane."""
 
@@ -186,7 +196,17 @@ def imageward_operator(
 
     namespace = "imageward-system"
     manifests = chart.render(
-        {"replicaCount": 1, "podDisruptionBudget": {"enabled": False}},
+        {
+            "replicaCount": 1,
+            "podDisruptionBudget": {"enabled": False},
+            # What pre-pull pods run, pullable on the real node: the operator image (pushed
+            # there by `session_helper_image` when a real-node test needs it) and the pause
+            # image the real node already has. kwok nodes pull nothing.
+            "prepull": {
+                "helperImage": helper_image_reference(registry_set),
+                "pauseImage": realnode.PAUSE_IMAGE,
+            },
+        },
         release="imageward",
         namespace=namespace,
         include_crds=True,

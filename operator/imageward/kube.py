@@ -28,6 +28,21 @@ class KubeError(errors.ImagewardError):
         super().__init__(f"{action}: HTTP {status}: {reason}" if status else f"{action}: {reason}")
 
 
+def build_in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The apiserver URL a pod is given: KUBERNETES_SERVICE_HOST and _PORT, which the
+    kubelet sets in every container (also with enableServiceLinks false), as client-go and
+    the official Python client read them. None outside a pod (or if either is missing).
+    Kopf's own in-cluster login names https://kubernetes.default.svc instead, which needs
+    cluster DNS to resolve."""
+    host = environ.get("KUBERNETES_SERVICE_HOST", "").strip()
+    port = environ.get("KUBERNETES_SERVICE_PORT", "").strip()
+    if not host or not port:
+        return None
+    if ":" in host or "%" in host:  # IPv6, as Go's net.JoinHostPort brackets it
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
 def build_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     """In-cluster credentials when running in a pod, else KUBECONFIG (read now, not at import)."""
     configuration = kubernetes.client.Configuration()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import pathlib
 import tempfile
 import time
@@ -14,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from imageward import constants, metrics, runtime
+from imageward import constants, kube, metrics, runtime
 from imageward import settings as imageward_settings
 from imageward.admission import endpoints as admission_endpoints
 from imageward.admission import serving
@@ -40,8 +42,14 @@ def _runtime(memo: kopf.Memo) -> runtime.Runtime:
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # Kopf's own readers: in-cluster ServiceAccount first, then KUBECONFIG (read when
-    # called, unlike the kubernetes client which fixes its default path at import).
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    # called, unlike the kubernetes client which fixes its default path at import). In a
+    # pod, the apiserver address the kubelet gives (as imageward's own client uses it),
+    # not Kopf's https://kubernetes.default.svc, which fails without cluster DNS.
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    if in_cluster is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    server = kube.build_in_cluster_server(os.environ)
+    return dataclasses.replace(in_cluster, server=server) if server else in_cluster
 
 
 @kopf.on.startup()
@@ -55,7 +63,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="imageward.io", key="last-handled-configuration"
     )
-    settings.peering.name = "imageward"
+    settings.peering.name = config.peering_name
     settings.peering.mandatory = False
     settings.watching.server_timeout = 300
 
@@ -85,6 +93,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         port=config.admission.port,
         certfile=certfile,
         keyfile=keyfile,
+        drain_seconds=config.admission.shutdown_drain,
     )
     await server.start()
     memo["admission_server"] = server

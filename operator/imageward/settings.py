@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -103,6 +104,12 @@ class AdmissionSettings:
     tls_check_interval: float = 3600.0
     """Seconds between checks whether the serving certificate needs renewing."""
 
+    shutdown_drain: float = 0.0
+    """Seconds the webhook server keeps answering once the operator is told to stop,
+    each connection closed after its next answer: behind a Service the apiserver learns
+    a moment later that the replica is gone, and reuses connections it holds to it
+    (the chart sets 5). 0: stop at once (one local process, tests)."""
+
 
 #: Plans one node agent serves, so conditions one agent pod carries, at most.
 MAX_AGENT_PLANS = 256
@@ -187,6 +194,11 @@ class Settings:
     metrics_port: int = 8080
     """Port of the Prometheus /metrics endpoint (0 disables it)."""
 
+    peering_name: str = "imageward"
+    """ClusterKopfPeering the replicas coordinate through (one runs the controllers, the
+    others stand by). Two installations in one cluster need two names, or Kopf pauses
+    the controllers of all but one of them."""
+
     docker_config: str | None = None
     """The operator's own registry credentials (a docker config.json), tried last."""
 
@@ -237,6 +249,22 @@ def _parse_positive(text: str) -> int:
     return value
 
 
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _parse_object_name(text: str) -> str:
+    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
+        raise ValueError("expected a Kubernetes object name (lower-case DNS subdomain)")
+    return text
+
+
+def _parse_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 60:
+        raise ValueError("expected seconds between 0 and 60")
+    return value
+
+
 def _parse_interval(text: str) -> float:
     """Seconds ("3600", "90.5") or a Go duration ("1h", "15m30s"); at least 1 s."""
     try:
@@ -261,6 +289,7 @@ def _parse_plan_count(text: str) -> int:
 _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "NAMESPACE": ("", "namespace", str),
     "METRICS_PORT": ("", "metrics_port", int),
+    "PEERING_NAME": ("", "peering_name", _parse_object_name),
     "INSECURE_REGISTRIES": ("registry", "insecure_registries", _parse_list),
     "REGISTRY_CA_BUNDLE": ("registry", "ca_bundle", str),
     "REGISTRY_MIRRORS": ("registry", "mirrors", _parse_pairs),
@@ -287,6 +316,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "CREATE_WEBHOOK_CONFIGURATIONS": ("admission", "create_configurations", _parse_bool),
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
+    "SHUTDOWN_DRAIN": ("admission", "shutdown_drain", _parse_seconds),
     "HELPER_IMAGE": ("prepull", "helper_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),
     "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),

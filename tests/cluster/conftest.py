@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from imageward.localcluster import controlplane, operatorimage, registries
+from imageward.localcluster import controlplane, images, operatorimage, registries
 from tests.cluster import helpers
-from tests.conftest import RunningOperator
+from tests.conftest import HELPER_REPOSITORY, HELPER_TAG, RunningOperator
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,18 @@ def operator_image() -> operatorimage.BuiltImage:
     edit; minutes cold, which `make test` does before pytest). Push it where a test needs
     it with `operatorimage.push(operator_image, registry)`."""
     return operatorimage.ensure_built()
+
+
+@pytest.fixture(scope="session")
+def session_helper_image(
+    operator_image: operatorimage.BuiltImage, registry_set: registries.Registries
+) -> images.Pushed:
+    """The operator image in the session's anonymous registry, at the tag the session
+    operator names as its pre-pull helper image (`helper_image_reference`): what a real
+    node pulls for Images-mode pre-pull pods, and the node agent's image."""
+    return operatorimage.push(
+        operator_image, registry_set.anonymous, repository=HELPER_REPOSITORY, tag=HELPER_TAG
+    )
 
 
 # Module-scoped: each module that asks gets registries of its own, started in ~0.1 s.

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,30 @@ class Dev:
         return rest
 
 
+def _prepull_status(run: Dev, name: str) -> dict[str, Any]:
+    result = run.kubectl("get", "prepull", name, "-n", "shop", "-o", "json")
+    if result.returncode != 0:
+        return {}
+    status: dict[str, Any] = json.loads(result.stdout).get("status") or {}
+    return status
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+
+
+def _wait_prepull_on_every_node(run: Dev, name: str, nodes: int) -> dict[str, Any]:
+    """The sample PrePull Ready, its DaemonSet's (or agent's) pods on all `nodes` nodes."""
+
+    def ready() -> dict[str, Any] | None:
+        status = _prepull_status(run, name)
+        counts = status.get("nodes") or {}
+        done = counts.get("desired") == nodes and counts.get("ready") == nodes
+        return status if done and _ready(status).get("status") == "True" else None
+
+    return utils.wait_for(f"PrePull shop/{name} Ready on {nodes} nodes", ready, timeout=120)
+
+
 @pytest.fixture
 def dev_run(tmp_path: pathlib.Path) -> Iterator[list[Dev]]:
     started: list[Dev] = []
@@ -141,6 +166,19 @@ def test_dev_starts_a_usable_cluster_and_stops_cleanly(
         else:
             assert image == requested, f"{said}\nbut the image became {image}"
 
+    # The sample PrePull works: both its images are signed, so signed-only admits its
+    # DaemonSet, whose pods kwok reports Running on both nodes. The Layers-mode sample
+    # says why it cannot work without a real node, as dev printed.
+    assert "kubectl -n shop get prepulls" in run.text, run.text
+    status = _wait_prepull_on_every_node(run, "web-tier", 2)
+    assert {i["image"].rsplit("/", 1)[1] for i in status["images"]} == {"web:1.0", "cart:1.0"}
+    assert "AgentNotRunning here (try --real-node)" in run.text
+    utils.wait_for(
+        "shared-layers to say it has no agent",
+        lambda: _ready(_prepull_status(run, "shared-layers")).get("reason") == "AgentNotRunning",
+        timeout=60,
+    )
+
     rest = run.stop()
     assert run.process.returncode == 0, run.text + rest
     assert "Stopped." in rest
@@ -173,6 +211,42 @@ def test_dev_with_a_real_node_runs_real_pods_and_restores_the_host(
     placed = utils.wait_for("the demo pod Running", running_on_the_real_node, timeout=90)
     assert placed["node"] == realnode.NODE_NAME
     assert placed["ip"].startswith(realnode.POD_CIDR.rsplit(".", 2)[0])
+
+    # Pre-pull on the real node too: web-tier's DaemonSet pod runs there (the kubelet
+    # pulled the helper, web and cart), and shared-layers, Layers mode, is Ready through
+    # the chart's agent pod there: the planned blobs are in the node's containerd.
+    assert "node agent     pod imageward-system/imageward-agent-" in run.text, run.text
+    _wait_prepull_on_every_node(run, "web-tier", 2)
+    pods = json.loads(run.kubectl("get", "pods", "-n", "shop", "-o", "json").stdout)["items"]
+    prepull_pods = {
+        p["spec"].get("nodeName"): p["status"].get("phase")
+        for p in pods
+        if p["metadata"]["name"].startswith("prepull-web-tier-")
+    }
+    assert prepull_pods.get(realnode.NODE_NAME) == "Running", prepull_pods
+    status = _wait_prepull_on_every_node(run, "shared-layers", 1)
+    assert status["plan"]["layers"] >= 3, status["plan"]
+    plans = json.loads(
+        run.kubectl(
+            "get",
+            "configmaps",
+            "-n",
+            "imageward-system",
+            "-l",
+            "app.kubernetes.io/component=prepull-plan",
+            "-o",
+            "json",
+        ).stdout
+    )["items"]
+    (plan,) = [json.loads(item["data"]["plan.json"]) for item in plans]
+    socket = realnode.Layout(realnode.BASE_DIR).socket
+    content = subprocess.run(
+        [str(tools.find("ctr")), "--address", str(socket), "-n", "k8s.io", "content", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {layer["digest"] for layer in plan["layers"]} <= set(content)
 
     rest = run.stop()
     assert run.process.returncode == 0, run.text + rest

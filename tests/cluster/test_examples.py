@@ -445,7 +445,7 @@ def test_web_tier_prepull_reaches_every_node(
     example: Example, cluster: controlplane.ControlPlane
 ) -> None:
     example.push("shop/web", images.nonroot_image(f"w-{_uid()}"))
-    example.push("shop/api", images.nonroot_image(f"a-{_uid()}"))
+    example.push("shop/cart", images.nonroot_image(f"c-{_uid()}"))
     example.apply("prepulls/web-tier.yaml")
 
     def ready() -> Any:
@@ -455,7 +455,7 @@ def test_web_tier_prepull_reaches_every_node(
 
     status = utils.wait_for("web-tier ready on every node", ready, timeout=60)
     weights = {i["image"].rsplit("/", 1)[1]: i["weight"] for i in status["images"]}
-    assert weights == {"web:1.0": 1, "api:1.0": 3}
+    assert weights == {"web:1.0": 1, "cart:1.0": 3}
 
 
 def test_shared_layers_prepull_plans_only_shared_layers(

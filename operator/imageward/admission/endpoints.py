@@ -7,6 +7,10 @@ the decision from `handler`, the AdmissionReview response written here. Kopf sti
 runs the controllers in the same process; peering pauses those, never this server, so
 a standby replica keeps admitting with current policies.
 
+On stop it drains first (`Server.drain_seconds`): it keeps answering a few seconds, each
+connection closed after its next answer, so the apiserver moves to the other replicas
+without a review cut in flight.
+
 The serving certificate is reloaded when its files change (renewal by the operator or
 by cert-manager): new connections get the new one, open ones finish with the old.
 """
@@ -41,8 +45,23 @@ ROUTES: dict[str, Decide] = {
 }
 
 
-def build_app(state: runtime.Runtime) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+def build_app(
+    state: runtime.Runtime, *, draining: Callable[[], bool] = lambda: False
+) -> web.Application:
+    """The webhook application. While `draining()`, every answer says `Connection: close`:
+    the apiserver sends its next review on a new connection (to a replica that stays)
+    instead of on one this server is about to shut."""
+
+    @web.middleware
+    async def close_when_draining(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if draining():
+            response.force_close()
+        return response
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[close_when_draining])
 
     def endpoint(decide: Decide) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def serve(request: web.Request) -> web.Response:
@@ -96,8 +115,13 @@ class Server:
         port: int,
         certfile: pathlib.Path,
         keyfile: pathlib.Path,
+        drain_seconds: float = 0.0,
     ) -> None:
+        """`drain_seconds`: how long `stop()` keeps answering (settings.AdmissionSettings.
+        shutdown_drain), each connection closed after its next answer."""
         self.state = state
+        self.drain_seconds = drain_seconds
+        self.draining = False
         self.host = host
         self.port = port
         self.certfile = certfile
@@ -117,7 +141,8 @@ class Server:
 
     async def start(self) -> None:
         self._reload()
-        self._runner = web.AppRunner(build_app(self.state), access_log=None)
+        app = build_app(self.state, draining=lambda: self.draining)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.context)
         await site.start()
@@ -134,6 +159,16 @@ class Server:
                 logger.warning("could not reload the serving certificate: %s", e)
 
     async def stop(self) -> None:
+        """Drain (see `drain_seconds`), then stop listening and close every connection."""
+        if self.drain_seconds > 0 and self._runner is not None and not self.draining:
+            # A replica being deleted is still an endpoint for the apiserver a moment
+            # longer, and the apiserver reuses the keep-alive connections it has: cutting
+            # one under a review it just sent fails that review (EOF, not retried) under
+            # failurePolicy Fail. So answer on, and have each connection closed by its
+            # next answer, before shutting the rest.
+            self.draining = True
+            logger.info("draining the webhook server for %.1fs before it stops", self.drain_seconds)
+            await asyncio.sleep(self.drain_seconds)
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

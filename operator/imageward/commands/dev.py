@@ -12,6 +12,7 @@ it runs (restored on stop) and needs root, which is why it is not the default.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -20,21 +21,38 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from types import FrameType
+from typing import Any
+
+import yaml
 
 from imageward.localcluster import (
     controlplane,
     cosign,
+    faultproxy,
     images,
+    nodeagent,
+    operatorimage,
     processes,
     realnode,
     registries,
     tools,
 )
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 READY_LINE = "imageward dev is ready"
+NAMESPACE = "imageward-system"
+#: The demo images signed with the demo key (shop/api stays unsigned).
+SIGNED = ("shop/web:1.0", "shop/cart:1.0")
+OPERATOR_REPOSITORY = "imageward/operator"
+#: Sample policies dev leaves out, and why: they need keys of the user's own (a scanner's,
+#: a build's) and attestations made with them; applied as they are, they are not usable
+#: and so refuse every image of the registry, the signed ones too.
+UNAPPLIED_POLICIES = {
+    "no-critical-cves.yaml": "needs a scanner key and signed scan reports",
+    "sbom-required.yaml": "needs your build key and signed SBOMs",
+}
 
 
 def _default_state_dir() -> pathlib.Path:
@@ -76,17 +94,26 @@ def _runnable(image: images.Manifest, pause: bytes) -> images.Manifest:
 
 
 def _push_demo_images(
-    registry: registries.Registry, state_dir: pathlib.Path, *, runnable: bool = False
+    registry: registries.Registry,
+    state_dir: pathlib.Path,
+    *,
+    runnable: bool = False,
+    operator_image: operatorimage.BuiltImage | None = None,
 ) -> tuple[dict[str, str], str | None]:
-    """Push the demo images; sign one with real cosign when it is available."""
+    """Push the demo images; sign the web tier's (shop/web, shop/cart) with real cosign
+    when it is available, and leave shop/api unsigned (signed-only refuses it).
+
+    `operator_image` (with --real-node) is pushed and signed too: the node agent's image
+    and the pre-pull pods' helper image, which signed-only checks like any other."""
     client = registry.client()
-    web, api, _ = images.shared_base_images(3)
+    web, api, cart = images.shared_base_images(3)
     if runnable:
         pause = tools.find("imageward-pause").read_bytes()
-        web, api = _runnable(web, pause), _runnable(api, pause)
+        web, api, cart = (_runnable(image, pause) for image in (web, api, cart))
     demo = {
         "shop/web:1.0": web,
         "shop/api:1.0": api,
+        "shop/cart:1.0": cart,
         "demo/root:1.0": images.root_image("root"),
         "demo/big:1.0": images.large_image("big", size=24 * 1024 * 1024),
         "demo/multiarch:1.0": images.multiarch_index("multiarch"),
@@ -96,21 +123,33 @@ def _push_demo_images(
         repository, tag = name.split(":")
         result = client.push(repository, manifest, tag=tag)
         pushed[f"{registry.host}/{name}"] = result.digest
+    to_sign = [f"{registry.host}/{name}" for name in SIGNED]
+    if operator_image is not None:
+        result = operatorimage.push(operator_image, registry, repository=OPERATOR_REPOSITORY)
+        pushed[result.ref] = result.digest
+        to_sign.append(result.ref)
     public_key = None
     try:
         signer = cosign.Cosign(state_dir / "cosign")
         keys = signer.generate_key_pair("demo")
-        signed = f"{registry.host}/shop/web"
-        signer.sign(f"{signed}@{pushed[signed + ':1.0']}", keys)
+        for reference in to_sign:
+            signer.sign(f"{reference.rsplit(':', 1)[0]}@{pushed[reference]}", keys)
         public_key = keys.public_pem
     except (tools.ToolMissingError, cosign.CosignError) as e:
-        _say(f"  (demo image not signed: {e})")
+        _say(f"  (demo images not signed: {e})")
     return pushed, public_key
 
 
 def _start_operator(
-    plane: controlplane.ControlPlane, registry: registries.Registry, state_dir: pathlib.Path
+    plane: controlplane.ControlPlane,
+    registry: registries.Registry,
+    state_dir: pathlib.Path,
+    *,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[processes.ManagedProcess, int]:
+    """`imageward run`; `extra_env` for a real node: the pre-pull pods' helper and pause
+    images (IMAGEWARD_HELPER_IMAGE, IMAGEWARD_PAUSE_IMAGE), which it must be able to pull
+    (kwok nodes pull nothing), and where the chart's agent pods are."""
     metrics_port = processes.free_port()
     env = dict(
         os.environ,
@@ -119,7 +158,8 @@ def _start_operator(
         IMAGEWARD_METRICS_PORT=str(metrics_port),
         IMAGEWARD_WEBHOOK_HOST="127.0.0.1",
         IMAGEWARD_WEBHOOK_PORT=str(processes.free_port()),
-        IMAGEWARD_NAMESPACE="imageward-system",
+        IMAGEWARD_NAMESPACE=NAMESPACE,
+        **(extra_env or {}),
     )
     operator = processes.ManagedProcess(
         "operator",
@@ -134,26 +174,65 @@ def _start_operator(
     return operator, metrics_port
 
 
-#: Sample policies the demo leaves out: they need key material dev does not make (a
-#: scanner's key, an SBOM build key), and unusable they would refuse every demo image.
-#: `tests/cluster/test_examples.py` applies them with their keys.
-_NOT_IN_DEV = frozenset({"no-critical-cves.yaml", "sbom-required.yaml"})
-
-
 def _apply_directory(
-    plane: controlplane.ControlPlane, directory: pathlib.Path, *, registry: str | None = None
+    plane: controlplane.ControlPlane,
+    directory: pathlib.Path,
+    *,
+    registry: str | None = None,
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    skip: Collection[str] = (),
 ) -> list[str]:
-    """Apply the YAML files (but _NOT_IN_DEV); examples name kind's registry
-    `localhost:5001`, replaced."""
+    """Apply every YAML file but those named in `skip`; examples name kind's registry
+    `localhost:5001`, replaced. `transform` may change each object before it is applied."""
     if not directory.is_dir():
         return []
-    files = sorted(p for p in directory.glob("*.yaml") if p.name not in _NOT_IN_DEV)
+    files = sorted(p for p in directory.glob("*.yaml") if p.name not in skip)
     for path in files:
         text = path.read_text()
         if registry:
             text = text.replace("localhost:5001", registry)
+        if transform is not None:
+            documents = [transform(d) for d in yaml.safe_load_all(text) if d]
+            text = yaml.safe_dump_all(documents)
         plane.kubectl("apply", "--server-side", "-f", "-", input=text)
     return [path.name for path in files]
+
+
+def build_real_node_prepull(
+    body: dict[str, Any], *, toleration: dict[str, str], node_selector: dict[str, str]
+) -> dict[str, Any]:
+    """A sample PrePull as `imageward dev --real-node` applies it: tolerating the real
+    node's taint, so its pods (Images mode) run there too; a Layers-mode one is for the
+    real node only (`node_selector`), the one node with a containerd, so with an agent."""
+    if body.get("kind") != "PrePull":
+        return body
+    spec = dict(body.get("spec") or {})
+    spec["tolerations"] = [*(spec.get("tolerations") or []), dict(toleration)]
+    if spec.get("mode") == "Layers":
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **node_selector}
+    return {**body, "spec": spec}
+
+
+def _render_agent(
+    node: realnode.RealNode,
+    registry: registries.Registry,
+    mirror: faultproxy.FaultProxy,
+    image: str,
+    digest: str,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The chart's agent objects for the real node, and what the operator needs to find
+    its pods (`nodeagent.select_operator_env`)."""
+    values = nodeagent.build_values(
+        repository=image,
+        digest=digest,
+        containerd_socket=node.socket,
+        node_selector=node.node_selector,
+        tolerations=[node.toleration],
+        insecure=[registry.host, mirror.host],
+        mirrors={registry.host: mirror.host},
+    )
+    manifests = nodeagent.render_chart(values, namespace=NAMESPACE)
+    return nodeagent.select_agent_objects(manifests), nodeagent.select_operator_env(manifests)
 
 
 def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
@@ -192,7 +271,17 @@ def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
             # and the control plane, which its stop still needs.
             stack.enter_context(node)
             _say(f"  real node      {node.name} ({node.node_ip}), logs {node.log_dir}")
-        pushed, public_key = _push_demo_images(registry, state, runnable=real_node)
+        operator_image: operatorimage.BuiltImage | None = None
+        if node is not None:
+            # What runs on the real node for pre-pulls: the node agent and the pre-pull
+            # pods' helper are the operator image (`make image`; cached, else built now).
+            try:
+                operator_image = operatorimage.ensure_built()
+            except (operatorimage.OperatorImageError, tools.ToolMissingError) as e:
+                _say(f"  (no operator image, so no pre-pull on {node.name}: {e})")
+        pushed, public_key = _push_demo_images(
+            registry, state, runnable=real_node, operator_image=operator_image
+        )
 
         # imageward's CRDs, and the PolicyReport CRDs the chart installs when absent.
         for directory in (REPO_ROOT / "crds", REPO_ROOT / "charts/imageward/policyreport-crds"):
@@ -212,12 +301,50 @@ def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
                 "imageward-system",
                 f"--from-file=cosign.pub={state / 'cosign' / 'demo.pub'}",
             )
-        operator, metrics_port = _start_operator(plane, registry, state)
+        operator_env: dict[str, str] = {}
+        agent_objects: list[dict[str, Any]] = []
+        if node is not None and operator_image is not None:
+            repository = f"{registry.host}/{OPERATOR_REPOSITORY}"
+            operator_env = {
+                "IMAGEWARD_HELPER_IMAGE": f"{repository}@{operator_image.digest}",
+                "IMAGEWARD_PAUSE_IMAGE": node.pause_image,
+            }
+            # Pods cannot reach 127.0.0.1: the agent reaches the registry through a mirror
+            # on the node's address, as a cluster reaches one through a pull-through cache.
+            mirror = stack.enter_context(faultproxy.FaultProxy(registry.url, bind=node.node_ip))
+            agent_objects, agent_env = _render_agent(
+                node, registry, mirror, repository, operator_image.digest
+            )
+            operator_env.update(agent_env)
+        operator, metrics_port = _start_operator(plane, registry, state, extra_env=operator_env)
         stack.callback(operator.stop)
         _say(f"  operator       metrics http://127.0.0.1:{metrics_port}/metrics")
+        agent_pod = None
+        if node is not None and agent_objects:
+            nodeagent.apply(plane, agent_objects)
+            agent_pod = nodeagent.wait_ready(
+                plane, nodeagent.find_daemonset(agent_objects), node=node.name
+            )
+            _say(f"  node agent     pod {NAMESPACE}/{agent_pod} on {node.name} (the chart's)")
         samples = _apply_directory(
-            plane, REPO_ROOT / "examples" / "policies", registry=registry.host
-        ) + _apply_directory(plane, REPO_ROOT / "examples" / "prepulls", registry=registry.host)
+            plane,
+            REPO_ROOT / "examples" / "policies",
+            registry=registry.host,
+            skip=UNAPPLIED_POLICIES,
+        ) + _apply_directory(
+            plane,
+            REPO_ROOT / "examples" / "prepulls",
+            registry=registry.host,
+            transform=(
+                functools.partial(
+                    build_real_node_prepull,
+                    toleration=node.toleration,
+                    node_selector=node.node_selector,
+                )
+                if node is not None
+                else None
+            ),
+        )
 
         _say()
         _say(f"{READY_LINE} ({time.monotonic() - started:.1f}s). In another shell:")
@@ -247,12 +374,29 @@ def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
                 f"--overrides='{overrides}'   # a real pod on {node.name}"
             )
             _say("  kubectl -n shop get pods -o wide -w   # watch it start")
+        _say(
+            "  kubectl -n shop get prepulls -w   # web-tier: the signed web tier pre-pulled "
+            "on every node (READY n/n)"
+        )
+        if agent_pod is not None and node is not None:
+            _say(
+                "  # shared-layers: the node agent puts the shared layers into the real node's "
+                f"containerd: ctr --address {node.socket} -n k8s.io content ls"
+            )
+        else:
+            _say(
+                "  # shared-layers (Layers mode) needs the node agent, which needs a real node: "
+                "AgentNotRunning here (try --real-node)"
+            )
         for image, digest in pushed.items():
             _say(f"  image {image}  ({digest[:19]}…)")
         if public_key:
-            _say(f"  shop/web:1.0 is signed; its public key: {state / 'cosign' / 'demo.pub'}")
+            signed = ", ".join(SIGNED)
+            _say(f"  {signed} are signed; the public key: {state / 'cosign' / 'demo.pub'}")
         if samples:
-            _say(f"  sample policies applied: {', '.join(samples)}")
+            _say(f"  samples applied: {', '.join(samples)}")
+        for name, why in UNAPPLIED_POLICIES.items():
+            _say(f"  not applied: examples/policies/{name} ({why})")
         _say(f"  logs: {state / 'logs'} and {state / 'cluster' / 'logs'}")
         _say("Press Ctrl-C to stop everything.")
         while not stop.wait(0.5):

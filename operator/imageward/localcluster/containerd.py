@@ -145,15 +145,19 @@ class Containerd:
         config: str | None = None,
         log_dir: pathlib.Path | None = None,
         socket: pathlib.Path | None = None,
+        binary: str = "containerd",
     ) -> None:
         """`config` replaces the default (CRI off) configuration; `socket` must then be the
-        address it names. Logs go to `log_dir` (default: the working directory's logs/)."""
+        address it names. Logs go to `log_dir` (default: the working directory's logs/).
+        `binary`: the tool to run (`containerd2`: the 2.x build of `make tools`, which reads
+        this version 2 configuration too)."""
         self._own_workdir = workdir is None
         # Short path: a unix socket path is limited to 107 bytes.
         self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="iw-ctrd-"))
         self.socket = socket or self.workdir / "containerd.sock"
         self.namespace = namespace
         self.config_text = config
+        self.binary = binary
         self.log_dir = log_dir or self.workdir / "logs"
         self._process: processes.ManagedProcess | None = None
 
@@ -179,7 +183,7 @@ class Containerd:
         )
         self._process = processes.ManagedProcess(
             "containerd",
-            [str(tools.find("containerd")), "--config", str(config)],
+            [str(tools.find(self.binary)), "--config", str(config)],
             log_dir=self.log_dir,
         )
         self._process.start()

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -61,12 +61,16 @@ class ControlPlane:
         keep_workdir: bool = False,
         startup_timeout: float = 60.0,
         advertise_address: str | None = None,
+        feature_gates: Mapping[str, bool] | None = None,
     ) -> None:
         """`advertise_address`: an address of this machine that pods can reach (see
         `primary_address()`); the apiserver then listens on all addresses and the
-        `kubernetes` Service points there. None keeps everything on 127.0.0.1 (kwok only)."""
+        `kubernetes` Service points there. None keeps everything on 127.0.0.1 (kwok only).
+        `feature_gates`: Kubernetes feature gates for the apiserver, controller-manager and
+        scheduler (e.g. {"ImageVolume": True}); a real node needs the same for its kubelet."""
         self.node_count = nodes
         self.advertise_address = advertise_address
+        self.feature_gates = dict(feature_gates or {})
         self._own_workdir = workdir is None
         self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="imageward-cluster-"))
         self.keep_workdir = keep_workdir
@@ -99,6 +103,7 @@ class ControlPlane:
             workdir=workdir,
             keep_workdir=True,
             advertise_address=facts["advertise_address"],
+            feature_gates=facts.get("feature_gates"),
         )
         pki_dir = workdir / "pki"
         plane.ca = pki.CertificateAuthority.load(
@@ -173,6 +178,11 @@ class ControlPlane:
         process.start()
         return process
 
+    def _feature_gate_flags(self) -> list[str]:
+        if not self.feature_gates:
+            return []
+        return [f"--feature-gates={build_feature_gates(self.feature_gates)}"]
+
     def _start_etcd(self) -> None:
         client_port, peer_port = processes.free_port(), processes.free_port()
         self.etcd_url = f"http://127.0.0.1:{client_port}"
@@ -198,7 +208,13 @@ class ControlPlane:
         self.port = processes.free_port()
         pki_dir = self._path("pki")
         (self._path("plane.json")).write_text(
-            json.dumps({"port": self.port, "advertise_address": self.advertise_address})
+            json.dumps(
+                {
+                    "port": self.port,
+                    "advertise_address": self.advertise_address,
+                    "feature_gates": self.feature_gates,
+                }
+            )
         )
         # Pods reach the apiserver at the advertised address (through the `kubernetes`
         # Service and kube-proxy), host processes at 127.0.0.1: listen on both.
@@ -231,6 +247,7 @@ class ControlPlane:
                 # (kube-proxy) is needed on the apiserver's side for admission.
                 "--enable-aggregator-routing=true",
                 "--profiling=false",
+                *self._feature_gate_flags(),
                 "--v=1",
             ],
         )
@@ -263,6 +280,7 @@ class ControlPlane:
                 # Cloud and IPAM controllers have nothing to do without a cloud or CNI.
                 "--controllers=*,-cloud-node-lifecycle,-nodeipam,-route,-service",
                 "--concurrent-daemonset-syncs=4",
+                *self._feature_gate_flags(),
                 "--v=1",
             ],
         )
@@ -276,6 +294,7 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={processes.free_port()}",
+                *self._feature_gate_flags(),
                 "--v=1",
             ],
         )
@@ -466,6 +485,11 @@ class ControlPlane:
     def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
         result = self.kubectl("create", "token", name, "-n", namespace, f"--duration={seconds}s")
         return result.stdout.strip()
+
+
+def build_feature_gates(gates: Mapping[str, bool]) -> str:
+    """`--feature-gates` text: `A=true,B=false`, sorted."""
+    return ",".join(f"{name}={'true' if on else 'false'}" for name, on in sorted(gates.items()))
 
 
 def build_kwok_node(name: str) -> dict[str, Any]:

@@ -118,10 +118,20 @@ class Seen:
 class FaultProxy:
     """`with FaultProxy("http://127.0.0.1:5000") as proxy:` then use `proxy.host`."""
 
-    def __init__(self, upstream: str, *, latency: float = 0.0, rate: float | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        latency: float = 0.0,
+        rate: float | None = None,
+        bind: str = "127.0.0.1",
+    ) -> None:
+        """`bind`: the address it listens on; the node's address (not 127.0.0.1) lets
+        pods of a real node reach it, e.g. as a registry mirror of the node agent."""
         self.upstream = upstream.rstrip("/")
         self.latency = latency
         self.rate = rate
+        self.bind = bind
         self._sent: list[tuple[str, str, int]] = []  # (method, path, body bytes)
         self._pace_free_at = 0.0
         self.host = ""
@@ -199,10 +209,10 @@ class FaultProxy:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((self.bind, 0))
         site = web.SockSite(self._runner, sock)
         await site.start()
-        self.host = f"127.0.0.1:{sock.getsockname()[1]}"
+        self.host = f"{self.bind}:{sock.getsockname()[1]}"
 
     async def _cleanup(self) -> None:
         if self._runner is not None:
@@ -450,10 +460,18 @@ class ProxyProcess:
     """A latency-only (or rate-limited) FaultProxy in a child process; `count()` asks it
     over HTTP."""
 
-    def __init__(self, upstream: str, *, latency: float = 0.0, rate: float | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        latency: float = 0.0,
+        rate: float | None = None,
+        bind: str = "127.0.0.1",
+    ) -> None:
         self.upstream = upstream
         self.latency = latency
         self.rate = rate
+        self.bind = bind
         self.host = ""
         self._process: subprocess.Popen[str] | None = None
 
@@ -477,6 +495,8 @@ class ProxyProcess:
         argv = [sys.executable, "-m", __name__, self.upstream, "--latency", str(self.latency)]
         if self.rate:
             argv += ["--rate", str(self.rate)]
+        if self.bind != "127.0.0.1":
+            argv += ["--bind", self.bind]
         self._process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
         )
@@ -529,10 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, default=None, help="bytes per second of all answers' bodies together"
     )
+    parser.add_argument("--bind", default="127.0.0.1", help="the address to listen on")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FaultProxy(args.upstream, latency=args.latency, rate=args.rate) as proxy:
+    with FaultProxy(args.upstream, latency=args.latency, rate=args.rate, bind=args.bind) as proxy:
         print(f"listening on {proxy.host}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

@@ -183,9 +183,11 @@ def build_kubelet_config(
     runtime_socket: pathlib.Path,
     pod_logs_dir: pathlib.Path,
     taints: Sequence[Mapping[str, str]],
+    feature_gates: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """The KubeletConfiguration verified on the project machines (facts.md)."""
-    return {
+    """The KubeletConfiguration verified on the project machines (facts.md);
+    `feature_gates` as the control plane has them (e.g. ImageVolume)."""
+    config: dict[str, Any] = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "address": node_ip,
@@ -230,6 +232,9 @@ def build_kubelet_config(
         "registerWithTaints": [dict(taint) for taint in taints],
         "maxPods": 110,
     }
+    if feature_gates:
+        config["featureGates"] = dict(sorted(feature_gates.items()))
+    return config
 
 
 def build_kube_proxy_config(
@@ -675,9 +680,12 @@ class RealNode:
         taint: bool = True,
         startup_timeout: float = 90.0,
         lock_timeout: float = 0.0,
+        containerd_tool: str = "containerd",
     ) -> None:
         """`lock_timeout`: how long `start()` waits for another process's real node on this
-        machine to stop (0: fail at once, naming its pid)."""
+        machine to stop (0: fail at once, naming its pid). `containerd_tool`: Debian's
+        `containerd` (1.6), or `containerd2` (2.x, built by `make tools`: a CRI with image
+        volumes; give the control plane the ImageVolume feature gate too)."""
         self.plane = plane
         self.name = name
         self.layout = Layout(base_dir)
@@ -686,6 +694,7 @@ class RealNode:
         self.taint = taint
         self.startup_timeout = startup_timeout
         self.lock_timeout = lock_timeout
+        self.containerd_tool = containerd_tool
         self.pause_image = PAUSE_IMAGE
         self.node_ip = ""
         self.before: hoststate.Snapshot | None = None
@@ -940,7 +949,11 @@ class RealNode:
             opt_dir=layout.containerd / "opt",
         )
         daemon = containerd.Containerd(
-            workdir=layout.containerd, config=config, log_dir=self.log_dir, socket=layout.socket
+            workdir=layout.containerd,
+            config=config,
+            log_dir=self.log_dir,
+            socket=layout.socket,
+            binary=self.containerd_tool,
         )
         self._containerd = daemon
         try:
@@ -975,6 +988,7 @@ class RealNode:
             runtime_socket=layout.socket,
             pod_logs_dir=layout.pod_logs,
             taints=taints,
+            feature_gates=self.plane.feature_gates,
         )
         (layout.config / "kubelet.yaml").write_text(yaml.safe_dump(config))
         process = processes.ManagedProcess(

@@ -141,7 +141,11 @@ class Registry:
 
 
 def _registry_config(
-    *, port: int, storage: pathlib.Path, auth: Mapping[str, Any] | None
+    *,
+    port: int,
+    storage: pathlib.Path,
+    auth: Mapping[str, Any] | None,
+    address: str = "127.0.0.1",
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "version": 0.1,
@@ -154,7 +158,7 @@ def _registry_config(
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {
-            "addr": f"127.0.0.1:{port}",
+            "addr": f"{address}:{port}",
             "secret": secrets.token_hex(16),  # else the registry warns and makes one up
             "headers": {"X-Content-Type-Options": ["nosniff"]},
         },
@@ -187,13 +191,14 @@ def _launch(
     dirs: _Dirs,
     auth: Mapping[str, Any] | None,
     startup_timeout: float,
+    address: str = "127.0.0.1",
 ) -> tuple[str, processes.ManagedProcess]:
     """Write a config and start the registry on a free port; retry if the port was taken."""
     workdir, storage = dirs.workdir, dirs.storage
     for attempt in range(_PORT_ATTEMPTS):
         port = processes.free_port()
         config_path = workdir / "config.yml"
-        config = _registry_config(port=port, storage=storage, auth=auth)
+        config = _registry_config(port=port, storage=storage, auth=auth, address=address)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         process = processes.ManagedProcess(
             f"registry-{kind}",
@@ -206,7 +211,7 @@ def _launch(
         try:
             # /v2/ answers 200 (anonymous) or 401 (auth): either proves it serves.
             processes.wait_for_http(
-                f"http://127.0.0.1:{port}/v2/",
+                f"http://{address}:{port}/v2/",
                 timeout=startup_timeout,
                 expect_status=(200, 401),
                 process=process,
@@ -221,7 +226,7 @@ def _launch(
             raise RegistryStartError(
                 f"{kind} registry did not answer: {e}\nlog tail:\n{process.log_tail()}"
             ) from e
-        return f"127.0.0.1:{port}", process
+        return f"{address}:{port}", process
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
@@ -267,11 +272,18 @@ def start_anonymous(
     workdir: pathlib.Path | None = None,
     storage_dir: pathlib.Path | None = None,
     startup_timeout: float = 10.0,
+    address: str = "127.0.0.1",
 ) -> Registry:
-    """A registry anyone can pull from and push to, over plain HTTP."""
+    """A registry anyone can pull from and push to, over plain HTTP.
+
+    `address`: where it listens. 127.0.0.1 is this machine only; pods of the real node
+    reach it at the node's address (`realnode.RealNode.node_ip`), as an in-cluster
+    registry: then image references name that address, for the kubelet and pods alike."""
     dirs = _Dirs.make("anonymous", workdir, storage_dir)
     try:
-        host, process = _launch("anonymous", dirs=dirs, auth=None, startup_timeout=startup_timeout)
+        host, process = _launch(
+            "anonymous", dirs=dirs, auth=None, startup_timeout=startup_timeout, address=address
+        )
     except BaseException:
         dirs.remove()
         raise

@@ -584,12 +584,11 @@ async def node_progress(
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     problems = list(findings.problems)
-    pending = "the DaemonSet has not been created yet"
     if spec.mode is model.Mode.LAYERS:
         pending = "the plan has not been written yet"
         nodes_status = await _layers_progress(state, body, spec, findings, problems)
     else:
-        nodes_status = await _images_progress(state, name, namespace, images_status)
+        nodes_status, pending = await _images_progress(state, name, namespace, images_status)
     conditions = status.build_conditions(
         nodes_status,
         generation=findings.generation,
@@ -612,7 +611,8 @@ async def node_progress(
 
 async def _images_progress(
     state: PrePullState, name: str, namespace: str, images_status: Sequence[Mapping[str, Any]]
-) -> status.NodeStatus | None:
+) -> tuple[status.NodeStatus | None, str]:
+    """The nodes' progress; None and why while there is none to read."""
     client = state.runtime.kube
     resource = daemonset.build_resource_name(name)
     stored = await client.call(
@@ -622,7 +622,10 @@ async def _images_progress(
         namespace,
     )
     if stored is None:
-        return None
+        return None, "the DaemonSet has not been created yet"
+    uncounted = status.evaluate_daemonset_pending(stored)
+    if uncounted is not None:
+        return None, uncounted
     selector = ",".join(f"{k}={v}" for k, v in daemonset.build_selector(name).items())
     pods = await client.call(
         f"list pods of {namespace}/{resource}",
@@ -639,9 +642,10 @@ async def _images_progress(
         for i in images_status
         if i.get("digest")
     }
-    return status.build_node_status(
+    nodes_status = status.build_node_status(
         (pods or {}).get("items") or [], desired, current_hash=current_hash, images=pinned_to_image
     )
+    return nodes_status, ""
 
 
 async def _layers_progress(

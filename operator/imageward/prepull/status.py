@@ -206,6 +206,19 @@ def select_failures(failures: Sequence[Failure]) -> tuple[Failure, ...]:
     return tuple(sorted(chosen, key=lambda f: (f.node, f.image, f.reason, f.message)))
 
 
+def evaluate_daemonset_pending(daemonset: Mapping[str, Any]) -> str | None:
+    """Why the DaemonSet's counts cannot be read yet (None: they can).
+
+    Until the DaemonSet controller has seen the current generation, its status says 0
+    desired nodes, which would read as "no node matches": a PrePull made a moment ago
+    must not be Ready for that."""
+    generation = int((daemonset.get("metadata") or {}).get("generation") or 0)
+    observed = (daemonset.get("status") or {}).get("observedGeneration")
+    if observed is None or int(observed) < generation:
+        return "the DaemonSet controller has not counted the nodes yet"
+    return None
+
+
 def build_node_status(
     pods: Sequence[Mapping[str, Any]],
     desired: int,

@@ -83,3 +83,13 @@ def test_settings_errors_name_the_variable() -> None:
         )
     with pytest.raises(errors.ConfigurationError, match="IMAGEWARD_WEBHOOK_FAILURE_POLICY"):
         settings.from_env(environ={"IMAGEWARD_WEBHOOK_FAILURE_POLICY": "Maybe"})
+    with pytest.raises(errors.ConfigurationError, match="IMAGEWARD_SHUTDOWN_DRAIN='-1'"):
+        settings.from_env(environ={"IMAGEWARD_SHUTDOWN_DRAIN": "-1"})
+    with pytest.raises(errors.ConfigurationError, match="IMAGEWARD_PEERING_NAME='Not_A_Name'"):
+        settings.from_env(environ={"IMAGEWARD_PEERING_NAME": "Not_A_Name"})
+
+
+def test_peering_name_defaults_to_imageward_and_can_be_another() -> None:
+    assert settings.from_env(environ={}).peering_name == "imageward"
+    config = settings.from_env(environ={"IMAGEWARD_PEERING_NAME": "imageward-staging"})
+    assert config.peering_name == "imageward-staging"

@@ -14,10 +14,11 @@ import tarfile
 import threading
 import time
 import tomllib
+from typing import Any
 
 import pytest
 
-from imageward.localcluster import containerd, hoststate, images, realnode
+from imageward.localcluster import containerd, controlplane, hoststate, images, realnode
 
 MOUNTINFO = r"""22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
 60 22 0:44 / /var/lib/imageward-realnode/kubelet rw,relatime shared:30 master:1 - ext4 /dev/vda rw
@@ -222,6 +223,27 @@ def test_kubelet_config_keeps_anonymous_access_off() -> None:
     assert config["readOnlyPort"] == 0
     assert config["containerRuntimeEndpoint"] == "unix:///run/c.sock"
     assert config["registerWithTaints"] == [{"key": "k", "value": "v", "effect": "NoSchedule"}]
+
+
+def test_kubelet_config_takes_the_control_planes_feature_gates() -> None:
+    path = pathlib.Path("/x")
+    common: dict[str, Any] = dict(
+        node_ip="192.0.2.2",
+        port=1,
+        healthz_port=2,
+        client_ca=path,
+        tls_cert=path,
+        tls_key=path,
+        runtime_socket=path,
+        pod_logs_dir=path,
+        taints=[],
+    )
+    assert "featureGates" not in realnode.build_kubelet_config(**common)
+    config = realnode.build_kubelet_config(**common, feature_gates={"ImageVolume": True})
+    assert config["featureGates"] == {"ImageVolume": True}
+    assert controlplane.build_feature_gates({"B": False, "ImageVolume": True}) == (
+        "B=false,ImageVolume=true"
+    )
 
 
 def test_kube_proxy_config_avoids_sysctls_it_need_not_touch() -> None:

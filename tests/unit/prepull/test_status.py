@@ -410,3 +410,32 @@ def test_workloads_need_a_kind() -> None:
 def test_image_weights_merge_in_first_appearance_order() -> None:
     merged = status.build_image_weights([("a:1", 3), ("b:1", 1)], [("b:1", 5), ("c:1", 2)])
     assert merged == [("a:1", 3), ("b:1", 6), ("c:1", 2)]
+
+
+# -- a DaemonSet its controller has not counted yet --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("daemonset", "pending"),
+    [
+        # Just created: no status at all, which reads as 0 desired nodes.
+        ({"metadata": {"generation": 1}}, True),
+        ({"metadata": {"generation": 1}, "status": {"desiredNumberScheduled": 0}}, True),
+        # Updated, the controller still on the previous generation.
+        ({"metadata": {"generation": 3}, "status": {"observedGeneration": 2}}, True),
+        ({"metadata": {"generation": 3}, "status": {"observedGeneration": 3}}, False),
+    ],
+)
+def test_a_daemonset_not_yet_counted_is_pending_not_ready(
+    daemonset: dict[str, Any], pending: bool
+) -> None:
+    """Found on a real node: a PrePull was Ready (NoMatchingNodes, 0 of 0) a moment after
+    its DaemonSet was made, before the DaemonSet controller had counted the node."""
+    why = status.evaluate_daemonset_pending(daemonset)
+    assert (why is not None) == pending
+    if why is not None:
+        result = conditions(None, pending=why)
+        assert summary(result)["Ready"] == ("False", "Pending")
+        assert (
+            result["Ready"]["message"] == "the DaemonSet controller has not counted the nodes yet"
+        )
