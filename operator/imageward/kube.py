@@ -202,6 +202,46 @@ class Kube:
         )
         return result
 
+    async def patch_namespaced_custom_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch of a custom object's status subresource; None when the
+        object is gone."""
+        result: dict[str, Any] | None = await self._call(
+            f"patch {plural}.{group} {namespace}/{name} status",
+            self.custom.patch_namespaced_custom_object_status,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            dict(patch),
+            _content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def patch_cluster_custom_status(
+        self, group: str, version: str, plural: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch of a cluster-scoped custom object's status subresource."""
+        result: dict[str, Any] | None = await self._call(
+            f"patch {plural}.{group} {name} status",
+            self.custom.patch_cluster_custom_object_status,
+            group,
+            version,
+            plural,
+            name,
+            dict(patch),
+            _content_type="application/merge-patch+json",
+        )
+        return result
+
     async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self._call(
             f"get ServiceAccount {namespace}/{name}",

@@ -19,7 +19,6 @@ from imageward import settings as imageward_settings
 from imageward.admission import endpoints as admission_endpoints
 from imageward.policystore import LoadedPolicy
 from imageward.prepull import controller as prepull_controller
-from imageward.prepull import model as prepull_model
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +182,9 @@ async def policy_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
 # -- PrePull -------------------------------------------------------------------------------
 
 _PREPULL = (constants.GROUP, constants.VERSION, constants.PREPULL_PLURAL)
-_PROGRESS_INTERVAL = 5.0  # seconds between node-progress refreshes of each PrePull
 # `imageward.io/paused: "true"` stops reconciling a PrePull (what it made stays as it is),
 # e.g. while someone investigates a node; remove the annotation to resume.
 _NOT_PAUSED = {constants.ANNOTATION_PAUSED: kopf.ABSENT}
-# Where each PrePull's last findings live: Kopf's per-object memo (in memory; after a
-# restart the resume handler reconciles first and finds them again).
-_FINDINGS = "prepull_findings"
 
 
 def _prepull(memo: kopf.Memo) -> prepull_controller.PrePullState:
@@ -213,55 +208,27 @@ async def prepull_stop(memo: kopf.Memo, **_: Any) -> None:
         await state.close()
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) -> None:
-    current = body.get("status") or {}
-    for key, value in fields.items():
-        if current.get(key) != value:
-            patch.status[key] = value
-
-
 @kopf.on.resume(*_PREPULL, annotations=_NOT_PAUSED)
 @kopf.on.create(*_PREPULL, annotations=_NOT_PAUSED)
 @kopf.on.update(*_PREPULL, field="spec", annotations=_NOT_PAUSED)
-async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    fields, findings = await prepull_controller.reconcile(
-        _prepull(memo), body, previous_status=body.get("status") or {}
-    )
-    memo[_FINDINGS] = findings
-    _patch_status(body, patch, fields)
+async def prepull_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # Reconciles and writes status itself (the follower below writes the later ones).
+    await prepull_controller.changed(_prepull(memo), body)
 
 
-@kopf.timer(
-    *_PREPULL,
-    interval=_PROGRESS_INTERVAL,
-    initial_delay=_PROGRESS_INTERVAL,
-    idle=None,
-    annotations=_NOT_PAUSED,
-)
-async def prepull_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    state = _prepull(memo)
-    previous = body.get("status") or {}
+@kopf.daemon(*_PREPULL, annotations=_NOT_PAUSED, cancellation_timeout=5.0)
+async def prepull_follow(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    # Status follows the watch-fed caches (DaemonSets, pods, agent reports, nodes): woken
+    # by what concerns this PrePull, asleep otherwise; tags are re-resolved on schedule.
+    stop = asyncio.Event()
+    waiter = asyncio.ensure_future(stopped.wait())
+    waiter.add_done_callback(lambda _: stop.set())
     try:
-        spec = prepull_model.parse_prepull(body)
-    except prepull_model.PrePullError:
-        return  # prepull_changed reported it; nothing runs until the spec is fixed
-    findings = memo.get(_FINDINGS)
-    generation = int(body["metadata"].get("generation") or 0)
-    if findings is None or prepull_controller.evaluate_refresh_due(
-        spec, findings, previous.get("lastResolved"), generation
-    ):
-        fields, findings = await prepull_controller.reconcile(state, body, previous_status=previous)
-        memo[_FINDINGS] = findings
-    else:
-        fields = await prepull_controller.node_progress(
-            state,
-            body,
-            spec,
-            previous.get("images") or [],
-            findings,
-            previous.get("conditions") or [],
-        )
-    _patch_status(body, patch, fields)
+        await prepull_controller.follow(_prepull(memo), body, stop=stop)
+    finally:
+        waiter.cancel()
 
 
 @kopf.on.event(*_PREPULL)

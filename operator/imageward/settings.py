@@ -147,7 +147,16 @@ class PrePullSettings:
     so this bounds the agents' memory); a plan that would go over is refused."""
 
     cache_max_objects: int = 100_000
-    """Objects each watch-fed cache holds (workloads per kind, nodes, namespaces)."""
+    """Objects each watch-fed cache holds (workloads per kind, nodes, namespaces,
+    pre-pull DaemonSets and pods)."""
+
+    status_interval: float = 1.0
+    """Seconds between two status writes of one PrePull at least. Status is recomputed
+    when something it depends on changes (watched), and written only when it differs;
+    during a rollout this caps the writes at one per PrePull per interval."""
+
+    status_settle: float = 0.1
+    """Seconds a change waits for others arriving with it before status is recomputed."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -207,6 +216,13 @@ def _parse_positive(text: str) -> int:
     return value
 
 
+def _parse_seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
 def _parse_plan_count(text: str) -> int:
     value = _parse_positive(text)
     if value > MAX_AGENT_PLANS:
@@ -259,6 +275,8 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     ),
     "PREPULL_CACHE_MAX_OBJECTS": ("prepull", "cache_max_objects", _parse_positive),
     "PREPULL_MAX_PLAN_BYTES_TOTAL": ("prepull", "max_plan_bytes_total", _parse_positive),
+    "PREPULL_STATUS_INTERVAL": ("prepull", "status_interval", _parse_seconds),
+    "PREPULL_STATUS_SETTLE": ("prepull", "status_settle", _parse_seconds),
 }
 
 
@@ -266,7 +284,11 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
     """Build Settings from defaults and `<prefix><NAME>` variables; errors name the variable."""
     environ = os.environ if environ is None else environ
     top: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {"registry": {}, "admission": {}, "prepull": {}}
+    groups: dict[str, dict[str, Any]] = {
+        "registry": {},
+        "admission": {},
+        "prepull": {},
+    }
     for suffix, (group, field, parse) in _ENV_TABLE.items():
         name = prefix + suffix
         if name not in environ:
