@@ -51,6 +51,7 @@ class Kube:
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.authorization = kubernetes.client.AuthorizationV1Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -241,6 +242,31 @@ class Kube:
             _content_type="application/merge-patch+json",
         )
         return result
+
+    async def may(
+        self, verb: str, resource: str, *, namespace: str, name: str, group: str = ""
+    ) -> bool:
+        """Whether this identity may `verb` the named object (a SelfSubjectAccessReview:
+        asks instead of trying, so nothing is refused and logged as forbidden)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "namespace": namespace,
+                    "name": name,
+                }
+            },
+        }
+        answer = await self._call(
+            f"review {verb} {resource} {namespace}/{name}",
+            self.authorization.create_self_subject_access_review,
+            review,
+        )
+        return bool(((answer or {}).get("status") or {}).get("allowed"))
 
     async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self._call(

@@ -10,11 +10,12 @@ import logging
 import pathlib
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from imageward import constants, metrics, runtime, serving
+from imageward import constants, kube, metrics, runtime, serving
 from imageward import settings as imageward_settings
 from imageward.admission import endpoints as admission_endpoints
 from imageward.policystore import LoadedPolicy
@@ -130,46 +131,54 @@ def _ready_condition(loaded: LoadedPolicy) -> dict[str, Any]:
 @kopf.on.update(*_POLICY, field="spec")
 async def policy_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     loaded = await _runtime(memo).load_policy(body)
-    _write_policy_status(body, patch, loaded)
+    patch.status.update(build_policy_status(body.get("status") or {}, loaded))
 
 
-def _write_policy_status(body: kopf.Body, patch: kopf.Patch, loaded: LoadedPolicy) -> None:
+def build_policy_status(current: Mapping[str, Any], loaded: LoadedPolicy) -> dict[str, Any]:
+    """The status fields to write for a loaded policy; empty when its Ready condition
+    already says so."""
     condition = _ready_condition(loaded)
-    current = [
-        c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"
-    ]
-    if current and all(current[0].get(k) == v for k, v in condition.items()):
-        return
+    found = [c for c in current.get("conditions") or [] if c.get("type") == "Ready"]
+    if found and all(found[0].get(k) == v for k, v in condition.items()):
+        return {}
     condition["lastTransitionTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    patch.status["conditions"] = [condition]
-    patch.status["observedGeneration"] = loaded.generation
+    return {"conditions": [condition], "observedGeneration": loaded.generation}
 
 
-@kopf.timer(*_POLICY, interval=15.0, initial_delay=15.0, idle=None)
-async def policy_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    # Key material in Secrets / ConfigMaps can change without the policy changing. Only
-    # policies that reference some (or could not be loaded) are read again.
+@kopf.daemon(*_POLICY, cancellation_timeout=5.0)
+async def policy_follow(
+    body: kopf.Body, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    # A policy is loaded again when key material it references changes (the runtime's
+    # key-material follower, in every replica); this replica (the peering leader) then
+    # writes the Ready condition if it changed. No timer: it sleeps until then.
     state = _runtime(memo)
-    current = state.store.get(body["metadata"]["name"])
-    if current is not None and current.usable and not _references_objects(body):
-        return
-    loaded = await state.load_policy(body)
-    _write_policy_status(body, patch, loaded)
-
-
-def _references_objects(body: kopf.Body) -> bool:
-    rules = (body.get("spec") or {}).get("rules") or {}
-    authorities = (rules.get("signatures") or {}).get("authorities") or []
-    return any(
-        (a.get("key") or {}).get("secretRef") or (a.get("keyless") or {}).get("trustedRoot")
-        for a in authorities
-        if isinstance(a, dict)
-    )
+    while not stopped:
+        signal = state.policy_signal(name)
+        waiter = asyncio.ensure_future(signal.wait())
+        stopping = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait([waiter, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopping.cancel()
+        if stopped:
+            return
+        signal.clear()
+        loaded = state.store.get(name)
+        if loaded is None:
+            continue
+        fields = build_policy_status(body.get("status") or {}, loaded)
+        if fields:
+            try:
+                await state.kube.patch_cluster_custom_status(*_POLICY, name, {"status": fields})
+            except kube.KubeError as e:  # logged; the next change writes again
+                logger.warning("ImagePolicy %s: could not write status: %s", name, e)
 
 
 @kopf.on.delete(*_POLICY, optional=True)
 async def policy_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
-    _runtime(memo).store.remove(name)
+    _runtime(memo).remove_policy(name)
 
 
 # -- TLS renewal -------------------------------------------------------------------------

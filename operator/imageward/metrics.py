@@ -86,6 +86,13 @@ prepull_status_writes = prometheus_client.Counter(
     "PrePull per IMAGEWARD_PREPULL_STATUS_INTERVAL).",
     registry=REGISTRY,
 )
+policy_reloads = prometheus_client.Counter(
+    "imageward_policy_reloads_total",
+    "ImagePolicies loaded again because key material they reference changed (trigger: "
+    "watch, poll, retry).",
+    ["trigger"],
+    registry=REGISTRY,
+)
 agent_fetched_bytes = prometheus_client.Counter(
     "imageward_agent_fetched_bytes_total",
     "Bytes the node agent fetched into containerd.",

@@ -160,6 +160,15 @@ class PrePullSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PolicySettings:
+    key_material_refresh: float = 15.0
+    """Seconds between reads of referenced Secrets and ConfigMaps that cannot be watched
+    (the operator may only `get` them: the chart grants no list or watch on Secrets),
+    one read per distinct object for all policies; and between retries of policies whose
+    key material could not be read. Objects it may watch by name are followed instead."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     namespace: str = "imageward-system"
     """The operator's own namespace (excluded from admission)."""
@@ -178,6 +187,7 @@ class Settings:
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
     prepull: PrePullSettings = dataclasses.field(default_factory=PrePullSettings)
+    policy: PolicySettings = dataclasses.field(default_factory=PolicySettings)
 
 
 def _parse_list(text: str) -> tuple[str, ...]:
@@ -220,6 +230,13 @@ def _parse_seconds(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
+def _parse_interval(text: str) -> float:
+    value = _parse_seconds(text)
+    if value < 1:
+        raise ValueError("must be at least 1 second")
     return value
 
 
@@ -277,6 +294,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "PREPULL_MAX_PLAN_BYTES_TOTAL": ("prepull", "max_plan_bytes_total", _parse_positive),
     "PREPULL_STATUS_INTERVAL": ("prepull", "status_interval", _parse_seconds),
     "PREPULL_STATUS_SETTLE": ("prepull", "status_settle", _parse_seconds),
+    "KEY_MATERIAL_REFRESH": ("policy", "key_material_refresh", _parse_interval),
 }
 
 
@@ -288,6 +306,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         "registry": {},
         "admission": {},
         "prepull": {},
+        "policy": {},
     }
     for suffix, (group, field, parse) in _ENV_TABLE.items():
         name = prefix + suffix
@@ -303,6 +322,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         registry=RegistrySettings(**groups["registry"]),
         admission=AdmissionSettings(**groups["admission"]),
         prepull=PrePullSettings(**groups["prepull"]),
+        policy=PolicySettings(**groups["policy"]),
     )
     if settings.admission.deadline >= settings.admission.webhook_timeout:
         raise errors.ConfigurationError(
