@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -52,8 +52,16 @@ class ControlPlane:
         workdir: pathlib.Path | None = None,
         keep_workdir: bool = False,
         startup_timeout: float = 60.0,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
+        audit_policy: Mapping[str, Any] | None = None,
     ) -> None:
+        """`extra_args`: more flags per component ("kube-apiserver",
+        "kube-controller-manager", "kube-scheduler", "kwok"), e.g. a benchmark's client
+        rate limits. `audit_policy`: an audit.k8s.io/v1 Policy; the apiserver then writes
+        JSON audit events to `audit_log`."""
         self.node_count = nodes
+        self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
+        self.audit_policy = dict(audit_policy) if audit_policy is not None else None
         self._own_workdir = workdir is None
         self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="imageward-cluster-"))
         self.keep_workdir = keep_workdir
@@ -62,6 +70,7 @@ class ControlPlane:
         self.port = 0
         self._processes: list[processes.ManagedProcess] = []
         self.kubeconfig = self.workdir / "kubeconfig"
+        self.audit_log = self.workdir / "audit.log"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -128,7 +137,15 @@ class ControlPlane:
         self.ca.issue("system:kube-scheduler", client=True).write(pki_dir, "scheduler")
         pki.generate_service_account_keys().write(pki_dir, "sa")
 
+    def process(self, name: str) -> processes.ManagedProcess:
+        """The running component of that name (e.g. "kube-apiserver")."""
+        for process in self._processes:
+            if process.name == name:
+                return process
+        raise KeyError(name)
+
     def _start_process(self, name: str, argv: Sequence[str]) -> processes.ManagedProcess:
+        argv = [*argv, *self.extra_args.get(name, ())]
         process = processes.ManagedProcess(name, list(argv), log_dir=self._path("logs"))
         self._processes.append(process)
         process.start()
@@ -155,6 +172,19 @@ class ControlPlane:
         )
         self._wait("etcd", process, lambda: _http_ok(f"{self.etcd_url}/health"))
 
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self._path("audit-policy.yaml")
+        policy.write_text(yaml.safe_dump(self.audit_policy))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=batch",
+            "--audit-log-batch-max-wait=1s",
+        ]
+
     def _start_apiserver(self) -> None:
         self.port = processes.free_port()
         pki_dir = self._path("pki")
@@ -180,6 +210,7 @@ class ControlPlane:
                 "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=1",
+                *self._audit_args(),
             ],
         )
         self._write_kubeconfig(self.kubeconfig, "admin")
