@@ -121,8 +121,8 @@ def running_operator(
         IMAGEWARD_WEBHOOK_URL=webhook_url,
         IMAGEWARD_METRICS_PORT=str(metrics_port),
         IMAGEWARD_INSECURE_REGISTRIES=",".join(insecure_registries),
-        **(env or {}),
     )
+    environment.update(env or {})  # the caller's win (e.g. KUBECONFIG of another identity)
     argv = [sys.executable, "-m", "imageward", "run", "--standalone"]
     if profile is not None:
         argv[1:1] = ["-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile)]

@@ -62,10 +62,15 @@ from bench import admission_bench, harness
 from imageward import kube
 from imageward.localcluster import controlplane, images, registries
 
-NAMESPACE = "bench"
+NAMESPACE = PREPULL_NS = "prepulls"  # where the PrePulls and their pods are
+REVIEWED_NS = admission_bench.NAMESPACE  # the namespace of the reviews the bench sends
 OPERATOR_NS = harness.OPERATOR_NAMESPACE
 FAILING_NODE = "kwok-unpullable"
 CLIENT_LIMITS = ["--kube-api-qps=500", "--kube-api-burst=1000"]
+# kwok renews 1,000 nodes' leases from one process; on a loaded machine it falls behind,
+# the node lifecycle controller then marks the nodes' pods NotReady, and kwok never makes
+# them Ready again. The benchmark measures imageward, not kwok's heartbeats.
+NODE_GRACE = ["--node-monitor-grace-period=1h"]
 _CHART_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 
@@ -85,6 +90,36 @@ def install_operator_identity(
     )
     account = chart.find(manifests, "ServiceAccount")["metadata"]["name"]
     user = f"system:serviceaccount:{OPERATOR_NS}:{account}"
+    # The chart renders the webhook configurations and lets the operator only patch
+    # them; here the operator makes them itself (its URL is known only once it runs).
+    plane.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "bench-webhooks"},
+            "rules": [
+                {
+                    "apiGroups": ["admissionregistration.k8s.io"],
+                    "resources": [
+                        "validatingwebhookconfigurations",
+                        "mutatingwebhookconfigurations",
+                    ],
+                    "verbs": ["get", "create", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "bench-webhooks"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "bench-webhooks",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": OPERATOR_NS}],
+        },
+    )
     path = workdir / "operator-kubeconfig"
     plane.write_token_kubeconfig(
         path, plane.service_account_token(OPERATOR_NS, account, seconds=86400), user
@@ -172,8 +207,7 @@ def _sample(
             started = time.perf_counter()
             client.review(body)
             latencies.append(time.perf_counter() - started)
-            if not count:
-                time.sleep(0.005)  # ~150/s: a steady trickle, not a flood
+            time.sleep(0.005)  # ~150/s: a steady trickle, not a flood
     finally:
         client.close()
         out.put(latencies)
@@ -186,7 +220,9 @@ class Sampler:
         context = multiprocessing.get_context("spawn")
         self.stop = context.Event()
         self.out = context.Queue()
-        self.process = context.Process(target=_sample, args=(url, body, count, self.stop, self.out))
+        self.process = context.Process(
+            target=_sample, args=(url, body, count, self.stop, self.out), daemon=True
+        )
         self.process.start()
 
     def result(self) -> list[float]:
@@ -355,7 +391,15 @@ def measure_size(
         plane,
         insecure_registries=[registry.host],
         workdir=workdir,
-        env={"KUBECONFIG": str(identity), "IMAGEWARD_AGENT_ENABLED": "false"},
+        env={
+            "KUBECONFIG": str(identity),
+            "IMAGEWARD_AGENT_ENABLED": "false",
+            # By default the apiserver does not send the rollout's own pods to the
+            # webhook: admission latency then shows what the controllers cost it.
+            "IMAGEWARD_EXCLUDED_NAMESPACES": (
+                "kube-system" if args.webhook_sees_rollout else f"kube-system,{NAMESPACE}"
+            ),
+        },
     ) as operator:
         harness.wait_policies_ready(plane, ["bench-warm"])
         time.sleep(3)
@@ -610,6 +654,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--reviews", type=int, default=1500, help="idle admission reviews")
     parser.add_argument("--rollout-timeout", type=float, default=900.0)
+    parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
+    parser.add_argument(
+        "--webhook-sees-rollout",
+        action="store_true",
+        help="the webhook also reviews the pre-pull pods (2 reviews per pod) during rollouts",
+    )
     args = parser.parse_args(argv)
     sizes = sorted({int(x) for x in args.nodes.split(",") if x} | set(args.more))
 
@@ -621,7 +671,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Figures] = []
     loads: list[float] = [os.getloadavg()[0]]
     with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if args.keep:
+            print(f"logs in {workdir}", flush=True)
+        else:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         user = f"system:serviceaccount:{OPERATOR_NS}:imageward"
         plane = stack.enter_context(
             controlplane.ControlPlane(
@@ -636,6 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         registry = stack.enter_context(registries.start_anonymous())
         plane.create_namespace(NAMESPACE)
+        plane.create_namespace(REVIEWED_NS)
         plane.create_namespace(OPERATOR_NS)
         harness.install_crds(plane)
         identity, actual = install_operator_identity(plane, workdir)
@@ -684,7 +738,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             loads.append(os.getloadavg()[0])
 
-    print(f"\n== {args.prepulls} Images-mode PrePulls x 2 images; steady window {args.window:.0f}s")
+    print(
+        f"\n== {args.prepulls} Images-mode PrePulls x 2 images; steady window {args.window:.0f}s; "
+        + (
+            "the webhook reviews the rollout's pods too"
+            if args.webhook_sees_rollout
+            else "the rollout's pods bypass the webhook (admission p99 = the controllers' cost)"
+        )
+    )
     print(
         f"load average during the run: {min(loads):.1f}-{max(loads):.1f} on "
         f"{os.cpu_count()} CPUs (shared machine: CPU figures are noisy)\n"

@@ -131,6 +131,17 @@ class Runtime:
         self.key_material.note(loaded.name, reads)
         return loaded
 
+    def _unchanged(self, body: Mapping[str, Any]) -> bool:
+        """A policy event that changes nothing loaded (its status, its metadata): the
+        spec's generation is the one in the store. Key material is the follower's."""
+        metadata = body.get("metadata") or {}
+        name = metadata.get("name")
+        loaded = self.store.get(name) if isinstance(name, str) else None
+        if loaded is None or loaded.generation != metadata.get("generation"):
+            return False
+        self._bodies[loaded.name] = body
+        return True
+
     def remove_policy(self, name: str) -> None:
         self.store.remove(name)
         self._bodies.pop(name, None)
@@ -235,7 +246,7 @@ class Runtime:
                 )
                 if event.get("type") == "DELETED":
                     self.remove_policy((body.get("metadata") or {}).get("name", ""))
-                elif event.get("type") in ("ADDED", "MODIFIED"):
+                elif event.get("type") in ("ADDED", "MODIFIED") and not self._unchanged(body):
                     await self.load_policy(body)
         finally:
             watcher.stop()  # type: ignore[no-untyped-call]  # the thread ends at its next event or timeout

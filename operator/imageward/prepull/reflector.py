@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -123,20 +124,20 @@ class Store(Generic[T]):
 
     def apply(self, event_type: str, obj: Mapping[str, Any]) -> bool:
         """ADDED / MODIFIED / DELETED; True when the store changed."""
-        key = build_key(obj)
-        if event_type == "DELETED":
+        if event_type not in ("ADDED", "MODIFIED", "DELETED"):
+            return False
+        value = self.project(obj) if event_type != "DELETED" else None
+        return self.apply_projected(event_type, build_key(obj), value)
+
+    def apply_projected(self, event_type: str, key: str, value: T | None) -> bool:
+        """`apply` of an event already projected (None: deleted, or nothing kept)."""
+        if event_type == "DELETED" or value is None:
             if key not in self.items:
                 return False
             self._set(key, None)
             return True
         if event_type not in ("ADDED", "MODIFIED"):
             return False
-        value = self.project(obj)
-        if value is None:
-            if key not in self.items:
-                return False
-            self._set(key, None)
-            return True
         if key not in self.items and len(self.items) >= self.max_items:
             self.overflowed = True
             return False
@@ -144,6 +145,11 @@ class Store(Generic[T]):
             return False
         self._set(key, value)
         return True
+
+
+#: Events applied before the consumer lets the event loop run other work (a burst of
+#: pod events during a rollout must not hold the admission webhook up).
+_YIELD_EVERY = 64
 
 
 class Reflector(Generic[T]):
@@ -276,15 +282,18 @@ class Reflector(Generic[T]):
 
     async def _watch(self, resource_version: str) -> str:
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        events: asyncio.Queue[_Event[T] | BaseException | None] = asyncio.Queue()
         watcher = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
         self._watcher = watcher
+        project = self.store.project
 
-        def hand(item: dict[str, Any] | BaseException | None) -> None:
+        def hand(item: _Event[T] | BaseException | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: the process is ending
                 loop.call_soon_threadsafe(events.put_nowait, item)
 
         def stream() -> None:
+            # Decoded and projected here, in the watch's thread: the event loop gets only
+            # the few fields kept (and is not held by a burst of large objects).
             try:
                 for event in watcher.stream(  # type: ignore[no-untyped-call]
                     self.list_fn,
@@ -295,7 +304,14 @@ class Reflector(Generic[T]):
                     deserialize=False,
                     **self.selectors,
                 ):
-                    hand(event)
+                    kind = str(event.get("type"))
+                    body = event.get("object") or {}
+                    version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+                    if kind == "ERROR":
+                        hand(kube.KubeError(f"watch {self.what}", body.get("code"), str(body)))
+                        return
+                    value = project(body) if kind in ("ADDED", "MODIFIED") else None
+                    hand(_Event(kind, build_key(body), value, version))
             except BaseException as e:
                 hand(e)
             else:
@@ -303,19 +319,27 @@ class Reflector(Generic[T]):
 
         threading.Thread(target=stream, name=f"watch {self.what}", daemon=True).start()
         try:
+            applied = 0
             while (event := await events.get()) is not None:
                 if isinstance(event, BaseException):
                     raise event
-                kind = event.get("type")
-                body = event.get("object") or {}
-                if kind == "ERROR":
-                    raise kube.KubeError(f"watch {self.what}", body.get("code"), str(body))
-                resource_version = str(
-                    (body.get("metadata") or {}).get("resourceVersion") or resource_version
-                )
-                if kind != "BOOKMARK" and self.store.apply(str(kind), body):
+                resource_version = event.version or resource_version
+                if event.kind != "BOOKMARK" and self.store.apply_projected(
+                    event.kind, event.key, event.value
+                ):
                     self._changed()
+                applied += 1
+                if applied % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
         finally:
             watcher.stop()  # type: ignore[no-untyped-call]  # the thread ends at its next event or timeout
             self._watcher = None
         return resource_version
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Event(Generic[T]):
+    kind: str
+    key: str
+    value: T | None
+    version: str
