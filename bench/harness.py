@@ -104,11 +104,14 @@ def running_operator(
     cpu: int | None = 0,
     env: Mapping[str, str] | None = None,
     profile: pathlib.Path | None = None,
+    loopwatch: pathlib.Path | None = None,
 ) -> Iterator[Operator]:
     """Start the operator (on CPU `cpu` when taskset exists) and stop it afterwards.
 
-    With `profile`, it runs under pyinstrument (install it into the venv by hand; it is
-    no dependency), which writes a text report there when the operator stops.
+    With `loopwatch`, every event-loop callback's CPU time is logged there
+    (`bench/loopwatch.py`). With `profile`, it runs under pyinstrument (install it into
+    the venv by hand; it is no dependency), which writes a text report there when the
+    operator stops.
     """
     port, metrics_port = processes.free_port(), processes.free_port()
     webhook_url = f"https://127.0.0.1:{port}"
@@ -126,6 +129,8 @@ def running_operator(
     argv = [sys.executable, "-m", "imageward", "run", "--standalone"]
     if profile is not None:
         argv[1:1] = ["-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile)]
+    elif loopwatch is not None:
+        argv[1:1] = [str(ROOT / "bench" / "loopwatch.py"), str(loopwatch)]
     taskset = shutil.which("taskset")
     if cpu is not None and taskset:
         argv = [taskset, "-c", str(cpu), *argv]
