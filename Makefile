@@ -9,7 +9,14 @@ export IMAGEWARD_CACHE ?= $(HOME)/.cache/imageward
 PYTEST_ARGS ?=
 FUZZ_ARGS ?=
 
-.PHONY: all setup packages tools venv dev test unit cluster-tests lint format bench fuzz clean
+# `make image` builds the operator image from the Dockerfile without Docker (buildah; cached
+# by the hash of its inputs). With IMAGE_REGISTRY it also pushes
+# $(IMAGE_REGISTRY)/$(IMAGE_REPOSITORY):$(IMAGE_TAG), e.g. make image IMAGE_REGISTRY=127.0.0.1:5000
+IMAGE_REGISTRY ?=
+IMAGE_REPOSITORY ?= imageward
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imageward/Chart.yaml)
+
+.PHONY: all setup packages tools venv image dev dev-real-node test unit cluster-tests lint format bench fuzz clean
 
 all: test
 
@@ -29,16 +36,25 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+image: packages
+	bash hack/build-image.sh $(if $(IMAGE_REGISTRY),--push $(IMAGE_REGISTRY)/$(IMAGE_REPOSITORY):$(IMAGE_TAG))
+
 dev: setup
 	$(BIN)/imageward dev
 
-test: setup lint
+# One real kubelet node beside the kwok ones: needs root, changes kernel settings,
+# iptables and mounts while it runs (restored on stop). See README "A real node".
+dev-real-node: setup
+	$(BIN)/imageward dev --real-node
+
+# The image is built before pytest (the chart tests run it; a cold build takes minutes).
+test: setup lint image
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
-cluster-tests: setup
+cluster-tests: setup image
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 lint: venv

@@ -83,6 +83,16 @@ build_kubernetes() {
   done
 }
 
+build_pause() {
+  # The real node's sandbox image (nothing can be pulled from registry.k8s.io here).
+  local src=$here/pause/imageward-pause.c
+  local v; v=$(sha256sum "$src" | cut -c1-12)
+  have imageward-pause "$v" && { log "imageward-pause $v cached"; return; }
+  log "building imageward-pause $v (static, gcc)"
+  cc -static -Os -s -o "$bin/imageward-pause-$v" "$src"
+  have imageward-pause "$v"
+}
+
 build_etcd() {
   local v=$ETCD_VERSION
   have etcd "$v" && { log "etcd $v cached"; return; }
@@ -119,11 +129,27 @@ build_referrers_registry() {
   have referrers-registry "$key"
 }
 
+build_notation() {
+  # The Notary Project CLI, for tests that sign with it and compare `notation verify`.
+  # `go install …@v` asks the proxy for the module's version list (deprecation check),
+  # which it refuses (403) for this module; a wrapper module that requires it builds.
+  local v=$NOTATION_VERSION
+  have notation "$v" && { log "notation $v cached"; return; }
+  local mod=$cache/src/notation-$v
+  mkdir -p "$mod"
+  printf 'module imageward.local/notation-tools\n\ngo 1.24\n\nrequire github.com/notaryproject/notation v%s\n' "$v" > "$mod/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/notaryproject/notation/cmd/notation"\n' > "$mod/tools.go"
+  log "building notation $v"
+  (cd "$mod" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w -X github.com/notaryproject/notation/internal/version.BuildMetadata=" -o "$bin/notation-$v" github.com/notaryproject/notation/cmd/notation)
+  have notation "$v"
+}
+
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(helper etcd kubernetes kwok cosign helm crane referrers-registry)
+[ ${#targets[@]} -eq 0 ] && targets=(helper pause etcd kubernetes kwok cosign helm crane referrers-registry notation)
 for t in "${targets[@]}"; do
   case $t in
     helper) build_helper ;;
+    pause) build_pause ;;
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" ;;
@@ -131,6 +157,7 @@ for t in "${targets[@]}"; do
     helm) go_install helm "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" ;;
     referrers-registry) build_referrers_registry ;;
     crane) go_install crane "$CRANE_VERSION" "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" ;;
+    notation) build_notation ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,12 +19,24 @@ from collections.abc import Iterator
 import pytest
 
 from imageward import webhooks
-from imageward.localcluster import containerd, controlplane, cosign, processes, registries
+from imageward.localcluster import (
+    containerd,
+    controlplane,
+    cosign,
+    notation,
+    processes,
+    realnode,
+    registries,
+)
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[controlplane.ControlPlane]:
-    with controlplane.ControlPlane(nodes=3) as plane:
+    # Advertised on this machine's address (not 127.0.0.1) so that pods of the real node,
+    # when a test asks for it, reach the apiserver through the `kubernetes` Service.
+    with controlplane.ControlPlane(
+        nodes=3, advertise_address=controlplane.primary_address()
+    ) as plane:
         previous = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(plane.kubeconfig)
         try:
@@ -57,8 +71,70 @@ def containerd_daemon() -> Iterator[containerd.Containerd]:
 
 
 @pytest.fixture(scope="session")
+def real_node(
+    cluster: controlplane.ControlPlane,
+    registry_set: registries.Registries,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[realnode.RealNode]:
+    """The machine's one real kubelet node, joined to the session's cluster and shared by
+    every test that asks for it (a real node changes the host: never two at once).
+
+    It is tainted: put a pod on it with `real_node.placement` (nodeSelector + toleration).
+    The session registries are in its containerd's pull configuration; add others with
+    `real_node.add_registry(host)`. `real_node.containerd.ctr(...)` inspects its content
+    store. Its logs are in /tmp/imageward-realnode-logs/run-<pid>. Stopping restores
+    the host; a node left by a crashed run is cleaned up when this one starts.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root (kubelet, containerd, iptables)")
+    if not cluster.advertise_address:
+        pytest.skip("this machine has no address besides 127.0.0.1 for pods to reach")
+    # Logs outside pytest's temporary directories, which other test runs on the machine
+    # rotate away: each run's stay in run-<pid> until a later run finds that pid gone.
+    logs = pathlib.Path(tempfile.gettempdir()) / "imageward-realnode-logs"
+    for old in logs.glob("run-*"):
+        if not pathlib.Path("/proc", old.name.removeprefix("run-")).exists():
+            shutil.rmtree(old, ignore_errors=True)
+    log_dir = logs / f"run-{os.getpid()}"
+    # Another test run on this machine may hold the machine's one real node: wait for it.
+    node = realnode.RealNode(cluster, log_dir=log_dir, lock_timeout=1200)
+    for registry in registry_set:
+        node.add_registry(registry.host)
+    node.start()
+    _session_real_nodes.append(node)
+    try:
+        yield node
+    finally:
+        _session_real_nodes.remove(node)
+        node.stop()
+
+
+_session_real_nodes: list[realnode.RealNode] = []
+
+
+@pytest.fixture
+def real_node_slot() -> Iterator[None]:
+    """For a test that starts a real node of its own (`imageward dev --real-node`): one
+    real node per machine, so the session's, if it runs, stops for the test and starts
+    again after it."""
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root (kubelet, containerd, iptables)")
+    paused = [node for node in _session_real_nodes if node.running]
+    for node in paused:
+        node.stop()
+    yield
+    for node in paused:
+        node.start()
+
+
+@pytest.fixture(scope="session")
 def cosign_tool(tmp_path_factory: pytest.TempPathFactory) -> cosign.Cosign:
     return cosign.Cosign(tmp_path_factory.mktemp("cosign"))
+
+
+@pytest.fixture(scope="session")
+def notation_tool(tmp_path_factory: pytest.TempPathFactory) -> notation.Notation:
+    return notation.Notation(tmp_path_factory.mktemp("notation"))
 
 
 class RunningOperator:
@@ -174,6 +250,9 @@ def imageward_operator(
         IMAGEWARD_TLS_CHECK_INTERVAL="2",
         # Tests sign images between two admissions; in production 30 s is the default.
         IMAGEWARD_SIGNATURE_CACHE_TTL="1",
+        # Background scans (tests/cluster/test_reports.py waits for an interval scan);
+        # in production 1h is the default.
+        IMAGEWARD_SCAN_INTERVAL="20",
     )
     env.pop("IMAGEWARD_WEBHOOK_SERVICE", None)
     process = processes.ManagedProcess(

@@ -25,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from imageward import dev
 
-    return dev.run(nodes=args.nodes, state_dir=args.state_dir)
+    return dev.run(nodes=args.nodes, state_dir=args.state_dir, real_node=args.real_node)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         default=None,
         help="where the kubeconfig and logs go (default ~/.imageward/dev)",
+    )
+    dev.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also start one real kubelet node (kubelet, kube-proxy, containerd with CRI, "
+        "CNI bridge) so real pods run. Needs root, and changes this machine's kernel "
+        "settings (sysctls), iptables, mounts, cgroups and network interfaces while it runs; "
+        "stopping restores them, and a run that crashed is cleaned up by the next one",
     )
     dev.set_defaults(handler=_cmd_dev)
 

@@ -25,6 +25,8 @@ RULE_MAX_LAYERS: Final = "maxLayers"
 RULE_MAX_LAYER_SIZE: Final = "maxLayerSize"
 RULE_FORBID_ROOT_USER: Final = "forbidRootUser"
 RULE_SIGNATURES: Final = "signatures"
+#: Signed in-toto attestations (vulnerability scans, SBOMs, provenance) and their rules.
+RULE_ATTESTATIONS: Final = "attestations"
 RULE_LOOKUP: Final = "lookup"
 #: When a pin-only policy's tag cannot be resolved to a digest from what the registry served.
 RULE_PIN_DIGEST: Final = "pinDigest"

@@ -3,11 +3,16 @@
 Starts the real control plane (etcd, kube-apiserver & co., kwok nodes), a local registry
 with demo images (one of them signed with real cosign when it is built), the CRDs, the
 operator and the sample policies; prints what to try; stops everything on Ctrl-C.
+
+With `--real-node`, one real kubelet node joins beside the kwok ones (`realnode`), so real
+pods start; it changes kernel settings, iptables, mounts and cgroups of this machine while
+it runs (restored on stop) and needs root, which is why it is not the default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -18,7 +23,15 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
-from imageward.localcluster import controlplane, cosign, images, processes, registries, tools
+from imageward.localcluster import (
+    controlplane,
+    cosign,
+    images,
+    processes,
+    realnode,
+    registries,
+    tools,
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 READY_LINE = "imageward dev is ready"
@@ -50,12 +63,27 @@ def _stop_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
+def _runnable(image: images.Manifest, pause: bytes) -> images.Manifest:
+    """`image` with the static pause binary on top as its entrypoint: it runs on a real
+    node (the demo layers are random bytes), doing nothing until the pod is deleted."""
+    layer = images.layer_from_files({"pause": (pause, 0o755)})
+    return images.build_image(
+        [*image.layers, layer],
+        user=images.NONROOT_USER,
+        entrypoint=["/pause"],
+        labels=json.loads(image.config.data)["config"]["Labels"] if image.config else None,
+    )
+
+
 def _push_demo_images(
-    registry: registries.Registry, state_dir: pathlib.Path
+    registry: registries.Registry, state_dir: pathlib.Path, *, runnable: bool = False
 ) -> tuple[dict[str, str], str | None]:
     """Push the demo images; sign one with real cosign when it is available."""
     client = registry.client()
     web, api, _ = images.shared_base_images(3)
+    if runnable:
+        pause = tools.find("imageward-pause").read_bytes()
+        web, api = _runnable(web, pause), _runnable(api, pause)
     demo = {
         "shop/web:1.0": web,
         "shop/api:1.0": api,
@@ -106,13 +134,20 @@ def _start_operator(
     return operator, metrics_port
 
 
+#: Sample policies the demo leaves out: they need key material dev does not make (a
+#: scanner's key, an SBOM build key), and unusable they would refuse every demo image.
+#: `tests/cluster/test_examples.py` applies them with their keys.
+_NOT_IN_DEV = frozenset({"no-critical-cves.yaml", "sbom-required.yaml"})
+
+
 def _apply_directory(
     plane: controlplane.ControlPlane, directory: pathlib.Path, *, registry: str | None = None
 ) -> list[str]:
-    """Apply every YAML file; examples name kind's registry `localhost:5001`, replaced."""
+    """Apply the YAML files (but _NOT_IN_DEV); examples name kind's registry
+    `localhost:5001`, replaced."""
     if not directory.is_dir():
         return []
-    files = sorted(directory.glob("*.yaml"))
+    files = sorted(p for p in directory.glob("*.yaml") if p.name not in _NOT_IN_DEV)
     for path in files:
         text = path.read_text()
         if registry:
@@ -121,15 +156,27 @@ def _apply_directory(
     return [path.name for path in files]
 
 
-def run(*, nodes: int, state_dir: str | None) -> int:
+def run(*, nodes: int, state_dir: str | None, real_node: bool = False) -> int:
     state = pathlib.Path(state_dir) if state_dir else _default_state_dir()
+    advertise = None
+    if real_node:
+        if os.geteuid() != 0:
+            _say("--real-node needs root (kubelet, containerd, iptables)")
+            return 2
+        advertise = controlplane.primary_address()
+        if advertise is None:
+            _say("--real-node needs an address besides 127.0.0.1 that pods can reach")
+            return 2
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     started = time.monotonic()
     with _stop_signals() as stop, contextlib.ExitStack() as stack:
-        _say(f"Starting the local control plane with {nodes} kwok node(s)...")
+        real = " and one real node" if real_node else ""
+        _say(f"Starting the local control plane with {nodes} kwok node(s){real}...")
         plane = stack.enter_context(
-            controlplane.ControlPlane(nodes=nodes, workdir=state / "cluster")
+            controlplane.ControlPlane(
+                nodes=nodes, workdir=state / "cluster", advertise_address=advertise
+            )
         )
         kubeconfig = state / "kubeconfig"
         shutil.copy(plane.kubeconfig, kubeconfig)
@@ -137,15 +184,23 @@ def run(*, nodes: int, state_dir: str | None) -> int:
 
         registry = stack.enter_context(registries.start_anonymous(workdir=state / "registry"))
         _say(f"  registry       http://{registry.host}")
-        pushed, public_key = _push_demo_images(registry, state)
+        node: realnode.RealNode | None = None
+        if real_node:
+            node = realnode.RealNode(plane, log_dir=state / "real-node")
+            node.add_registry(registry.host)
+            # Entered before the operator: on Ctrl-C it stops after it, before the registry
+            # and the control plane, which its stop still needs.
+            stack.enter_context(node)
+            _say(f"  real node      {node.name} ({node.node_ip}), logs {node.log_dir}")
+        pushed, public_key = _push_demo_images(registry, state, runnable=real_node)
 
-        crds = _apply_directory(plane, REPO_ROOT / "crds")
-        for crd in crds:
-            plane.kubectl(
-                "wait", "--for=condition=Established", "-f", str(REPO_ROOT / "crds" / crd)
-            )
+        # imageward's CRDs, and the PolicyReport CRDs the chart installs when absent.
+        for directory in (REPO_ROOT / "crds", REPO_ROOT / "charts/imageward/policyreport-crds"):
+            for crd in _apply_directory(plane, directory):
+                plane.kubectl("wait", "--for=condition=Established", "-f", str(directory / crd))
         plane.create_namespace("imageward-system")
         plane.create_namespace("shop")
+        # The production-namespace sample policy pins tags in namespaces labelled so.
         plane.create_namespace("production", labels={"env": "production"})
         if public_key:
             plane.kubectl(
@@ -169,13 +224,29 @@ def run(*, nodes: int, state_dir: str | None) -> int:
         _say(f"  export KUBECONFIG={kubeconfig}")
         _say("  kubectl get nodes")
         _say("  kubectl get imagepolicies,prepulls -A")
+        _say("  kubectl get policyreports -A   # what runs now against today's policies")
         tries = (
-            ("web", "shop/web:1.0", "signed: admitted, tag pinned to its digest"),
-            ("api", "shop/api:1.0", "unsigned: refused by signed-only"),
-            ("big", "demo/big:1.0", "refused, with a size-limits warning"),
+            ("shop", "web", "shop/web:1.0", "signed: admitted"),
+            (
+                "production",
+                "web",
+                "shop/web:1.0",
+                "env=production: admitted, tag pinned to its digest",
+            ),
+            ("shop", "api", "shop/api:1.0", "unsigned: refused by signed-only"),
+            ("shop", "big", "demo/big:1.0", "refused, with a size-limits warning"),
         )
-        for pod, image, outcome in tries:
-            _say(f"  kubectl -n shop run {pod} --image={registry.host}/{image}   # {outcome}")
+        for namespace, pod, image, outcome in tries:
+            _say(
+                f"  kubectl -n {namespace} run {pod} --image={registry.host}/{image}   # {outcome}"
+            )
+        if node is not None:
+            overrides = json.dumps({"spec": node.placement}, separators=(",", ":"))
+            _say(
+                f"  kubectl -n shop run real --image={registry.host}/shop/web:1.0 "
+                f"--overrides='{overrides}'   # a real pod on {node.name}"
+            )
+            _say("  kubectl -n shop get pods -o wide -w   # watch it start")
         for image, digest in pushed.items():
             _say(f"  image {image}  ({digest[:19]}…)")
         if public_key:

@@ -1,8 +1,14 @@
 """Registry facts and cosign signatures for the checker, through the one registry client.
 
-Signatures are looked up in both on-registry formats at once: the legacy
-`sha256-<hex>.sig` tag and Sigstore bundles found through the referrers API (or its
-`sha256-<hex>` tag fallback). A format that is simply absent is not an error.
+Signatures are looked up in every on-registry format at once: the legacy
+`sha256-<hex>.sig` tag, and Sigstore bundles and Notary Project (Notation) signatures
+found through the referrers API (or its `sha256-<hex>` tag fallback), which share one
+list, one manifest cap and one byte budget. A format that is simply absent is not an
+error.
+Attestations, when a policy asks for them, come in the same lookup: the legacy
+`sha256-<hex>.att` tag beside the `.sig` one, and attestation bundles from the same
+referrers list (no extra round trip), under a byte budget of their own (an SBOM is
+larger than a signature, and must not crowd the signatures out).
 
 Which signatures an image has can change at any time (signing again, a second
 authority), so the tag and the referrers list are asked every time; the payload and
@@ -27,6 +33,9 @@ from imageward.signatures import legacy as signatures_legacy
 from imageward.signatures import verify as signatures_verify
 
 BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+NOTATION_ARTIFACT_TYPE = "application/vnd.cncf.notary.signature"
+#: The envelope layer of a Notation signature: JWS or COSE.
+NOTATION_ENVELOPE_TYPES = frozenset({"application/jose+json", "application/cose"})
 #: A bundle or a simple-signing payload is a few KiB (a keyless bundle with its
 #: certificate chain and log entry under 16 KiB): anything larger is not read.
 MAX_SIGNATURE_BLOB = 256 * 1024
@@ -34,11 +43,21 @@ MAX_SIGNATURE_BLOB = 256 * 1024
 #: flood of referrers or layers must not turn into a flood of fetches or of memory.
 MAX_SIGNATURE_BYTES = 1024 * 1024
 MAX_SIGNATURE_MANIFESTS = 16
+#: One attestation envelope (a vulnerability report, an SBOM, a provenance): SBOMs of
+#: large images run to megabytes; anything larger is refused, naming this cap.
+MAX_ATTESTATION_BLOB = 4 * 1024 * 1024
+#: All attestations of one digest together.
+MAX_ATTESTATION_BYTES = 8 * 1024 * 1024
+#: Referrer manifests read per digest when attestations are wanted too (re-attesting
+#: daily adds one each day; the newest are read, the tag index lists them last).
+MAX_REFERRER_MANIFESTS = 32
 _SIGNATURE_BLOB_CACHE_BYTES = 16 * 1024 * 1024  # thousands of bundles (a few KiB each)
+_ATTESTATION_BLOB_CACHE_BYTES = 32 * 1024 * 1024
 _SIGNATURE_SET_CACHE_BYTES = 32 * 1024 * 1024
+_ATTESTATION_SET_CACHE_BYTES = 64 * 1024 * 1024
 
 _BlobKey = tuple[str, str, str]  # registry, repository, digest
-_SetKey = tuple[str, str, str, tuple[auth.DockerConfig, ...]]
+_SetKey = tuple[str, str, str, tuple[auth.DockerConfig, ...], bool]  # … with attestations
 
 
 class RegistryImageSource:
@@ -52,6 +71,9 @@ class RegistryImageSource:
         self._blobs: cachetools.LRUCache[_BlobKey, bytes] = cachetools.LRUCache(
             maxsize=_SIGNATURE_BLOB_CACHE_BYTES, getsizeof=len
         )
+        self._attestation_blobs: cachetools.LRUCache[_BlobKey, bytes] = cachetools.LRUCache(
+            maxsize=_ATTESTATION_BLOB_CACHE_BYTES, getsizeof=len
+        )
         # What signatures a digest has is re-read at most every `signature_cache_ttl`
         # seconds: a burst of pods of one image costs one lookup, a new signature is
         # seen within that time. Keyed by credentials too: what one pull secret may
@@ -59,6 +81,13 @@ class RegistryImageSource:
         self._sets: cachetools.TTLCache[_SetKey, signatures_verify.SignatureSet] = (
             cachetools.TTLCache(
                 maxsize=_SIGNATURE_SET_CACHE_BYTES,
+                ttl=config.signature_cache_ttl,
+                getsizeof=lambda found: max(1, found.size),
+            )
+        )
+        self._attestation_sets: cachetools.TTLCache[_SetKey, signatures_verify.SignatureSet] = (
+            cachetools.TTLCache(
+                maxsize=_ATTESTATION_SET_CACHE_BYTES,
                 ttl=config.signature_cache_ttl,
                 getsizeof=lambda found: max(1, found.size),
             )
@@ -94,12 +123,19 @@ class RegistryImageSource:
         digest: model.Digest,
         *,
         credentials: Sequence[auth.DockerConfig],
+        attestations: bool = False,
     ) -> signatures_verify.SignatureSet:
-        key: _SetKey = (reference.registry, reference.repository, digest, tuple(credentials))
-        cached = self._sets.get(key)
+        """The signatures of `digest` and, with `attestations`, its attestations too."""
+        base = (reference.registry, reference.repository, digest, tuple(credentials))
+        key: _SetKey = (*base, attestations)
+        wider: _SetKey = (*base, True)
+        sets = self._attestation_sets if attestations else self._sets
+        cached = sets.get(key) or (None if attestations else self._attestation_sets.get(wider))
         if cached is not None:
             return cached
-        pending = self._sets_in_flight.get(key)
+        pending = self._sets_in_flight.get(key) or (
+            None if attestations else self._sets_in_flight.get(wider)
+        )
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[signatures_verify.SignatureSet] = (
@@ -107,13 +143,13 @@ class RegistryImageSource:
         )
         self._sets_in_flight[key] = future
         try:
-            found = await self._lookup_signatures(reference, digest, credentials)
+            found = await self._lookup_signatures(reference, digest, credentials, attestations)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: joiners get it; nobody else must
             raise
         else:
-            self._sets[key] = found
+            sets[key] = found
             future.set_result(found)
             return found
         finally:
@@ -124,8 +160,9 @@ class RegistryImageSource:
         reference: model.ImageReference,
         digest: model.Digest,
         credentials: Sequence[auth.DockerConfig],
+        attestations: bool = False,
     ) -> signatures_verify.SignatureSet:
-        """Both formats' manifests and blobs of `digest`, within the byte budget.
+        """Both formats' manifests and blobs of `digest`, within the byte budgets.
 
         Raises only outages (errors.RegistryError with `outage`): those make the
         signatures undecidable. Content the registry did serve but that cannot be used
@@ -134,17 +171,26 @@ class RegistryImageSource:
         is refused and the others still count.
         """
         budget = _Budget(MAX_SIGNATURE_BYTES)
+        attestation_budget = _Budget(MAX_ATTESTATION_BYTES) if attestations else None
         problems: dict[str, str] = {}
-        legacy, bundles = await asyncio.gather(
+        legacy, bundles, attested = await asyncio.gather(
             self._fetch_legacy(reference, digest, credentials, budget, problems),
-            self._fetch_bundles(reference, digest, credentials, budget, problems),
+            self._fetch_bundles(
+                reference, digest, credentials, budget, problems, attestation_budget
+            ),
+            self._fetch_legacy(
+                reference, digest, credentials, attestation_budget, problems, attestations=True
+            )
+            if attestation_budget is not None
+            else _nothing(),
         )
-        blobs = {**legacy[1], **bundles[1]}
+        blobs = {**legacy[1], **bundles[1], **attested[1]}
         return signatures_verify.SignatureSet(
             legacy_manifests=legacy[0],
             bundle_manifests=bundles[0],
             blobs=blobs,
             problems=problems,
+            attestation_manifests=attested[0],
         )
 
     async def _fetch_layers(
@@ -156,27 +202,35 @@ class RegistryImageSource:
         problems: dict[str, str],
         *,
         wanted: Callable[[manifests.Descriptor], bool],
+        attestations: bool = False,
     ) -> dict[str, bytes]:
         if not isinstance(fetched.content, manifests.ImageManifest):
             return {}
+        cap, total, what = (
+            (MAX_ATTESTATION_BLOB, MAX_ATTESTATION_BYTES, "attestation")
+            if attestations
+            else (MAX_SIGNATURE_BLOB, MAX_SIGNATURE_BYTES, "signature")
+        )
         layers: list[manifests.Descriptor] = []
         for layer in fetched.content.layers:
             if not wanted(layer):
                 continue  # not a signature layer: never fetched
-            if layer.size > MAX_SIGNATURE_BLOB:
+            if layer.size > cap:
                 problems[layer.digest] = (
                     f"is {layer.size} bytes (per its descriptor), over the limit of "
-                    f"{MAX_SIGNATURE_BLOB} for one signature"
+                    f"{cap} for one {what}"
                 )
             elif not budget.take(layer.size):
                 problems[layer.digest] = (
-                    f"was not read: the signatures of this image exceed {MAX_SIGNATURE_BYTES} "
-                    "bytes in all"
+                    f"was not read: the {what}s of this image exceed {total} bytes in all"
                 )
             else:
                 layers.append(layer)
         bodies = await asyncio.gather(
-            *(self._fetch_blob(reference, layer, credentials, problems) for layer in layers)
+            *(
+                self._fetch_blob(reference, layer, credentials, problems, attestations=attestations)
+                for layer in layers
+            )
         )
         return {
             layer.digest: body
@@ -190,6 +244,8 @@ class RegistryImageSource:
         layer: manifests.Descriptor,
         credentials: Sequence[auth.DockerConfig],
         problems: dict[str, str],
+        *,
+        attestations: bool = False,
     ) -> bytes | None:
         """A signature blob, from the cache when this repository's blob was fetched before.
 
@@ -198,14 +254,17 @@ class RegistryImageSource:
         registry served cannot be used; outages raise.
         """
         key = (reference.registry, reference.repository, layer.digest)
-        cached = self._blobs.get(key)
+        cache = self._attestation_blobs if attestations else self._blobs
+        cached = cache.get(key)
         if cached is not None:
             return cached
         try:
             body = await self.client.fetch_blob(
                 reference,
                 layer.digest,
-                max_bytes=min(layer.size, MAX_SIGNATURE_BLOB),
+                max_bytes=min(
+                    layer.size, MAX_ATTESTATION_BLOB if attestations else MAX_SIGNATURE_BLOB
+                ),
                 credentials=credentials,
             )
         except errors.RegistryError as e:
@@ -213,7 +272,7 @@ class RegistryImageSource:
                 raise
             problems[layer.digest] = f"cannot be fetched: {e}"
             return None
-        self._blobs[key] = body  # at most MAX_SIGNATURE_BLOB, well under the cache size
+        cache[key] = body  # at most one blob cap, well under the cache size
         return body
 
     async def _fetch_manifest(
@@ -240,8 +299,16 @@ class RegistryImageSource:
         credentials: Sequence[auth.DockerConfig],
         budget: _Budget,
         problems: dict[str, str],
+        *,
+        attestations: bool = False,
     ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
-        tag_ref = reference.with_tag(registry_reference.build_signature_tag(digest))
+        tag = (
+            registry_reference.build_referrers_tag(digest) + ".att"
+            if attestations
+            else registry_reference.build_signature_tag(digest)
+        )
+        media_type = DSSE_MEDIA_TYPE if attestations else signatures_legacy.MEDIA_TYPE
+        tag_ref = reference.with_tag(tag)
         try:
             fetched = await self._fetch_manifest(tag_ref, credentials, problems)
         except errors.NotFoundError:
@@ -254,7 +321,8 @@ class RegistryImageSource:
             credentials,
             budget,
             problems,
-            wanted=lambda layer: layer.media_type == signatures_legacy.MEDIA_TYPE,
+            wanted=lambda layer: layer.media_type == media_type,
+            attestations=attestations,
         )
         return (fetched.body,), blobs
 
@@ -265,6 +333,7 @@ class RegistryImageSource:
         credentials: Sequence[auth.DockerConfig],
         budget: _Budget,
         problems: dict[str, str],
+        attestation_budget: _Budget | None = None,
     ) -> tuple[tuple[bytes, ...], dict[str, bytes]]:
         # No server-side artifactType filter: registries disagree on what a referrer's
         # artifactType is (go-containerregistry's reports the config media type, the
@@ -279,7 +348,8 @@ class RegistryImageSource:
                 raise
             problems[f"referrers of {digest}"] = f"referrers list cannot be read: {e}"
             return (), {}
-        chosen = [d for d in descriptors if _may_be_bundle(d)][:MAX_SIGNATURE_MANIFESTS]
+        limit = MAX_SIGNATURE_MANIFESTS if attestation_budget is None else MAX_REFERRER_MANIFESTS
+        chosen = [d for d in descriptors if _may_be_bundle(d)][-limit:]
 
         async def one(descriptor: manifests.Descriptor) -> tuple[bytes, dict[str, bytes]] | None:
             ref = reference.with_digest(descriptor.digest)
@@ -291,15 +361,25 @@ class RegistryImageSource:
                 return None
             if fetched is None:
                 return None
+            # What the manifest announces decides which budget its blob comes from (and
+            # whether it is read at all): an attestation must not use up the signatures'.
+            announced = _announced_predicate(fetched)
+            attestation = (
+                announced is not None and announced != signatures_bundle.SIGN_PREDICATE_TYPE
+            )
+            if attestation and attestation_budget is None:
+                return fetched.body, {}
             blobs = await self._fetch_layers(
                 ref,
                 fetched,
                 credentials,
-                budget,
+                attestation_budget if attestation and attestation_budget else budget,
                 problems,
-                wanted=lambda layer: layer.media_type.startswith(
-                    signatures_bundle.MEDIA_TYPE_PREFIX
+                wanted=lambda layer: (
+                    layer.media_type.startswith(signatures_bundle.MEDIA_TYPE_PREFIX)
+                    or layer.media_type in NOTATION_ENVELOPE_TYPES
                 ),
+                attestations=attestation,
             )
             return fetched.body, blobs
 
@@ -325,10 +405,25 @@ class _Budget:
 
 
 _EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+#: The media type of a legacy attestation layer (`sha256-<hex>.att`): a DSSE envelope.
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+
+
+async def _nothing() -> tuple[tuple[bytes, ...], dict[str, bytes]]:
+    return (), {}
+
+
+def _announced_predicate(fetched: manifests.FetchedManifest) -> str | None:
+    """The predicate type a referrer manifest announces (an unsigned hint)."""
+    content = fetched.content
+    if not isinstance(content, manifests.ImageManifest):
+        return None
+    return dict(content.annotations).get(signatures_bundle.PREDICATE_ANNOTATION)
 
 
 def _may_be_bundle(descriptor: manifests.Descriptor) -> bool:
-    if descriptor.artifact_type == BUNDLE_ARTIFACT_TYPE:
+    """Whether a referrer may be a signature (a Sigstore bundle or a Notation signature)."""
+    if descriptor.artifact_type in (BUNDLE_ARTIFACT_TYPE, NOTATION_ARTIFACT_TYPE):
         return True
     if descriptor.annotation("dev.sigstore.bundle.content") is not None:
         return True

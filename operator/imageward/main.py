@@ -20,6 +20,7 @@ from imageward import settings as imageward_settings
 from imageward.admission import endpoints as admission_endpoints
 from imageward.policystore import LoadedPolicy
 from imageward.prepull import controller as prepull_controller
+from imageward.reports import scanner as reports_scanner
 
 logger = logging.getLogger(__name__)
 
@@ -250,3 +251,43 @@ async def prepull_event(
         return
     uid = (event.get("object") or {}).get("metadata", {}).get("uid")
     await prepull_controller.forget(_prepull(memo), namespace or "", name, uid)
+
+
+# -- background scans, PolicyReports, ImagePolicyExceptions -------------------------------
+
+
+def _scanner(memo: kopf.Memo) -> reports_scanner.Scanner:
+    value: reports_scanner.Scanner = memo["scanner"]
+    return value
+
+
+@kopf.on.startup()
+async def reports_start(memo: kopf.Memo, **_: Any) -> None:
+    # After `start`. Every replica follows exceptions (both serve admission); only the
+    # peering leader scans (the daemons below run only there).
+    state = _runtime(memo)
+    await state.exceptions.start(state.kube, max_items=state.settings.scan.cache_max_objects)
+    memo["scanner"] = reports_scanner.Scanner(state)
+
+
+@kopf.on.cleanup()
+async def reports_stop(memo: kopf.Memo, **_: Any) -> None:
+    scanner = memo.get("scanner")
+    if scanner is not None:
+        await scanner.close()
+
+
+@kopf.daemon(*_POLICY, cancellation_timeout=30.0)
+async def policy_scan_lease(
+    name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+) -> None:
+    # Kopf runs daemons only while this replica leads peering and stops them all when it
+    # pauses: each policy's daemon holds a scanner lease for as long as it runs.
+    scanner = _scanner(memo)
+    await scanner.acquire(name)
+    try:
+        await stopped.wait()
+    finally:
+        reason = stopped.reason
+        deleted = reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await scanner.release(name, deleted=deleted)

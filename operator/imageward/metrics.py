@@ -37,6 +37,13 @@ signature_verifications = prometheus_client.Counter(
     ["policy", "authority", "format", "result"],
     registry=REGISTRY,
 )
+attestation_verifications = prometheus_client.Counter(
+    "imageward_attestation_verifications_total",
+    "Attestation entries evaluated per policy, attestation (entry name) and result "
+    "(pass, fail, error).",
+    ["policy", "attestation", "result"],
+    registry=REGISTRY,
+)
 registry_requests = prometheus_client.Counter(
     "imageward_registry_requests_total",
     "HTTP requests sent to registries, by registry, kind and status code.",
@@ -104,6 +111,49 @@ agent_fetch_duration = prometheus_client.Histogram(
     "Time the node agent took to fetch one planned blob.",
     ["prepull"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# -- background scans, PolicyReports, exceptions ------------------------------------------
+_SCAN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+scan_duration = prometheus_client.Histogram(
+    "imageward_scan_duration_seconds",
+    "Time one background scan took, by what started it (interval, policy, workload).",
+    ["trigger"],
+    buckets=_SCAN_BUCKETS,
+    registry=REGISTRY,
+)
+scan_workloads = prometheus_client.Counter(
+    "imageward_scan_workloads_total",
+    "Workloads a background scan checked, by their worst result (pass, fail, warn, error, "
+    "skip; none when no policy matches their images).",
+    ["result"],
+    registry=REGISTRY,
+)
+running_violations = prometheus_client.Gauge(
+    "imageward_running_violations",
+    "Running workloads that break a policy's rule now (fail or warn in the PolicyReports).",
+    ["policy", "rule"],
+    registry=REGISTRY,
+)
+policy_mode = prometheus_client.Gauge(
+    "imageward_policy_mode",
+    "1 for each ImagePolicy and its mode (Enforce, Warn, Audit), set by the scanning replica.",
+    ["policy", "mode"],
+    registry=REGISTRY,
+)
+policy_exceptions_applied = prometheus_client.Counter(
+    "imageward_policy_exceptions_applied_total",
+    "Admissions in which an ImagePolicyException waived a violation of the policy.",
+    ["policy"],
+    registry=REGISTRY,
+)
+report_writes = prometheus_client.Counter(
+    "imageward_report_writes_total",
+    "Writes to the API server by background scans, by kind (PolicyReport, "
+    "ClusterPolicyReport, ImagePolicy, ImagePolicyException) and verb.",
+    ["kind", "verb"],
     registry=REGISTRY,
 )
 

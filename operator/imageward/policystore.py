@@ -11,14 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from imageward import errors
 from imageward.policy import globs, model
 from imageward.signatures import keys
 from imageward.signatures import model as signatures_model
 from imageward.signatures import verify as signatures_verify
+
+if TYPE_CHECKING:
+    from imageward.attestations import evaluate as attestations_evaluate
 
 #: Reads `data[key]` of a Secret (base64-decoded) or ConfigMap; None when it does not exist.
 SecretReader = Callable[[model.SecretKeyRef], Awaitable[bytes | None]]
@@ -35,6 +38,8 @@ class LoadedPolicy:
     policy: model.ImagePolicy | None  # None: unusable, see `error`
     error: errors.PolicyError | None = None
     authorities: tuple[signatures_verify.Authority, ...] = ()
+    #: `rules.attestations`, authorities resolved and CEL conditions compiled.
+    attestations: tuple[attestations_evaluate.LoadedEntry, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -73,7 +78,20 @@ async def load_policy(
     except errors.PolicyError as e:
         return _unusable(obj, e)
     try:
-        authorities = await _resolve_authorities(policy, read_secret, read_config_map)
+        signatures = policy.rules.signatures
+        authorities = (
+            await _resolve_authorities(
+                policy.name, signatures.authorities, read_secret, read_config_map
+            )
+            if signatures is not None
+            else ()
+        )
+        attestations = tuple(
+            [
+                await _load_attestation(policy.name, entry, read_secret, read_config_map)
+                for entry in policy.rules.attestations
+            ]
+        )
     except errors.PolicyError as e:
         return dataclasses.replace(
             _unusable(obj, e), match=policy.match, generation=policy.generation
@@ -84,19 +102,44 @@ async def load_policy(
         match=policy.match,
         policy=policy,
         authorities=authorities,
+        attestations=attestations,
     )
 
 
+async def _load_attestation(
+    policy: str,
+    entry: model.Attestation,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> attestations_evaluate.LoadedEntry:
+    """An attestation entry's authorities resolved and its conditions compiled (once)."""
+    from imageward.attestations import cel
+    from imageward.attestations import evaluate as attestations_evaluate
+
+    where = f"spec.rules.attestations[{entry.name}]"
+    try:
+        authorities = await _resolve_authorities(
+            policy, entry.authorities, read_secret, read_config_map
+        )
+    except errors.PolicyError as e:
+        raise errors.PolicyError(policy, f"{where}: {e.reason}") from e
+    programs = []
+    for index, condition in enumerate(entry.conditions):
+        try:
+            programs.append(cel.compile_condition(condition.expression))
+        except cel.CelError as e:
+            raise errors.PolicyError(policy, f"{where}.conditions[{index}]: {e}") from None
+    return attestations_evaluate.LoadedEntry(entry, authorities, tuple(programs))
+
+
 async def _resolve_authorities(
-    policy: model.ImagePolicy,
+    policy_name: str,
+    authorities: Sequence[model.Authority],
     read_secret: SecretReader | None,
     read_config_map: ConfigMapReader | None,
 ) -> tuple[signatures_verify.Authority, ...]:
-    signatures = policy.rules.signatures
-    if signatures is None:
-        return ()
     resolved: list[signatures_verify.Authority] = []
-    for authority in signatures.authorities:
+    for authority in authorities:
         try:
             if authority.key is not None:
                 pem = await _key_pem(authority.name, authority.key, read_secret)
@@ -128,9 +171,15 @@ async def _resolve_authorities(
                         ),
                     )
                 )
+            elif authority.notation is not None:
+                resolved.append(
+                    await _notation_authority(
+                        authority.name, authority.notation, read_secret, read_config_map
+                    )
+                )
         except signatures_model.AuthorityError as e:
-            raise errors.PolicyError(policy.name, str(e)) from e
-    _refuse_duplicates(policy.name, resolved)
+            raise errors.PolicyError(policy_name, str(e)) from e
+    _refuse_duplicates(policy_name, resolved)
     return tuple(resolved)
 
 
@@ -142,6 +191,9 @@ def _refuse_duplicates(policy: str, authorities: Iterable[signatures_verify.Auth
         if isinstance(authority, signatures_verify.KeyAuthority):
             identity: object = ("key", authority.key.spki)
             what = f"the same key ({authority.key.fingerprint[:19]}…)"
+        elif isinstance(authority, signatures_verify.NotationAuthority):
+            identity = ("notation", authority.policy.digest)
+            what = "the same Notation trust stores and trusted identities"
         else:
             identity = ("keyless", str(authority.identity), authority.trusted_root.digest)
             what = f"the same keyless identity ({authority.identity}) and trusted root"
@@ -152,6 +204,72 @@ def _refuse_duplicates(policy: str, authorities: Iterable[signatures_verify.Auth
                 "one signer would count twice towards the threshold",
             )
         seen[identity] = authority.name
+
+
+async def _certificates(
+    authority: str,
+    source: model.CertificateSource,
+    field: str,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> str | bytes:
+    """The PEM text of a Notation trust store, inline or from a Secret or ConfigMap."""
+    if source.pem is not None:
+        return source.pem
+    if source.secret_ref is not None:
+        ref: model.SecretKeyRef | model.ConfigMapKeyRef = source.secret_ref
+        where = f"{field}: Secret {ref.namespace}/{ref.name} key {ref.key}"
+        reader: Callable[[Any], Awaitable[bytes | str | None]] | None = read_secret
+    else:
+        assert source.config_map_ref is not None  # parse_policy guarantees one source
+        ref = source.config_map_ref
+        where = f"{field}: ConfigMap {ref.namespace}/{ref.name} key {ref.key}"
+        reader = read_config_map
+    if reader is None:
+        raise signatures_model.AuthorityError(
+            authority, f"{where} cannot be read here (no cluster)"
+        )
+    try:
+        value = await reader(ref)
+    except errors.ImagewardError as e:
+        raise signatures_model.AuthorityError(authority, f"{where}: {e}") from e
+    if value is None:
+        raise signatures_model.AuthorityError(authority, f"{where} not found")
+    if len(value) > model.MAX_TRUST_STORE_LENGTH:
+        raise signatures_model.AuthorityError(
+            authority, f"{where} is over {model.MAX_TRUST_STORE_LENGTH} bytes"
+        )
+    return value
+
+
+async def _notation_authority(
+    name: str,
+    spec: model.NotationAuthority,
+    read_secret: SecretReader | None,
+    read_config_map: ConfigMapReader | None,
+) -> signatures_verify.NotationAuthority:
+    from imageward.notation import trust
+
+    stores: dict[str, trust.Store] = {}
+    for field, source in (
+        ("trustStore", spec.trust_store),
+        ("signingAuthorityTrustStore", spec.signing_authority_trust_store),
+        ("timestampTrustStore", spec.timestamp_trust_store),
+    ):
+        if source is not None:
+            text = await _certificates(name, source, field, read_secret, read_config_map)
+            stores[field] = trust.parse_certificates(text, authority=name, what=field)
+    policy = trust.build_policy(
+        authority=name,
+        ca=stores.get("trustStore", trust.EMPTY),
+        signing_authority=stores.get("signingAuthorityTrustStore", trust.EMPTY),
+        tsa=stores.get("timestampTrustStore", trust.EMPTY),
+        identities=spec.trusted_identities,
+        level=spec.verification_level,
+        override=dict(spec.override),
+        verify_timestamp=spec.verify_timestamp,
+    )
+    return signatures_verify.NotationAuthority(name=name, policy=policy)
 
 
 async def _key_pem(

@@ -34,6 +34,7 @@ from imageward import (
     settings,
 )
 from imageward.admission import workloads
+from imageward.exceptions import store as exceptions_store
 from imageward.policy import model as policy_model
 from imageward.registry import auth as registry_auth
 
@@ -64,6 +65,8 @@ class Runtime:
         self.kube = kube_api
         self.source = source
         self.store = policystore.PolicyStore()
+        #: ImagePolicyExceptions, followed by a watch once `exceptions.start()` ran.
+        self.exceptions = exceptions_store.ExceptionCache()
         self.operator_credentials = tuple(operator_credentials)
         self._lookups: cachetools.TTLCache[tuple[str, ...], Any] = cachetools.TTLCache(
             maxsize=4096, ttl=_LOOKUP_TTL
@@ -90,6 +93,7 @@ class Runtime:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.exceptions.close()
         await self.source.client.close()
         self.kube.close()
 
@@ -317,6 +321,8 @@ class Runtime:
                 pod_labels=view.pod_labels,
                 platform=workloads.parse_platform(view),
                 credentials=credentials,
+                namespace=view.namespace,
+                exceptions=self.exceptions.for_namespace(view.namespace),
             ),
             source=self.source,
             deadline=remaining,

@@ -169,6 +169,35 @@ class PolicySettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ScanSettings:
+    """Background scans of running workloads (the Kopf-peering leader only) and the
+    PolicyReports they write."""
+
+    enabled: bool = True
+    """Whether the leader scans at all (no reports, no status.violations without it)."""
+
+    interval: float = 3600.0
+    """Seconds between full scans (tags re-resolved, signatures read again); policy and
+    workload changes are scanned as they happen."""
+
+    concurrency: int = 8
+    """Registry lookups a scan has in flight at once."""
+
+    registry_requests_per_minute: int = 600
+    """Registry requests a scan may send per minute (lookups wait for budget; a lookup
+    already started finishes)."""
+
+    reports: bool = True
+    """Write wgpolicyk8s.io/v1alpha2 PolicyReports (per namespace) and a ClusterPolicyReport."""
+
+    report_max_results: int = 500
+    """Results listed per report (fail first); the rest are only counted in its summary."""
+
+    cache_max_objects: int = 200_000
+    """Objects each of the scanner's watch-fed caches holds (Pods, workloads, ReplicaSets)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     namespace: str = "imageward-system"
     """The operator's own namespace (excluded from admission)."""
@@ -188,6 +217,7 @@ class Settings:
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
     prepull: PrePullSettings = dataclasses.field(default_factory=PrePullSettings)
     policy: PolicySettings = dataclasses.field(default_factory=PolicySettings)
+    scan: ScanSettings = dataclasses.field(default_factory=ScanSettings)
 
 
 def _parse_list(text: str) -> tuple[str, ...]:
@@ -234,10 +264,16 @@ def _parse_seconds(text: str) -> float:
 
 
 def _parse_interval(text: str) -> float:
-    value = _parse_seconds(text)
-    if value < 1:
-        raise ValueError("must be at least 1 second")
-    return value
+    """Seconds ("3600", "90.5") or a Go duration ("1h", "15m30s"); at least 1 s."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        from imageward.policy import model
+
+        seconds = model.parse_duration(text.strip())
+    if not seconds >= 1 or seconds == float("inf"):  # NaN and inf are no intervals
+        raise ValueError("must be at least 1s")
+    return seconds
 
 
 def _parse_plan_count(text: str) -> int:
@@ -295,6 +331,13 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "PREPULL_STATUS_INTERVAL": ("prepull", "status_interval", _parse_seconds),
     "PREPULL_STATUS_SETTLE": ("prepull", "status_settle", _parse_seconds),
     "KEY_MATERIAL_REFRESH": ("policy", "key_material_refresh", _parse_interval),
+    "SCAN_ENABLED": ("scan", "enabled", _parse_bool),
+    "SCAN_INTERVAL": ("scan", "interval", _parse_interval),
+    "SCAN_CONCURRENCY": ("scan", "concurrency", _parse_positive),
+    "SCAN_REGISTRY_REQUESTS_PER_MINUTE": ("scan", "registry_requests_per_minute", _parse_positive),
+    "SCAN_CACHE_MAX_OBJECTS": ("scan", "cache_max_objects", _parse_positive),
+    "POLICY_REPORTS": ("scan", "reports", _parse_bool),
+    "REPORT_MAX_RESULTS": ("scan", "report_max_results", _parse_positive),
 }
 
 
@@ -307,6 +350,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         "admission": {},
         "prepull": {},
         "policy": {},
+        "scan": {},
     }
     for suffix, (group, field, parse) in _ENV_TABLE.items():
         name = prefix + suffix
@@ -323,6 +367,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         admission=AdmissionSettings(**groups["admission"]),
         prepull=PrePullSettings(**groups["prepull"]),
         policy=PolicySettings(**groups["policy"]),
+        scan=ScanSettings(**groups["scan"]),
     )
     if settings.admission.deadline >= settings.admission.webhook_timeout:
         raise errors.ConfigurationError(

@@ -169,3 +169,38 @@ def push_bundle_referrer(
     index = {"schemaVersion": 2, "mediaType": images.OCI_INDEX, "manifests": entries}
     client.push_manifest(repository, tag, images.canonical_json(index), images.OCI_INDEX)
     return referrer.digest
+
+
+NOTATION_SIGNATURE = "application/vnd.cncf.notary.signature"
+
+
+def push_notation_referrer(
+    registry: registries.Registry,
+    repository: str,
+    digest: str,
+    envelope: bytes,
+    *,
+    media_type: str = "application/jose+json",
+) -> str:
+    """Attach `envelope` (bytes of anyone's choosing) to `digest` as a Notation signature,
+    as notation does against a registry without the referrers API: the signature
+    manifest, then the OCI index at tag `sha256-<hex>` listing it. Returns the layer's
+    digest."""
+    client = registry.client()
+    subject = client.get_manifest(repository, digest)
+    layer = images.Blob.of(envelope, media_type)
+    referrer = images.build_artifact(
+        [layer],
+        artifact_type=NOTATION_SIGNATURE,
+        subject=images.Manifest(subject.body, subject.media_type, subject.digest),
+        annotations={"io.cncf.notary.x509chain.thumbprint#S256": "[]"},
+    )
+    client.push(repository, referrer)
+    tag = digest.replace(":", "-")
+    entries: list[dict[str, Any]] = []
+    if client.manifest_digest(repository, tag) is not None:
+        entries = client.get_manifest(repository, tag).document.get("manifests") or []
+    entries.append({**referrer.descriptor(), "artifactType": NOTATION_SIGNATURE})
+    index = {"schemaVersion": 2, "mediaType": images.OCI_INDEX, "manifests": entries}
+    client.push_manifest(repository, tag, images.canonical_json(index), images.OCI_INDEX)
+    return layer.digest

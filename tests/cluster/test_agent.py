@@ -616,15 +616,17 @@ def test_a_lease_nobody_renews_expires_and_lets_its_blobs_go(
     planned = {layer.digest for layer in plan.layers}
     plan_path = tmp_path / "plan.json"
     write_plan(plan_path, image_set, plan, prepull=("shop", "expiring", "uid-e"))
+    # 10 s: long enough that a loaded machine still sees the lease before it expires.
+    started = time.monotonic()
     status, _progress, stderr = run_agent_once(
-        plan_path, containerd_daemon, counting.host, extra=["--lease-ttl", "2s"]
+        plan_path, containerd_daemon, counting.host, extra=["--lease-ttl", "10s"]
     )
     assert status == 0, stderr
     (lease_id,) = leases_of(containerd_daemon, "expiring")
     collect_garbage(containerd_daemon)
     assert planned <= containerd_daemon.content_digests(), "collected before it expired"
 
-    time.sleep(3)
+    time.sleep(max(0.0, started + 11 - time.monotonic()))
     collect_garbage(containerd_daemon)
     assert lease_id not in leases(containerd_daemon)
     assert not planned & containerd_daemon.content_digests()

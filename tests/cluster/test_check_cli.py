@@ -25,7 +25,8 @@ from tests.cluster import helpers
 
 pytestmark = pytest.mark.cluster
 
-IMAGE_KEYS = {"image", "digest", "decision", "violations", "warnings"}
+IMAGE_KEYS = {"image", "digest", "decision", "violations", "warnings", "attestations"}
+ATTESTATION_KEYS = {"policy", "name", "result", "message"}
 VIOLATION_KEYS = {"policy", "rule", "message"}
 
 
@@ -77,6 +78,9 @@ def _assert_contract(report: dict[str, Any]) -> None:
         assert image["digest"] is None or image["digest"].startswith("sha256:")
         assert image["decision"] in ("allow", "deny", "warn")
         assert all(isinstance(w, str) for w in image["warnings"])
+        for attestation in image["attestations"]:
+            assert set(attestation) == ATTESTATION_KEYS, attestation
+            assert attestation["result"] in ("pass", "fail", "error")
         for violation in image["violations"]:
             assert set(violation) == VIOLATION_KEYS, violation
             assert all(isinstance(v, str) for v in violation.values())
@@ -125,6 +129,7 @@ def test_allow_deny_and_warn_with_the_json_contract(
                 "decision": "allow",
                 "violations": [],
                 "warnings": [],
+                "attestations": [],
             }
         ]
     }
@@ -146,6 +151,7 @@ def test_allow_deny_and_warn_with_the_json_contract(
             }
         ],
         "warnings": [],
+        "attestations": [],
     }
 
     warn = check.policy_file(

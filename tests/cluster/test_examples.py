@@ -6,6 +6,7 @@ tests put the session's registry and a fresh namespace in their place, nothing e
 
 from __future__ import annotations
 
+import datetime
 import json
 import pathlib
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from imageward.localcluster import controlplane, cosign, images, registries
+from imageward.localcluster import controlplane, cosign, images, notation, registries
 from imageward.prepull import plans
 from tests import utils
 from tests.conftest import RunningOperator
@@ -34,8 +35,12 @@ def test_every_example_is_covered() -> None:
         "policies/signed-only.yaml",
         "policies/size-limits.yaml",
         "policies/production-namespace.yaml",
+        "policies/no-critical-cves.yaml",
+        "policies/sbom-required.yaml",
+        "policies/notation-signed.yaml",
         "prepulls/web-tier.yaml",
         "prepulls/shared-layers.yaml",
+        "exceptions/legacy-vendor.yaml",
     }
     present = {str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")}
     assert present == covered
@@ -169,6 +174,118 @@ def test_signed_only_admits_signed_and_refuses_unsigned(
         )
 
 
+def test_legacy_vendor_exception_lets_labelled_vendor_pods_off_signatures(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    cosign_tool: cosign.Cosign,
+    imageward_operator: RunningOperator,
+) -> None:
+    key = cosign_tool.generate_key_pair(f"release-{_uid()}")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "release-key", "namespace": imageward_operator.namespace},
+        "stringData": {"cosign.pub": key.public_pem},
+    }
+    cluster.apply(secret)
+    try:
+        policy = example.apply("policies/signed-only.yaml")
+        exception = example.load("exceptions/legacy-vendor.yaml")
+        exception["spec"]["policies"][0]["name"] = policy["metadata"]["name"]
+        # The example's date, moved to the future whenever the test runs.
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        exception["spec"]["expires"] = later.strftime("%Y-%m-%dT%H:%M:%SZ")
+        cluster.apply(exception)
+        vendor = example.push(f"vendor/{_uid()}", images.nonroot_image(f"v-{_uid()}"))
+
+        def labelled(name: str, app: str) -> Any:
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": example.namespace, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "app", "image": vendor}]},
+            }
+            return cluster.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+
+        admitted = utils.wait_for(
+            "the exception to let the vendor pod in",
+            lambda: (result := labelled("report", "vendor-report")).returncode == 0 and result,
+            timeout=30,
+        )
+        assert "ImagePolicyException" in admitted.stderr and "SEC-1234" in admitted.stderr
+        refused = labelled("other", "web")  # not selected by the exception's podSelector
+        assert refused.returncode != 0 and "no signature found" in refused.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "secret",
+            "release-key",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_notation_signed_admits_the_release_identity(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    notation_tool: notation.Notation,
+    imageward_operator: RunningOperator,
+    tmp_path: pathlib.Path,
+) -> None:
+    from tests.unit.notation import pki
+
+    root = pki.ca(pki.name(C="US", ST="WA", O="Acme", CN="Acme Root"))
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(root.pem)
+    key_file, chain_file = pki.write_chain(tmp_path, "release", pki.leaf(root), root)
+    release = notation.SigningKey(f"release-{_uid()}", key_file, chain_file)
+    qa_key, qa_chain = pki.write_chain(
+        tmp_path, "qa", pki.leaf(root, pki.name(C="US", ST="WA", O="Acme", CN="qa")), root
+    )
+    qa = notation.SigningKey(f"qa-{_uid()}", qa_key, qa_chain)
+    # The command the example's comment gives, as a manifest (so it can be applied twice).
+    config_map = cluster.kubectl(
+        "create",
+        "configmap",
+        "notation-roots",
+        "-n",
+        imageward_operator.namespace,
+        f"--from-file=ca.crt={root_file}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", input=config_map)
+    try:
+        signed_manifest = images.nonroot_image(f"n-{_uid()}")
+        signed = example.push(f"notary/{_uid()}", signed_manifest)
+        notation_tool.sign(f"{signed.rsplit(':', 1)[0]}@{signed_manifest.digest}", release)
+        qa_manifest = images.nonroot_image(f"q-{_uid()}")
+        by_qa = example.push(f"notary/{_uid()}", qa_manifest)
+        notation_tool.sign(f"{by_qa.rsplit(':', 1)[0]}@{qa_manifest.digest}", qa, envelope="cose")
+        policy = example.apply("policies/notation-signed.yaml")
+
+        assert example.run("signed", signed).returncode == 0
+        refused = example.run("by-qa", by_qa)
+        assert refused.returncode != 0
+        assert f"ImagePolicy {policy['metadata']['name']}" in refused.stderr
+        assert "acme-release: identity not trusted" in refused.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "configmap",
+            "notation-roots",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
 def test_size_limits_warns_but_admits(example: Example) -> None:
     big = example.push(f"ex/{_uid()}", images.large_image(f"b-{_uid()}", size=22 * 1024 * 1024))
     root = example.push(f"ex/{_uid()}", images.root_image(f"r-{_uid()}"))
@@ -207,6 +324,117 @@ def test_production_namespace_rules_and_pinning(
         assert unpinned["spec"]["containers"][0]["image"] == latest
     finally:
         cluster.kubectl("delete", "namespace", production, "--wait=false", check=False)
+
+
+def _secret(
+    cluster: controlplane.ControlPlane, name: str, namespace: str, pub: pathlib.Path
+) -> None:
+    secret = cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        name,
+        "-n",
+        namespace,
+        f"--from-file=cosign.pub={pub}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ).stdout
+    cluster.kubectl("apply", "-f", "-", input=secret)
+
+
+def test_no_critical_cves_scanned_within_seven_days(
+    example: Example,
+    cluster: controlplane.ControlPlane,
+    cosign_tool: cosign.Cosign,
+    imageward_operator: RunningOperator,
+    tmp_path: pathlib.Path,
+) -> None:
+    from tests.cluster import test_attestations
+
+    key = cosign_tool.generate_key_pair(f"scanner-{_uid()}")
+    _secret(cluster, "scanner-key", imageward_operator.namespace, key.public_key)
+    try:
+        now = test_attestations.NOW
+        cases = {
+            "clean": test_attestations.vuln_scan([("CVE-2026-0002", "HIGH")]),
+            "ignored": test_attestations.vuln_scan([("CVE-2026-0001", "CRITICAL")]),
+            "critical": test_attestations.vuln_scan([("CVE-2026-0666", "CRITICAL")]),
+            "stale": test_attestations.vuln_scan([], finished=now - datetime.timedelta(days=8)),
+        }
+        refs = {}
+        for case, scan in cases.items():
+            manifest = images.nonroot_image(f"{case}-{_uid()}")
+            refs[case] = example.push(f"ex/{_uid()}", manifest)
+            predicate = tmp_path / f"{case}.json"
+            predicate.write_text(json.dumps(scan))
+            pinned = f"{refs[case].rsplit(':', 1)[0]}@{manifest.digest}"
+            cosign_tool.attest(
+                pinned, key, predicate, predicate_type="vuln", legacy=case == "stale"
+            )
+        policy = example.apply("policies/no-critical-cves.yaml")
+        name = policy["metadata"]["name"]
+
+        assert example.run("clean", refs["clean"]).returncode == 0
+        assert example.run("ignored", refs["ignored"]).returncode == 0
+        critical = example.run("critical", refs["critical"])
+        assert critical.returncode != 0
+        assert f"ImagePolicy {name}: {refs['critical']}" in critical.stderr
+        assert "CVE-2026-0666 (CRITICAL)" in critical.stderr
+        stale = example.run("stale", refs["stale"])
+        assert stale.returncode != 0 and "over vulnerabilities.maxScanAge 168h" in stale.stderr
+    finally:
+        example.cleanup()
+        cluster.kubectl(
+            "delete",
+            "secret",
+            "scanner-key",
+            "-n",
+            imageward_operator.namespace,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+def test_sbom_required(
+    example: Example, cosign_tool: cosign.Cosign, tmp_path: pathlib.Path
+) -> None:
+    from tests.cluster import test_attestations
+
+    key = cosign_tool.generate_key_pair(f"build-{_uid()}")
+    manifest = images.nonroot_image(f"sbom-{_uid()}")
+    with_sbom = example.push(f"ex/{_uid()}", manifest)
+    predicate = tmp_path / "sbom.spdx.json"
+    predicate.write_text(json.dumps(test_attestations.spdx_document()))
+    cosign_tool.attest(
+        f"{with_sbom.rsplit(':', 1)[0]}@{manifest.digest}",
+        key,
+        predicate,
+        predicate_type="spdxjson",
+    )
+    without = example.push(f"ex/{_uid()}", images.nonroot_image(f"nosbom-{_uid()}"))
+    body = example.load("policies/sbom-required.yaml")
+    body["spec"]["rules"]["attestations"][0]["authorities"][0]["key"]["pem"] = key.public_pem
+    example.cluster.apply(body)
+    example.applied.append(body)
+    name = body["metadata"]["name"]
+    utils.wait_for(
+        "sbom-required Ready",
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (example.cluster.get_json("imagepolicy", name).get("status") or {}).get(
+                "conditions", []
+            )
+        ),
+        timeout=30,
+    )
+    assert example.run("with-sbom", with_sbom).returncode == 0
+    refused = example.run("without", without)
+    assert refused.returncode != 0
+    assert (
+        "attestation sbom: has no attestation of predicateType https://spdx.dev/Document (required)"
+    ) in refused.stderr
 
 
 def _prepull_status(cluster: controlplane.ControlPlane, namespace: str, name: str) -> Any:

@@ -390,6 +390,100 @@ def test_hostile_signature_content_refuses_under_both_failure_policies(
     assert violation["rule"] == "signatures" and names in violation["message"]
 
 
+# -- hostile Notation signatures: refusals under either failure policy, never outages ------
+
+
+def _notation_authority() -> dict[str, Any]:
+    from tests.unit.notation import pki
+
+    root = pki.ca(pki.name(C="US", ST="WA", O="Acme", CN="Acme Root"))
+    return {
+        "signatures": {
+            "authorities": [
+                {
+                    "name": "acme",
+                    "notation": {
+                        "trustStore": {"pem": root.pem.decode()},
+                        "trustedIdentities": ["*"],
+                    },
+                }
+            ]
+        }
+    }
+
+
+def _notation_oversized(registry: registries.Registry, repository: str, digest: str) -> str:
+    helpers.push_notation_referrer(registry, repository, digest, random.randbytes(300 * 1024))
+    return "over the limit of 262144 for one signature"
+
+
+def _notation_junk(registry: registries.Registry, repository: str, digest: str) -> str:
+    helpers.push_notation_referrer(registry, repository, digest, b'{"payload": [1, 2')
+    return "JWS envelope is not valid JSON"
+
+
+def _notation_cbor_bomb(registry: registries.Registry, repository: str, digest: str) -> str:
+    bomb = b"\xd2\x84" + b"\x81" * 5000 + b"\x00"
+    helpers.push_notation_referrer(
+        registry, repository, digest, bomb, media_type="application/cose"
+    )
+    return "COSE envelope nests or counts too many CBOR items"
+
+
+def _notation_missing(registry: registries.Registry, repository: str, digest: str) -> str:
+    layer = helpers.push_notation_referrer(registry, repository, digest, b"{}")
+    registry.client().delete_blob(repository, layer)
+    return "cannot be fetched"
+
+
+@pytest.mark.parametrize("failure_policy", ["Fail", "Ignore"])
+@pytest.mark.parametrize(
+    "attack",
+    [_notation_oversized, _notation_junk, _notation_cbor_bomb, _notation_missing],
+    ids=["oversized", "junk", "cbor-bomb", "missing"],
+)
+def test_hostile_notation_signatures_refuse_under_both_failure_policies(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: helpers.Policies,
+    anonymous: registries.Registry,
+    check: Check,
+    prefix: str,
+    failure_policy: str,
+    attack: Callable[..., str],
+) -> None:
+    image, digest = helpers.push(
+        anonymous, images.nonroot_image(f"n-{helpers.uid()}"), prefix=prefix
+    )
+    _, repository = helpers.repository_of(image)
+    names = attack(anonymous, repository, digest)
+    rules = _notation_authority()
+    name = policies.apply([f"{anonymous.host}/{prefix}/**"], rules, failurePolicy=failure_policy)
+
+    refused = _dry_run(cluster, namespace, helpers.pod("app", image))
+    assert refused.returncode != 0, refused.stderr
+    assert DENIED in refused.stderr
+    assert "allowed by failurePolicy Ignore" not in refused.stderr
+    assert f"ImagePolicy {name}: {image}" in refused.stderr and names in refused.stderr
+
+    policy = check.policy_file(
+        {
+            "apiVersion": "imageward.io/v1alpha1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": "cli"},
+            "spec": {
+                "failurePolicy": failure_policy,
+                "match": {"images": [f"{anonymous.host}/{prefix}/**"]},
+                "rules": rules,
+            },
+        }
+    )
+    status, report = check.json("--policy", policy, image)
+    assert status == 1
+    (violation,) = report["images"][0]["violations"]
+    assert violation["rule"] == "signatures" and names in violation["message"], violation
+
+
 def test_oversized_config_refuses_the_user_rule_under_ignore(
     cluster: controlplane.ControlPlane,
     namespace: str,

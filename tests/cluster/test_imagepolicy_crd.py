@@ -54,6 +54,8 @@ def _key(name: str) -> dict[str, Any]:
     return {"name": name, "key": {"pem": PEM}}
 
 
+CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
 KEYLESS = {"issuer": "https://token.actions.githubusercontent.com", "subject": "x"}
 
 MISTAKES: list[tuple[str, dict[str, Any], str]] = [
@@ -71,12 +73,55 @@ MISTAKES: list[tuple[str, dict[str, Any], str]] = [
             }
         },
         'spec.rules.signatures.authorities[0]: Invalid value: "object": '
-        "set exactly one of key and keyless",
+        "set exactly one of key, keyless and notation",
     ),
     (
         "an authority with neither",
         {"signatures": {"authorities": [{"name": "none"}]}},
-        "set exactly one of key and keyless",
+        "set exactly one of key, keyless and notation",
+    ),
+    (
+        "a notation authority without a trust store",
+        {"signatures": {"authorities": [{"name": "n", "notation": {"trustedIdentities": ["*"]}}]}},
+        "set trustStore or signingAuthorityTrustStore",
+    ),
+    (
+        "a notation trust store given inline and from a ConfigMap",
+        {
+            "signatures": {
+                "authorities": [
+                    {
+                        "name": "n",
+                        "notation": {
+                            "trustStore": {
+                                "pem": CERT_PEM,
+                                "configMapRef": {"namespace": "n", "name": "c"},
+                            },
+                            "trustedIdentities": ["*"],
+                        },
+                    }
+                ]
+            }
+        },
+        "set exactly one of pem, secretRef and configMapRef",
+    ),
+    (
+        "a notation verification level notation has but imageward does not (skip)",
+        {
+            "signatures": {
+                "authorities": [
+                    {
+                        "name": "n",
+                        "notation": {
+                            "trustStore": {"pem": CERT_PEM},
+                            "trustedIdentities": ["*"],
+                            "verificationLevel": "skip",
+                        },
+                    }
+                ]
+            }
+        },
+        'Unsupported value: "skip"',
     ),
     (
         "a key given inline and from a Secret",
@@ -159,6 +204,7 @@ def test_defaults_and_printer_columns(
     assert spec["mode"] == "Enforce" and spec["failurePolicy"] == "Fail"
     assert spec["match"] == {"images": ["**"]}
     assert spec["pinDigest"] is False
+    assert spec["allowExceptions"] is True
     broken, result = _apply(
         cluster,
         created,
@@ -177,12 +223,25 @@ def test_defaults_and_printer_columns(
         return {"header": out[0].split(), **table}
 
     table = utils.wait_for("kubectl get ipol to show READY", rows, timeout=30)
-    assert table["header"] == ["NAME", "MODE", "READY", "AGE"]
+    assert table["header"] == ["NAME", "MODE", "READY", "VIOLATIONS", "AGE"]
     assert table[good][:3] == [good, "Enforce", "True"]
     assert table[broken][:3] == [broken, "Audit", "False"]
 
-    wide = cluster.kubectl("get", "ipol", broken, "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["NAME", "MODE", "READY", "FAILURE-POLICY", "REASON", "AGE"]
-    assert wide[1].split()[:5] == [broken, "Audit", "False", "Fail", "InvalidPolicy"]
+    def wide_rows() -> list[str] | None:
+        # VIOLATIONS stays empty until the background scanner's first pass writes it.
+        lines = cluster.kubectl("get", "ipol", broken, "-o", "wide").stdout.splitlines()
+        return lines if len(lines[1].split()) == 7 else None
+
+    wide = utils.wait_for("status.violations in kubectl get ipol", wide_rows, timeout=30)
+    assert wide[0].split() == [
+        "NAME",
+        "MODE",
+        "READY",
+        "VIOLATIONS",
+        "FAILURE-POLICY",
+        "REASON",
+        "AGE",
+    ]
+    assert wide[1].split()[:6] == [broken, "Audit", "False", "0", "Fail", "InvalidPolicy"]
     category = cluster.kubectl("get", "imageward").stdout
     assert f"imagepolicy.imageward.io/{good}" in category

@@ -290,6 +290,69 @@ def error_body_seeds() -> Iterable[bytes]:
     yield b"<html><body>502 Bad Gateway</body></html>"
 
 
+def _notation_protected_json(**extra: Any) -> bytes:
+    header: dict[str, Any] = {
+        "alg": "ES256",
+        "cty": "application/vnd.cncf.notary.payload.v1+json",
+        "crit": ["io.cncf.notary.signingScheme"],
+        "io.cncf.notary.signingScheme": "notary.x509",
+        "io.cncf.notary.signingTime": "2026-01-01T00:00:00Z",
+        **extra,
+    }
+    return json.dumps(header).encode()
+
+
+def _notation_protected_cbor(**extra: Any) -> bytes:
+    import cbor2
+
+    header: dict[Any, Any] = {
+        1: -7,
+        2: ["io.cncf.notary.signingScheme"],
+        3: "application/vnd.cncf.notary.payload.v1+json",
+        "io.cncf.notary.signingScheme": "notary.x509",
+        "io.cncf.notary.signingTime": cbor2.CBORTag(1, 1767225600),
+    }
+    header.update(extra)
+    return cbor2.dumps(header)
+
+
+def notation_jws_seeds() -> Iterable[bytes]:
+    yield _notation_protected_json()
+    yield _notation_protected_json(
+        **{
+            "io.cncf.notary.expiry": "2126-01-01T00:00:00Z",
+            "crit": ["io.cncf.notary.signingScheme", "io.cncf.notary.expiry"],
+        }
+    )
+    yield _notation_protected_json(
+        **{
+            "io.cncf.notary.signingScheme": "notary.x509.signingAuthority",
+            "io.cncf.notary.authenticSigningTime": "2026-01-01T00:00:00Z",
+            "crit": ["io.cncf.notary.signingScheme", "io.cncf.notary.authenticSigningTime"],
+        }
+    )
+
+
+def notation_cose_seeds() -> Iterable[bytes]:
+    import cbor2
+
+    yield _notation_protected_cbor()
+    yield _notation_protected_cbor(
+        **{"io.cncf.notary.expiry": cbor2.CBORTag(1, 4923000000)},
+    )
+
+
+def notation_envelope_seeds() -> Iterable[bytes]:
+    payload = targets.notation_payload()
+    yield b"\x00" + targets.build_notation_jws(_notation_protected_json(), payload)
+    yield b"\x01" + targets.build_notation_cose(_notation_protected_cbor(), payload)
+
+
+def notation_payload_seeds() -> Iterable[bytes]:
+    yield targets.notation_payload()
+    yield targets.notation_payload(targets.OTHER_DIGEST)
+
+
 def main() -> None:
     now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
     sigstore = fakesigstore.FakeSigstore(now=now, name="fuzz")
@@ -314,6 +377,10 @@ def main() -> None:
         "link": link_seeds(),
         "retry_after": retry_after_seeds(),
         "error_body": error_body_seeds(),
+        "notation_envelope": notation_envelope_seeds(),
+        "notation_jws": notation_jws_seeds(),
+        "notation_cose": notation_cose_seeds(),
+        "notation_payload": notation_payload_seeds(),
     }
     assert set(corpora) == set(targets.TARGETS), set(targets.TARGETS) ^ set(corpora)
     for name, inputs in corpora.items():

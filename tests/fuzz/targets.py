@@ -73,7 +73,8 @@ EMPTY_JSON: Final = "application/vnd.oci.empty.v1+json"
 #: The form `verify._unreadable` gives an exception no format module expected: a parser
 #: bug caught by the verifier's safety net, which the format modules must not rely on.
 _SAFETY_NET = re.compile(
-    r"^(legacy signature layer|bundle|referrer manifest|legacy signature manifest) \S+ "
+    r"^(legacy signature layer|bundle|referrer manifest|legacy signature manifest"
+    r"|Notation (JWS|COSE) signature) \S+ "
     r"cannot be read: \w+: "
 )
 
@@ -1029,6 +1030,221 @@ _REFERENCE_TOKENS: Final = (
     "latest",
 )
 
+# -- Notation ----------------------------------------------------------------------------
+
+JWS_MEDIA_TYPE: Final = "application/jose+json"
+COSE_MEDIA_TYPE: Final = "application/cose"
+NOTATION_TARGET: Final = signature_model.Target(OCI_MANIFEST, 555)
+
+
+@functools.cache
+def notation_pki() -> tuple[Any, Any, Any]:
+    """(root certificate, signing key, signing certificate) of a fixed test CA (P-256)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509 import oid
+
+    def key(label: bytes) -> ec.EllipticCurvePrivateKey:
+        return ec.derive_private_key(
+            int.from_bytes(hashlib.sha256(label).digest(), "big"), ec.SECP256R1()
+        )
+
+    def subject(cn: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(oid.NameOID.COUNTRY_NAME, "US"),
+                x509.NameAttribute(oid.NameOID.STATE_OR_PROVINCE_NAME, "WA"),
+                x509.NameAttribute(oid.NameOID.ORGANIZATION_NAME, "Fuzz"),
+                x509.NameAttribute(oid.NameOID.COMMON_NAME, cn),
+            ]
+        )
+
+    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+    end = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
+    usage = {
+        "content_commitment": False,
+        "key_encipherment": False,
+        "data_encipherment": False,
+        "key_agreement": False,
+        "encipher_only": False,
+        "decipher_only": False,
+    }
+    root_key, leaf_key = key(b"notation fuzz root"), key(b"notation fuzz leaf")
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(subject("root"))
+        .issuer_name(subject("root"))
+        .public_key(root_key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=False, key_cert_sign=True, crl_sign=True, **usage),
+            critical=True,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(subject("release"))
+        .issuer_name(subject("root"))
+        .public_key(leaf_key.public_key())
+        .serial_number(2)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, **usage),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([oid.ExtendedKeyUsageOID.CODE_SIGNING]), False)
+        .sign(root_key, hashes.SHA256())
+    )
+    return root, leaf_key, leaf
+
+
+@functools.cache
+def notation_authority() -> verify.NotationAuthority:
+    from imageward.notation import trust
+
+    root, _, _ = notation_pki()
+    policy = trust.build_policy(
+        authority="fuzz-notation",
+        ca=trust.Store((root.public_bytes(serialization.Encoding.DER),)),
+        identities=["x509.subject: C=US, ST=WA, O=Fuzz"],
+    )
+    return verify.NotationAuthority(name="fuzz-notation", policy=policy)
+
+
+def notation_manifest(envelope: bytes, media_type: str) -> bytes:
+    """The signature manifest notation pushes for an envelope of `DIGEST`."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.cncf.notary.signature",
+            "config": {"mediaType": EMPTY_JSON, "digest": sha256(b"{}"), "size": 2},
+            "layers": [
+                {"mediaType": media_type, "digest": sha256(envelope), "size": len(envelope)}
+            ],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 555},
+        }
+    ).encode()
+
+
+def _verify_notation(envelope: bytes, media_type: str) -> None:
+    found = verify.SignatureSet(
+        bundle_manifests=(notation_manifest(envelope, media_type),),
+        blobs={sha256(envelope): envelope},
+    )
+    result = verify.verify(
+        DIGEST, found, [notation_authority()], threshold=1, target=NOTATION_TARGET
+    )
+    check_verification(result, signatures=1)
+
+
+def _es256(data: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
+
+    _, key, _ = notation_pki()
+    r, s = asym_utils.decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def notation_payload(digest: str = DIGEST) -> bytes:
+    return json.dumps(
+        {"targetArtifact": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 555}}
+    ).encode()
+
+
+def build_notation_jws(protected: bytes, payload: bytes) -> bytes:
+    """A flattened JWS of `protected` (header JSON bytes) and `payload`, signed by the
+    fixed signing key, with the fixed chain in x5c."""
+    root, _, leaf = notation_pki()
+
+    def b64url(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head, body = b64url(protected), b64url(payload)
+    return json.dumps(
+        {
+            "payload": body,
+            "protected": head,
+            "header": {
+                "x5c": [b64(c.public_bytes(serialization.Encoding.DER)) for c in (leaf, root)]
+            },
+            "signature": b64url(_es256(f"{head}.{body}".encode())),
+        }
+    ).encode()
+
+
+def build_notation_cose(protected: bytes, payload: bytes) -> bytes:
+    """A COSE_Sign1_Tagged of `protected` (header CBOR bytes) and `payload`, signed."""
+    import cbor2
+
+    root, _, leaf = notation_pki()
+    signed = cbor2.dumps(["Signature1", protected, b"", payload])
+    chain = [c.public_bytes(serialization.Encoding.DER) for c in (leaf, root)]
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {33: chain}, payload, _es256(signed)]))
+
+
+def fuzz_notation_envelope(data: bytes) -> None:
+    """Raw Notation envelopes (first byte: JWS or COSE) through `verify.verify`: a Check
+    for every input, never a raise (unsigned: reaches the parsers and the chain)."""
+    media_type = JWS_MEDIA_TYPE if selector(data) % 2 == 0 else COSE_MEDIA_TYPE
+    _verify_notation(data[1:], media_type)
+
+
+def fuzz_notation_jws(data: bytes) -> None:
+    """A JWS protected header (the input) signed with the fixed key over a payload naming
+    `DIGEST`: the header rules, crit handling and times behind a valid signature."""
+    _verify_notation(build_notation_jws(data, notation_payload()), JWS_MEDIA_TYPE)
+
+
+def fuzz_notation_cose(data: bytes) -> None:
+    """A COSE protected header (the input, CBOR) signed with the fixed key."""
+    _verify_notation(build_notation_cose(data, notation_payload()), COSE_MEDIA_TYPE)
+
+
+def fuzz_notation_payload(data: bytes) -> None:
+    """A Notation payload (the input) in a correctly signed JWS: the descriptor check."""
+    protected = json.dumps(
+        {
+            "alg": "ES256",
+            "cty": "application/vnd.cncf.notary.payload.v1+json",
+            "crit": ["io.cncf.notary.signingScheme"],
+            "io.cncf.notary.signingScheme": "notary.x509",
+            "io.cncf.notary.signingTime": "2026-01-01T00:00:00Z",
+        }
+    ).encode()
+    _verify_notation(build_notation_jws(protected, data), JWS_MEDIA_TYPE)
+
+
+_NOTATION_TOKENS: Final = (
+    *_JSON_TOKENS,
+    "alg",
+    "ES256",
+    "PS256",
+    "cty",
+    "crit",
+    "application/vnd.cncf.notary.payload.v1+json",
+    "io.cncf.notary.signingScheme",
+    "io.cncf.notary.signingTime",
+    "io.cncf.notary.authenticSigningTime",
+    "io.cncf.notary.expiry",
+    "notary.x509",
+    "notary.x509.signingAuthority",
+    "2026-01-01T00:00:00Z",
+    "targetArtifact",
+    "mediaType",
+    "digest",
+    "size",
+    DIGEST,
+    OCI_MANIFEST,
+)
+
+
 TARGETS: Final[Mapping[str, Target]] = {
     target.name: target
     for target in (
@@ -1050,6 +1266,10 @@ TARGETS: Final[Mapping[str, Target]] = {
         Target("link", fuzz_link, 2048, None, _HEADER_TOKENS),
         Target("retry_after", fuzz_retry_after, 256, None, ("Mon, ", " GMT", "+0000", "1")),
         Target("error_body", fuzz_error_body, 16384, 0, (*_JSON_TOKENS, "errors", "code")),
+        Target("notation_envelope", fuzz_notation_envelope, 16384, 1, _NOTATION_TOKENS),
+        Target("notation_jws", fuzz_notation_jws, 4096, 0, _NOTATION_TOKENS),
+        Target("notation_cose", fuzz_notation_cose, 4096, None, _NOTATION_TOKENS),
+        Target("notation_payload", fuzz_notation_payload, 4096, 0, _NOTATION_TOKENS),
     )
 }
 

@@ -16,8 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from imageward import errors, metrics, runtime
+from imageward import constants, errors, metrics, runtime
 from imageward.admission import messages, patches, reviews, workloads
+from imageward.exceptions import evaluate as exceptions_evaluate
+from imageward.exceptions import model as exceptions_model
 from imageward.policy import evaluate
 
 #: Subresources whose writes can bring an image: the object itself and ephemeral
@@ -86,9 +88,15 @@ async def _validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -
         return ALLOW
     outcome = await state.check_view(view)
     decision = outcome.decision
-    warnings = tuple(messages.build_warnings(decision))
+    uses = [use for image in outcome.images for use in image.exceptions]
+    warnings = (
+        *messages.build_warnings(decision),
+        *dict.fromkeys(exceptions_evaluate.build_message(use) for use in uses),
+    )
     if not request["dryRun"] and (decision.audits or decision.warned):
         _post_events(state, view, decision)
+    if not request["dryRun"] and uses:
+        _record_exception_uses(state, view, uses)
     if not decision.allowed:
         return Answer(
             allowed=False,
@@ -155,4 +163,31 @@ def _post_events(
     for reason, message in events:
         state.post_event(
             namespace=view.namespace, involved=involved, reason=reason, message=message
+        )
+
+
+def _record_exception_uses(
+    state: runtime.Runtime, view: workloads.PodView, uses: Sequence[exceptions_evaluate.Use]
+) -> None:
+    """Every use of an exception leaves an Event on the exception (so its owner and
+    whoever granted it see each use) and counts in the metric (per image and policy)."""
+    what = f"{view.kind} {view.name}" if view.name else view.kind
+    for use in uses:
+        if use.state == "applied":
+            metrics.policy_exceptions_applied.labels(policy=use.policy).inc()
+        state.post_event(
+            namespace=use.namespace,
+            involved={
+                "apiVersion": constants.API_VERSION,
+                "kind": exceptions_model.KIND,
+                "name": use.name,
+                "namespace": use.namespace,
+            },
+            reason={
+                "applied": "ImagePolicyExceptionApplied",
+                "expired": "ImagePolicyExceptionExpired",
+                "forbidden": "ImagePolicyExceptionNotAllowed",
+            }[use.state],
+            message=f"{what}: {exceptions_evaluate.build_message(use)}",
+            type_="Normal" if use.state == "applied" else "Warning",
         )

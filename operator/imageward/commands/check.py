@@ -1,7 +1,9 @@
 """`imageward check`: evaluate images against ImagePolicy files, no cluster needed.
 
 Output and exit statuses are a contract (product.md): 0 no image denied, 1 an image
-denied, 2 usage errors and unusable policies.
+denied, 2 usage errors and unusable policies. `--output json` adds, under each image,
+`"attestations": [{"policy", "name", "result": "pass"|"fail"|"error", "message"}]`
+(one per attestation entry of each policy that matched; empty when none).
 """
 
 from __future__ import annotations
@@ -111,6 +113,15 @@ def build_report(outcome: checker.Outcome) -> dict[str, Any]:
                     for v in (*decision.violations, *decision.audits)
                 ],
                 "warnings": list(decision.warnings),
+                "attestations": [
+                    {
+                        "policy": a.policy,
+                        "name": a.name,
+                        "result": a.result,
+                        "message": a.message,
+                    }
+                    for a in item.attestations
+                ],
             }
         )
     return {"images": images}
@@ -124,6 +135,11 @@ def render_text(report: dict[str, Any], out: TextIO) -> None:
             out.write(f"      [{violation['rule']}] {violation['message']}\n")
         for warning in image["warnings"]:
             out.write(f"      warning: {warning}\n")
+        for attestation in image.get("attestations", []):
+            out.write(
+                f"      attestation {attestation['policy']}/{attestation['name']}: "
+                f"{attestation['result']}: {attestation['message']}\n"
+            )
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """A private containerd (root, state and socket of its own) and a `ctr` wrapper.
 
 Runs as root beside anything else on the machine without touching /run/containerd or
-/var/lib/containerd. The CRI plugin is off: the tests drive containerd through its own
-API with `ctr`, and Layers mode's agent talks to the content store directly.
+/var/lib/containerd. By default the CRI plugin is off: the tests drive containerd through
+its own API with `ctr`, and Layers mode's agent talks to the content store directly. The
+real node (`realnode`) gives a configuration with CRI on (`build_cri_config`).
 """
 
 from __future__ import annotations
@@ -38,14 +39,127 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """
 
 
+# With CRI on, for a kubelet. Each setting says why in build_cri_config.
+_CRI_CONFIG = """\
+version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[debug]
+  level = "info"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{runc_root}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin_dir}"
+    conf_dir = "{cni_conf_dir}"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{hosts_dir}"
+"""
+
+
+def build_cri_config(
+    *,
+    root: pathlib.Path,
+    state: pathlib.Path,
+    socket: pathlib.Path,
+    sandbox_image: str,
+    runc_root: pathlib.Path,
+    cni_bin_dir: pathlib.Path,
+    cni_conf_dir: pathlib.Path,
+    hosts_dir: pathlib.Path,
+    opt_dir: pathlib.Path,
+) -> str:
+    """containerd 1.6 configuration with the CRI plugin on, everything in our own paths.
+
+    - `restrict_oom_score_adj`: the project VMs lack CAP_SYS_RESOURCE, so the negative
+      oom_score_adj CRI asks for is refused and *every* sandbox fails in runc with
+      "can't get final child's PID from pipe: EOF" without it (facts.md).
+    - `disable_apparmor`: no AppArmor in the VM kernel.
+    - `netns_mounts_under_state_dir`: pod network namespaces are mounted under our state
+      directory, not /var/run/netns, so cleanup knows where they are.
+    - runc `Root` of our own and cgroupfs (no systemd on these machines).
+    - `opt` plugin path: it would otherwise create /opt/containerd on the host.
+    - `config_path`: one hosts.toml per registry (plain-HTTP loopback registries).
+    - `sandbox_image`: built here and imported (nothing can be pulled from registry.k8s.io).
+    """
+    return _CRI_CONFIG.format(
+        root=root,
+        state=state,
+        socket=socket,
+        sandbox_image=sandbox_image,
+        runc_root=runc_root,
+        cni_bin_dir=cni_bin_dir,
+        cni_conf_dir=cni_conf_dir,
+        hosts_dir=hosts_dir,
+        opt=opt_dir,
+    )
+
+
+def build_hosts_toml(registry: str, *, endpoint: str | None = None, plain_http: bool = True) -> str:
+    """hosts.toml for `registry` (host[:port]): pull and resolve at `endpoint`.
+
+    `endpoint` (a URL) defaults to the registry itself; give another one to send the node's
+    pulls through a proxy or mirror (e.g. the harness's fault proxy, to shape bandwidth).
+    """
+    scheme = "http" if plain_http else "https"
+    server = f"{scheme}://{registry}"
+    host = endpoint or server
+    return (
+        f'server = "{server}"\n\n'
+        f'[host."{host}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+        f"  skip_verify = {'true' if plain_http else 'false'}\n"
+    )
+
+
 class Containerd:
-    def __init__(self, *, workdir: pathlib.Path | None = None, namespace: str = "k8s.io") -> None:
+    def __init__(
+        self,
+        *,
+        workdir: pathlib.Path | None = None,
+        namespace: str = "k8s.io",
+        config: str | None = None,
+        log_dir: pathlib.Path | None = None,
+        socket: pathlib.Path | None = None,
+    ) -> None:
+        """`config` replaces the default (CRI off) configuration; `socket` must then be the
+        address it names. Logs go to `log_dir` (default: the working directory's logs/)."""
         self._own_workdir = workdir is None
         # Short path: a unix socket path is limited to 107 bytes.
         self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="iw-ctrd-"))
-        self.socket = self.workdir / "containerd.sock"
+        self.socket = socket or self.workdir / "containerd.sock"
         self.namespace = namespace
+        self.config_text = config
+        self.log_dir = log_dir or self.workdir / "logs"
         self._process: processes.ManagedProcess | None = None
+
+    @property
+    def process(self) -> processes.ManagedProcess | None:
+        return self._process
 
     def __enter__(self) -> Containerd:
         self.start()
@@ -56,29 +170,32 @@ class Containerd:
 
     def start(self) -> None:
         config = self.workdir / "config.toml"
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config.write_text(
-            _CONFIG.format(
+            self.config_text
+            or _CONFIG.format(
                 root=self.workdir / "root", state=self.workdir / "state", socket=self.socket
             )
         )
         self._process = processes.ManagedProcess(
             "containerd",
             [str(tools.find("containerd")), "--config", str(config)],
-            log_dir=self.workdir / "logs",
+            log_dir=self.log_dir,
         )
         self._process.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if not self._process.alive:
                 raise ContainerdError(
-                    f"containerd exited with {self._process.returncode}:\n"
-                    f"{self._process.log_tail()}"
+                    f"containerd exited with {self._process.returncode} "
+                    f"(log {self._process.log_path}):\n{self._process.log_tail()}"
                 )
             if self.socket.exists() and self.ctr("version", check=False).returncode == 0:
                 return
             time.sleep(0.1)
+        log = self._process.log_path
         self.stop()
-        raise ContainerdError("containerd did not answer on its socket within 30s")
+        raise ContainerdError(f"containerd did not answer on {self.socket} within 30s (log {log})")
 
     def stop(self) -> None:
         if self._process is not None:

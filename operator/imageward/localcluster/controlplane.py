@@ -4,6 +4,11 @@ kube-scheduler and kwok simulating nodes. Used by the test fixtures and by `imag
 Every binary is the real one, built by `make tools`. RBAC is on and ServiceAccount tokens
 work, so the operator can run under its own ServiceAccount. `stop()` ends every process and
 removes the working directory, also when called from a failing test.
+
+Real kubelet nodes (`realnode`) join it too: the apiserver has a kubelet client
+certificate (so `kubectl logs/exec` reach a kubelet that keeps anonymous access off), and
+with `advertise_address` it listens on every address and the `kubernetes` Service points
+at that address, which pods can reach (127.0.0.1 in a pod is the pod itself).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import pathlib
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -32,6 +38,8 @@ logger = logging.getLogger(__name__)
 SERVICE_CIDR = "10.96.0.0/16"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 ADMIN_USER = "imageward-admin"
+#: The identity the apiserver presents to kubelets (logs, exec, port-forward, proxy).
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 STAGES = pathlib.Path(__file__).with_name("kwok-stages.yaml")
 
 
@@ -54,14 +62,19 @@ class ControlPlane:
         startup_timeout: float = 60.0,
         extra_args: Mapping[str, Sequence[str]] | None = None,
         audit_policy: Mapping[str, Any] | None = None,
+        advertise_address: str | None = None,
     ) -> None:
         """`extra_args`: more flags per component ("kube-apiserver",
         "kube-controller-manager", "kube-scheduler", "kwok"), e.g. a benchmark's client
         rate limits. `audit_policy`: an audit.k8s.io/v1 Policy; the apiserver then writes
-        JSON audit events to `audit_log`."""
+        JSON audit events to `audit_log`. `advertise_address`: an address of this machine
+        that pods can reach (see `primary_address()`); the apiserver then listens on all
+        addresses and the `kubernetes` Service points there. None keeps everything on
+        127.0.0.1 (kwok only)."""
         self.node_count = nodes
         self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self.audit_policy = dict(audit_policy) if audit_policy is not None else None
+        self.advertise_address = advertise_address
         self._own_workdir = workdir is None
         self.workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix="imageward-cluster-"))
         self.keep_workdir = keep_workdir
@@ -84,6 +97,24 @@ class ControlPlane:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @classmethod
+    def attach(cls, workdir: pathlib.Path) -> ControlPlane:
+        """A handle on a control plane another process started in `workdir` (it owns the
+        processes; this handle only talks to it), e.g. for a real node in another process."""
+        facts = json.loads((workdir / "plane.json").read_text())
+        plane = cls(
+            nodes=0,
+            workdir=workdir,
+            keep_workdir=True,
+            advertise_address=facts["advertise_address"],
+        )
+        pki_dir = workdir / "pki"
+        plane.ca = pki.CertificateAuthority.load(
+            (pki_dir / "ca.crt").read_bytes(), (pki_dir / "ca.key").read_bytes()
+        )
+        plane.port = facts["port"]
+        return plane
 
     def start(self) -> None:
         started = time.monotonic()
@@ -116,6 +147,13 @@ class ControlPlane:
         pki_dir = self._path("pki")
         pki_dir.mkdir(parents=True, exist_ok=True)
         (pki_dir / "ca.crt").write_bytes(self.ca.cert_pem)
+        # Kept (0600) so a real node started by another process can issue its certificates
+        # (`attach`); this CA lives and dies with one throw-away cluster.
+        (pki_dir / "ca.key").write_bytes(self.ca.key_pem)
+        (pki_dir / "ca.key").chmod(0o600)
+        addresses = ["127.0.0.1", "10.96.0.1"]
+        if self.advertise_address and self.advertise_address not in addresses:
+            addresses.append(self.advertise_address)
         self.ca.issue(
             "kube-apiserver",
             dns_names=[
@@ -125,9 +163,10 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ip_addresses=["127.0.0.1", "10.96.0.1"],
+            ip_addresses=addresses,
             server=True,
         ).write(pki_dir, "apiserver")
+        self.ca.issue(KUBELET_CLIENT_USER, client=True).write(pki_dir, "apiserver-kubelet-client")
         self.ca.issue(ADMIN_USER, organizations=["system:masters"], client=True).write(
             pki_dir, "admin"
         )
@@ -188,6 +227,12 @@ class ControlPlane:
     def _start_apiserver(self) -> None:
         self.port = processes.free_port()
         pki_dir = self._path("pki")
+        (self._path("plane.json")).write_text(
+            json.dumps({"port": self.port, "advertise_address": self.advertise_address})
+        )
+        # Pods reach the apiserver at the advertised address (through the `kubernetes`
+        # Service and kube-proxy), host processes at 127.0.0.1: listen on both.
+        bind = "0.0.0.0" if self.advertise_address else "127.0.0.1"
         process = self._start_process(
             "kube-apiserver",
             [
@@ -198,16 +243,23 @@ class ControlPlane:
                 f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
                 f"--client-ca-file={pki_dir / 'ca.crt'}",
                 f"--secure-port={self.port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={bind}",
+                f"--advertise-address={self.advertise_address or '127.0.0.1'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki_dir / 'sa.crt'}",
                 f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-                # No kubelet serves logs/exec here; kwok answers for the nodes.
                 "--kubelet-preferred-address-types=InternalIP",
+                # logs/exec on real kubelets, whose webhook authn/authz stay on (kwok's
+                # server ignores the certificate). Kubelet serving certificates are not
+                # verified (no --kubelet-certificate-authority): kwok's are self-signed.
+                f"--kubelet-client-certificate={pki_dir / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki_dir / 'apiserver-kubelet-client.key'}",
+                # Webhook Services are called at their pod endpoints: no ClusterIP routing
+                # (kube-proxy) is needed on the apiserver's side for admission.
+                "--enable-aggregator-routing=true",
                 "--profiling=false",
                 "--v=1",
                 *self._audit_args(),
@@ -467,6 +519,20 @@ def build_kwok_node(name: str) -> dict[str, Any]:
             "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
         },
     }
+
+
+def primary_address() -> str | None:
+    """This machine's IPv4 address towards its default route (what pods can reach), or None.
+
+    Connecting a UDP socket sends nothing; it only makes the kernel pick the source address.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))  # TEST-NET-3: never routed anywhere real
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def _http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:

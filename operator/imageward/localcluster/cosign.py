@@ -92,6 +92,59 @@ class Cosign:
             args.append("--new-bundle-format=false")
         self._checked(*args, image)
 
+    def attest(
+        self,
+        image: str,
+        key: KeyPair,
+        predicate: pathlib.Path,
+        *,
+        predicate_type: str,
+        legacy: bool = False,
+        certificate: pathlib.Path | None = None,
+        certificate_chain: pathlib.Path | None = None,
+    ) -> None:
+        """`cosign attest` of `predicate` (a file) as `predicate_type` (cosign's names:
+        vuln, spdxjson, cyclonedx, slsaprovenance1, slsaprovenance02, custom, or a URI):
+        a Sigstore bundle referrer, or a layer of the legacy `.att` tag. With a
+        certificate (and chain) the attestation carries it, as a keyless one does."""
+        args = [
+            "attest",
+            "--key",
+            str(key.private_key),
+            "--predicate",
+            str(predicate),
+            "--type",
+            predicate_type,
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            "--yes",
+        ]
+        if legacy:
+            args.append("--new-bundle-format=false")
+        if certificate is not None:
+            args += ["--certificate", str(certificate)]
+        if certificate_chain is not None:
+            args += ["--certificate-chain", str(certificate_chain)]
+        self._checked(*args, image)
+
+    def verify_attestation(
+        self, image: str, key: KeyPair, *, predicate_type: str
+    ) -> subprocess.CompletedProcess[str]:
+        """`cosign verify-attestation --key`; the caller reads returncode and output."""
+        return self.run(
+            "verify-attestation",
+            "--key",
+            str(key.public_key),
+            "--type",
+            predicate_type,
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            image,
+        )
+
     def verify(self, image: str, key: KeyPair) -> subprocess.CompletedProcess[str]:
         """`cosign verify --key`; the caller reads returncode and output."""
         return self.run(

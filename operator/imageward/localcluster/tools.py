@@ -13,7 +13,25 @@ from imageward import errors
 
 # Debian packages, found on PATH or in /usr/sbin; the rest come from the build cache.
 _SYSTEM_TOOLS = frozenset(
-    {"docker-registry", "containerd", "ctr", "runc", "prometheus", "htpasswd", "skopeo"}
+    {
+        "docker-registry",
+        "containerd",
+        "ctr",
+        "runc",
+        "prometheus",
+        "htpasswd",
+        "skopeo",
+        # the real node's host tools (containernetworking-plugins, iptables, nftables)
+        "nft",
+        "iptables",
+        "iptables-save",
+        "iptables-restore",
+        "ip6tables-save",
+        "ip6tables-restore",
+        "iptables-legacy-save",
+        "ip6tables-legacy-save",
+        "conntrack",
+    }
 )
 
 

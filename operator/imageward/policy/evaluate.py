@@ -222,7 +222,12 @@ def needs_config(policy: model.ImagePolicy) -> bool:
 
 def needs_registry(policy: model.ImagePolicy) -> bool:
     """Whether evaluating the policy needs any registry lookup (facts, signatures, pin)."""
-    return needs_platform_images(policy) or policy.rules.signatures is not None or policy.pin_digest
+    return (
+        needs_platform_images(policy)
+        or policy.rules.signatures is not None
+        or bool(policy.rules.attestations)
+        or policy.pin_digest
+    )
 
 
 # ---------------------------------------------------------------------------- static rules
@@ -522,9 +527,30 @@ def evaluate_signatures(
     ]
 
 
+def build_attestation_violation(
+    policy: model.ImagePolicy,
+    reference: registry_model.ImageReference,
+    *,
+    digest: registry_model.Digest | None,
+    name: str,
+    detail: str,
+) -> Violation:
+    """An `attestations` violation: `detail` says what the entry `name` found wrong."""
+    return _build(
+        policy.name,
+        constants.RULE_ATTESTATIONS,
+        reference,
+        digest,
+        f"attestation {name}: {detail}",
+        measured=detail,
+        limit=name,
+    )
+
+
 #: The rules that need registry facts, in the order a refusal names them.
 _FACT_RULES = (
     constants.RULE_SIGNATURES,
+    constants.RULE_ATTESTATIONS,
     constants.RULE_MAX_COMPRESSED_SIZE,
     constants.RULE_MAX_LAYERS,
     constants.RULE_MAX_LAYER_SIZE,
@@ -537,6 +563,7 @@ def fact_rules(policy: model.ImagePolicy) -> list[str]:
     rules = policy.rules
     present = {
         constants.RULE_SIGNATURES: rules.signatures is not None,
+        constants.RULE_ATTESTATIONS: bool(rules.attestations),
         constants.RULE_MAX_COMPRESSED_SIZE: rules.max_compressed_size is not None,
         constants.RULE_MAX_LAYERS: rules.max_layers is not None,
         constants.RULE_MAX_LAYER_SIZE: rules.max_layer_size is not None,

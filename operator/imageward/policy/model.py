@@ -13,6 +13,7 @@ text stays text (the signatures package parses keys).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import re
 from collections.abc import Mapping, Sequence
@@ -25,11 +26,34 @@ KIND = "ImagePolicy"
 DEFAULT_IMAGES = ("**",)
 DEFAULT_SECRET_KEY = "cosign.pub"
 DEFAULT_TRUSTED_ROOT_KEY = "trusted_root.json"
+#: Notation trust stores from a Secret or ConfigMap: cert-manager's name for a CA bundle.
+DEFAULT_CERTIFICATES_KEY = "ca.crt"
 
 # Bounds shared with crds/imagepolicies.yaml (maxItems keep CEL cost estimates low).
 MAX_PATTERNS = 64
 MAX_AUTHORITIES = 16
 MAX_PEM_LENGTH = 16384
+MAX_TRUST_STORE_LENGTH = 65536  # a Notation trust store: a bundle of a few roots
+MAX_TRUSTED_IDENTITIES = 64
+MAX_IDENTITY_LENGTH = 1024
+VERIFICATION_LEVELS = ("strict", "permissive", "audit")
+OVERRIDES = {
+    "authenticity": ("enforce", "log"),
+    "authenticTimestamp": ("enforce", "log"),
+    "expiry": ("enforce", "log"),
+    "revocation": ("enforce", "log", "skip"),
+}
+TIMESTAMP_OPTIONS = ("always", "afterCertExpiry")
+MAX_ATTESTATIONS = 16
+MAX_CONDITIONS = 16
+MAX_IGNORES = 256
+MAX_EXPRESSION_LENGTH = 4096
+MAX_PREDICATE_TYPE_LENGTH = 512
+
+#: The cosign vulnerability scan predicate (what `trivy image --format cosign-vuln` writes).
+VULN_PREDICATE_TYPE = "https://cosign.sigstore.dev/attestation/vuln/v1"
+#: Trivy's severities, in order (a finding's `Severity`).
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 
 # Authority names become the `authority` metric label: keep them label-value shaped.
 _AUTHORITY_NAME_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -100,18 +124,98 @@ class KeylessAuthority:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CertificateSource:
+    """PEM certificates: exactly one of `pem` (raw text), `secret_ref`, `config_map_ref`."""
+
+    pem: str | None = None
+    secret_ref: SecretKeyRef | None = None
+    config_map_ref: ConfigMapKeyRef | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotationAuthority:
+    """A Notary Project trust-policy statement (see `imageward.notation.trust`).
+
+    At least one of `trust_store` (CA roots, signing scheme notary.x509) and
+    `signing_authority_trust_store` (notary.x509.signingAuthority) is set.
+    """
+
+    trusted_identities: tuple[str, ...]
+    trust_store: CertificateSource | None = None
+    signing_authority_trust_store: CertificateSource | None = None
+    timestamp_trust_store: CertificateSource | None = None
+    verification_level: str = "strict"
+    override: tuple[tuple[str, str], ...] = ()
+    verify_timestamp: str = "always"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Authority:
-    """Exactly one of `key` and `keyless` is set."""
+    """Exactly one of `key`, `keyless` and `notation` is set."""
 
     name: str
     key: KeyAuthority | None = None
     keyless: KeylessAuthority | None = None
+    notation: NotationAuthority | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Signatures:
     authorities: tuple[Authority, ...]
     threshold: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Duration:
+    """A Go duration as the policy wrote it ("168h", "1h30m"), and its length."""
+
+    text: str
+    seconds: float
+
+    @property
+    def delta(self) -> datetime.timedelta:
+        return datetime.timedelta(seconds=self.seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ignore:
+    """A finding a vulnerability rule tolerates, until `until` (forever when None)."""
+
+    id: str
+    until: datetime.datetime | None = None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Vulnerabilities:
+    """Built-in rules over the cosign vulnerability predicate (Trivy's report layout)."""
+
+    forbidden_severities: tuple[str, ...] = ()
+    max_scan_age: Duration | None = None
+    ignore: tuple[Ignore, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Condition:
+    """A CEL expression over `statement`, `predicate` and `now` (text; compiled at load)."""
+
+    expression: str
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attestation:
+    """One `rules.attestations[]` entry: a signed in-toto statement of `predicate_type`
+    the image must carry (or, when not `required`, that is checked when present)."""
+
+    name: str
+    predicate_type: str
+    authorities: tuple[Authority, ...]
+    required: bool = True
+    threshold: int = 1
+    vulnerabilities: Vulnerabilities | None = None
+    max_age: Duration | None = None
+    conditions: tuple[Condition, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,6 +234,7 @@ class Rules:
     `runAsNonRoot` does: a name cannot be shown to be non-root without the image's
     /etc/passwd (a user "app" may well be uid 0 there)."""
     signatures: Signatures | None = None
+    attestations: tuple[Attestation, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +248,8 @@ class ImagePolicy:
     )
     rules: Rules = Rules()
     pin_digest: bool = False
+    allow_exceptions: bool = True
+    """Whether ImagePolicyExceptions may waive this policy's rules (in their namespace)."""
 
 
 class _Invalid(Exception):
@@ -363,10 +470,107 @@ def _parse_keyless(obj: Mapping[str, Any], path: str) -> KeylessAuthority:
     )
 
 
-def _parse_authority(obj: object, path: str) -> Authority:
+def _parse_certificate_source(
+    obj: Mapping[str, Any], key: str, path: str
+) -> CertificateSource | None:
+    if obj.get(key) is None:
+        return None
+    where = _join(path, key)
+    source = _mapping(obj, key, path)
+    _check_fields(source, where, {"pem", "secretRef", "configMapRef"})
+    given = [name for name in ("pem", "secretRef", "configMapRef") if source.get(name) is not None]
+    if len(given) != 1:
+        raise _Invalid(where, "set exactly one of pem, secretRef and configMapRef")
+    if given == ["pem"]:
+        pem = _string(source, "pem", where)
+        assert pem is not None
+        if len(pem) > MAX_TRUST_STORE_LENGTH:
+            raise _Invalid(f"{where}.pem", f"longer than {MAX_TRUST_STORE_LENGTH} characters")
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise _Invalid(
+                f"{where}.pem", "is not PEM certificates (-----BEGIN CERTIFICATE----- ...)"
+            )
+        return CertificateSource(pem=pem)
+    (name,) = given
+    ref_path = f"{where}.{name}"
+    ref = _mapping(source, name, where)
+    _check_fields(ref, ref_path, {"namespace", "name", "key"})
+    namespace = _dns_name(ref, "namespace", ref_path)
+    object_name = _dns_name(ref, "name", ref_path)
+    data_key = _config_key(ref, "key", ref_path, DEFAULT_CERTIFICATES_KEY)
+    if name == "secretRef":
+        return CertificateSource(secret_ref=SecretKeyRef(namespace, object_name, data_key))
+    return CertificateSource(config_map_ref=ConfigMapKeyRef(namespace, object_name, data_key))
+
+
+def _parse_notation(obj: Mapping[str, Any], path: str) -> NotationAuthority:
+    _check_fields(
+        obj,
+        path,
+        {
+            "trustStore",
+            "signingAuthorityTrustStore",
+            "timestampTrustStore",
+            "trustedIdentities",
+            "verificationLevel",
+            "override",
+            "verifyTimestamp",
+        },
+    )
+    trust_store = _parse_certificate_source(obj, "trustStore", path)
+    signing_authority = _parse_certificate_source(obj, "signingAuthorityTrustStore", path)
+    if trust_store is None and signing_authority is None:
+        raise _Invalid(path, "set trustStore (CA roots) or signingAuthorityTrustStore, or both")
+    identities = _list(obj, "trustedIdentities", path, max_items=MAX_TRUSTED_IDENTITIES)
+    if not identities:
+        raise _Invalid(
+            f"{path}.trustedIdentities",
+            'required: x509.subject identities ("x509.subject: C=US, ST=WA, O=Acme") or ["*"]',
+        )
+    for index, identity in enumerate(identities):
+        if not isinstance(identity, str) or not identity or len(identity) > MAX_IDENTITY_LENGTH:
+            raise _Invalid(
+                f"{path}.trustedIdentities[{index}]",
+                f"must be a non-empty string of at most {MAX_IDENTITY_LENGTH} characters",
+            )
+    level = _string(obj, "verificationLevel", path) or "strict"
+    if level not in VERIFICATION_LEVELS:
+        raise _Invalid(
+            f"{path}.verificationLevel", f"{level!r} is not one of {', '.join(VERIFICATION_LEVELS)}"
+        )
+    override: list[tuple[str, str]] = []
+    raw_override = _mapping(obj, "override", path)
+    for key, value in raw_override.items():
+        allowed = OVERRIDES.get(key)
+        if allowed is None:
+            raise _Invalid(
+                f"{path}.override.{key}", f"unknown validation (known: {', '.join(OVERRIDES)})"
+            )
+        if value not in allowed:
+            raise _Invalid(
+                f"{path}.override.{key}", f"{value!r} is not one of {', '.join(allowed)}"
+            )
+        override.append((key, value))
+    verify_timestamp = _string(obj, "verifyTimestamp", path) or "always"
+    if verify_timestamp not in TIMESTAMP_OPTIONS:
+        raise _Invalid(
+            f"{path}.verifyTimestamp", f"{verify_timestamp!r} is not one of always, afterCertExpiry"
+        )
+    return NotationAuthority(
+        trusted_identities=tuple(identities),
+        trust_store=trust_store,
+        signing_authority_trust_store=signing_authority,
+        timestamp_trust_store=_parse_certificate_source(obj, "timestampTrustStore", path),
+        verification_level=level,
+        override=tuple(sorted(override)),
+        verify_timestamp=verify_timestamp,
+    )
+
+
+def _parse_authority(obj: object, path: str, *, notation: bool = True) -> Authority:
     if not isinstance(obj, Mapping):
-        raise _Invalid(path, "must be an object with name and key or keyless")
-    _check_fields(obj, path, {"name", "key", "keyless"})
+        raise _Invalid(path, "must be an object with name and key, keyless or notation")
+    _check_fields(obj, path, {"name", "key", "keyless", "notation"})
     name = _string(obj, "name", path, required=True)
     assert name is not None  # required=True
     if len(name) > 63 or not _AUTHORITY_NAME_RE.fullmatch(name):
@@ -377,8 +581,19 @@ def _parse_authority(obj: object, path: str) -> Authority:
         )
     has_key = obj.get("key") is not None
     has_keyless = obj.get("keyless") is not None
-    if has_key == has_keyless:
-        raise _Invalid(path, "set exactly one of key and keyless")
+    has_notation = obj.get("notation") is not None
+    if has_key + has_keyless + has_notation != 1:
+        raise _Invalid(path, "set exactly one of key, keyless and notation")
+    if has_notation:
+        if not notation:
+            raise _Invalid(
+                f"{path}.notation",
+                "Notation signs artifacts, not in-toto attestations: an attestation is a "
+                "DSSE envelope only a key or keyless authority can verify",
+            )
+        return Authority(
+            name=name, notation=_parse_notation(_mapping(obj, "notation", path), f"{path}.notation")
+        )
     if has_key:
         return Authority(name=name, key=_parse_key(_mapping(obj, "key", path), f"{path}.key"))
     return Authority(
@@ -386,13 +601,15 @@ def _parse_authority(obj: object, path: str) -> Authority:
     )
 
 
-def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
-    _check_fields(obj, path, {"threshold", "authorities"})
+def _parse_authorities(
+    obj: Mapping[str, Any], path: str, *, notation: bool = True
+) -> tuple[Authority, ...]:
     raw = _list(obj, "authorities", path, max_items=MAX_AUTHORITIES)
     if not raw:
         raise _Invalid(f"{path}.authorities", "at least one authority is required")
     authorities = tuple(
-        _parse_authority(item, f"{path}.authorities[{index}]") for index, item in enumerate(raw)
+        _parse_authority(item, f"{path}.authorities[{index}]", notation=notation)
+        for index, item in enumerate(raw)
     )
     seen: set[str] = set()
     for index, authority in enumerate(authorities):
@@ -401,6 +618,10 @@ def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
                 f"{path}.authorities[{index}].name", f"duplicate authority {authority.name!r}"
             )
         seen.add(authority.name)
+    return authorities
+
+
+def _threshold(obj: Mapping[str, Any], path: str, authorities: Sequence[Authority]) -> int:
     threshold = _positive_int(obj, "threshold", path) or 1
     if threshold > len(authorities):
         raise _Invalid(
@@ -408,7 +629,213 @@ def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
             f"{threshold} is more than the {len(authorities)} authorities listed: "
             "no image could ever pass",
         )
-    return Signatures(authorities=authorities, threshold=threshold)
+    return threshold
+
+
+def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
+    _check_fields(obj, path, {"threshold", "authorities"})
+    authorities = _parse_authorities(obj, path)
+    return Signatures(authorities=authorities, threshold=_threshold(obj, path, authorities))
+
+
+_DURATION_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration ("168h", "1h30m", "90s"), as `time.ParseDuration` reads
+    it (without a sign: an age limit is positive). Raises ValueError."""
+    if not text or _DURATION_RE.sub("", text) != "":
+        raise ValueError(
+            f"{text!r} is not a duration such as 168h, 30m or 1h30m (no days: 7d is 168h)"
+        )
+    total = 0.0
+    for part in _DURATION_RE.findall(text):
+        number = re.match(r"[0-9.]+", part)
+        assert number is not None
+        total += float(number.group()) * _DURATION_UNITS[part[number.end() :]]
+    return total
+
+
+def _duration(obj: Mapping[str, Any], key: str, path: str) -> Duration | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(_join(path, key), f"must be a duration string such as 168h, not {value!r}")
+    try:
+        seconds = parse_duration(value)
+    except ValueError as error:
+        raise _Invalid(_join(path, key), str(error)) from None
+    if seconds <= 0:
+        raise _Invalid(_join(path, key), "must be greater than 0")
+    return Duration(value, seconds)
+
+
+def parse_time(value: object) -> datetime.datetime:
+    """An RFC 3339 time ("2027-03-01T00:00:00Z", or a date "2027-03-01", midnight UTC).
+
+    YAML gives a date or datetime object for an unquoted value; those are accepted too.
+    Raises ValueError."""
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    elif isinstance(value, datetime.date):
+        parsed = datetime.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str) and value:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        # Nanoseconds (Go writes them) are more than Python parses: keep microseconds.
+        text = re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", text)
+        parsed = datetime.datetime.fromisoformat(text)
+    else:
+        raise ValueError(f"{value!r} is not a time")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def _parse_ignore(obj: object, path: str) -> Ignore:
+    if not isinstance(obj, Mapping):
+        raise _Invalid(path, "must be an object with id, until and reason")
+    _check_fields(obj, path, {"id", "until", "reason"})
+    finding = _string(obj, "id", path, required=True)
+    assert finding is not None
+    until: datetime.datetime | None = None
+    if obj.get("until") is not None:
+        try:
+            until = parse_time(obj["until"])
+        except ValueError:
+            raise _Invalid(
+                f"{path}.until", f"{obj['until']!r} is not an RFC 3339 time (2027-03-01T00:00:00Z)"
+            ) from None
+    reason = obj.get("reason") or ""
+    if not isinstance(reason, str):
+        raise _Invalid(f"{path}.reason", "must be a string")
+    return Ignore(id=finding, until=until, reason=reason)
+
+
+def _parse_vulnerabilities(obj: Mapping[str, Any], path: str) -> Vulnerabilities:
+    _check_fields(obj, path, {"forbiddenSeverities", "maxScanAge", "ignore"})
+    severities: list[str] = []
+    for index, value in enumerate(
+        _list(obj, "forbiddenSeverities", path, max_items=len(SEVERITIES)) or []
+    ):
+        if not isinstance(value, str) or value.upper() not in SEVERITIES:
+            raise _Invalid(
+                f"{path}.forbiddenSeverities[{index}]",
+                f"{value!r} is not one of {', '.join(SEVERITIES)}",
+            )
+        if value.upper() not in severities:
+            severities.append(value.upper())
+    ignores = tuple(
+        _parse_ignore(item, f"{path}.ignore[{index}]")
+        for index, item in enumerate(_list(obj, "ignore", path, max_items=MAX_IGNORES) or [])
+    )
+    rule = Vulnerabilities(
+        forbidden_severities=tuple(severities),
+        max_scan_age=_duration(obj, "maxScanAge", path),
+        ignore=ignores,
+    )
+    if not rule.forbidden_severities and rule.max_scan_age is None:
+        raise _Invalid(path, "set forbiddenSeverities or maxScanAge (or leave vulnerabilities out)")
+    return rule
+
+
+def _parse_condition(obj: object, path: str) -> Condition:
+    if not isinstance(obj, Mapping):
+        raise _Invalid(path, "must be an object with expression and message")
+    _check_fields(obj, path, {"expression", "message"})
+    expression = _string(obj, "expression", path, required=True)
+    assert expression is not None
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise _Invalid(f"{path}.expression", f"longer than {MAX_EXPRESSION_LENGTH} characters")
+    message = obj.get("message") or ""
+    if not isinstance(message, str):
+        raise _Invalid(f"{path}.message", "must be a string")
+    return Condition(expression=expression, message=message)
+
+
+def _parse_attestation(obj: object, path: str) -> Attestation:
+    if not isinstance(obj, Mapping):
+        raise _Invalid(path, "must be an object with name, predicateType and authorities")
+    _check_fields(
+        obj,
+        path,
+        {
+            "name",
+            "predicateType",
+            "required",
+            "threshold",
+            "authorities",
+            "vulnerabilities",
+            "maxAge",
+            "conditions",
+        },
+    )
+    name = _string(obj, "name", path, required=True)
+    assert name is not None
+    if len(name) > 63 or not _AUTHORITY_NAME_RE.fullmatch(name):
+        raise _Invalid(
+            f"{path}.name",
+            f"{name!r}: at most 63 alphanumerics, '-', '_' or '.', "
+            "starting and ending with an alphanumeric",
+        )
+    predicate_type = _string(obj, "predicateType", path, required=True)
+    assert predicate_type is not None
+    if len(predicate_type) > MAX_PREDICATE_TYPE_LENGTH:
+        raise _Invalid(f"{path}.predicateType", f"longer than {MAX_PREDICATE_TYPE_LENGTH}")
+    authorities = _parse_authorities(obj, path, notation=False)
+    required = obj.get("required", True)
+    if not isinstance(required, bool):
+        raise _Invalid(f"{path}.required", f"must be true or false, not {required!r}")
+    vulnerabilities: Vulnerabilities | None = None
+    if obj.get("vulnerabilities") is not None:
+        if predicate_type != VULN_PREDICATE_TYPE:
+            raise _Invalid(
+                f"{path}.vulnerabilities",
+                f"reads the cosign vulnerability predicate: predicateType must be "
+                f"{VULN_PREDICATE_TYPE}, not {predicate_type}",
+            )
+        vulnerabilities = _parse_vulnerabilities(
+            _mapping(obj, "vulnerabilities", path), f"{path}.vulnerabilities"
+        )
+    conditions = tuple(
+        _parse_condition(item, f"{path}.conditions[{index}]")
+        for index, item in enumerate(_list(obj, "conditions", path, max_items=MAX_CONDITIONS) or [])
+    )
+    return Attestation(
+        name=name,
+        predicate_type=predicate_type,
+        authorities=authorities,
+        required=required,
+        threshold=_threshold(obj, path, authorities),
+        vulnerabilities=vulnerabilities,
+        max_age=_duration(obj, "maxAge", path),
+        conditions=conditions,
+    )
+
+
+def _parse_attestations(obj: Mapping[str, Any], path: str) -> tuple[Attestation, ...]:
+    raw = _list(obj, constants.RULE_ATTESTATIONS, path, max_items=MAX_ATTESTATIONS)
+    if raw is None:
+        return ()
+    where = f"{path}.{constants.RULE_ATTESTATIONS}"
+    if not raw:
+        raise _Invalid(where, "empty (leave attestations out)")
+    entries = tuple(_parse_attestation(item, f"{where}[{i}]") for i, item in enumerate(raw))
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if entry.name in seen:
+            raise _Invalid(f"{where}[{index}].name", f"duplicate attestation {entry.name!r}")
+        seen.add(entry.name)
+    return entries
 
 
 def _parse_registries(obj: Mapping[str, Any], path: str) -> tuple[globs.HostPattern, ...] | None:
@@ -461,6 +888,7 @@ def _parse_rules(obj: Mapping[str, Any], path: str) -> Rules:
             constants.RULE_FORBID_ROOT_USER,
             constants.FIELD_REQUIRE_NUMERIC_USER,
             constants.RULE_SIGNATURES,
+            constants.RULE_ATTESTATIONS,
         },
     )
     require_numeric_user = _bool(obj, constants.FIELD_REQUIRE_NUMERIC_USER, path)
@@ -480,6 +908,7 @@ def _parse_rules(obj: Mapping[str, Any], path: str) -> Rules:
         forbid_root_user=_bool(obj, constants.RULE_FORBID_ROOT_USER, path) or require_numeric_user,
         require_numeric_user=require_numeric_user,
         signatures=signatures,
+        attestations=_parse_attestations(obj, path),
     )
 
 
@@ -530,7 +959,11 @@ def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
     try:
         name, generation = _parse_header(obj)
         spec = _mapping(obj, "spec", "")
-        _check_fields(spec, "spec", {"mode", "failurePolicy", "match", "rules", "pinDigest"})
+        _check_fields(
+            spec,
+            "spec",
+            {"mode", "failurePolicy", "match", "rules", "pinDigest", "allowExceptions"},
+        )
         return ImagePolicy(
             name=name,
             generation=generation,
@@ -539,6 +972,8 @@ def parse_policy(obj: Mapping[str, Any]) -> ImagePolicy:
             match=_parse_match(_mapping(spec, "match", "spec"), "spec.match"),
             rules=_parse_rules(_mapping(spec, "rules", "spec"), "spec.rules"),
             pin_digest=_bool(spec, "pinDigest", "spec"),
+            allow_exceptions=spec.get("allowExceptions") is None
+            or _bool(spec, "allowExceptions", "spec"),
         )
     except _Invalid as error:
         # `from None`: the field path and reason are the whole story for the reader.

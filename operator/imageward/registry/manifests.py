@@ -407,6 +407,7 @@ def build_platform_image(
         ),
         config_digest=content.config.digest,
         config=config,
+        size=fetched.size,
     )
 
 
@@ -421,6 +422,7 @@ def build_facts(
         media_type=top.media_type,
         is_index=top.is_index,
         images=tuple(images),
+        size=top.size,
     )
 
 

@@ -97,6 +97,8 @@ class PlatformImage:
     #: oversized or malformed: the rules that need the config refuse with this reason,
     #: the others (sizes, signatures) still decide.
     config_problem: str | None = None
+    #: Bytes of the manifest (what a descriptor of it says; Notation payloads name it).
+    size: int | None = None
 
     @property
     def compressed_size(self) -> int:
@@ -122,3 +124,5 @@ class ImageFacts:
     media_type: str
     is_index: bool
     images: tuple[PlatformImage, ...]
+    #: Bytes of the manifest or index `digest` names.
+    size: int | None = None

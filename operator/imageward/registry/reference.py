@@ -60,6 +60,7 @@ def _parse_inet_aton(name: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(number)
 
 
+@functools.lru_cache(maxsize=4096)
 def build_canonical_host(host: str) -> str:
     """The registry host as matching and caching compare it: one spelling per endpoint.
 
@@ -68,6 +69,7 @@ def build_canonical_host(host: str) -> str:
     leading zeros and `:443` (the HTTPS default) dropped, IP literals in canonical form
     (`[0:0::1]` is `[::1]`, `127.1` is `127.0.0.1`), Docker Hub's aliases `docker.io`.
     Glob patterns go through here too: what is not a plain host is left as written.
+    Memoised: policy matching asks it for every image of every review.
     """
     host = host.lower()
     if host.startswith("["):

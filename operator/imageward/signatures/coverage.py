@@ -46,6 +46,11 @@ def _outcomes(result: verify.VerificationResult) -> dict[str, verify.AuthorityOu
     return {outcome.authority: outcome for outcome in result.outcomes}
 
 
+def _missing(outcome: verify.AuthorityOutcome | None) -> bool:
+    """No signature of the authority's format at all (not one that failed)."""
+    return outcome is None or outcome.missing or outcome.reason == verify.NO_SIGNATURE
+
+
 def _signers(outcome: verify.AuthorityOutcome | None) -> frozenset[str]:
     return outcome.signers if outcome is not None and outcome.verified else frozenset()
 
@@ -78,6 +83,7 @@ def evaluate_coverage(
         if top_outcome is not None and top_outcome.verified:
             continue
         top_reason = top_outcome.reason if top_outcome is not None else verify.NO_SIGNATURE
+        top_missing = _missing(top_outcome)
         if not per_entry:
             failures.append((name, top_reason))
             continue
@@ -91,6 +97,7 @@ def evaluate_coverage(
             continue
         first, first_outcome = missing[0]
         entry_reason = first_outcome.reason if first_outcome is not None else verify.NO_SIGNATURE
+        entry_missing = _missing(first_outcome)
         if signed:
             failures.append(
                 (
@@ -99,11 +106,11 @@ def evaluate_coverage(
                     f"{', '.join(e.label for e, _ in missing)} ({first.label}: {entry_reason})",
                 )
             )
-        elif top_reason == verify.NO_SIGNATURE and entry_reason != verify.NO_SIGNATURE:
+        elif top_missing and not entry_missing:
             failures.append((name, f"{first.label}: {entry_reason}"))
-        elif top_reason == verify.NO_SIGNATURE:
+        elif top_missing:
             where = ", ".join(e.label for e, _ in missing)
-            failures.append((name, f"{verify.NO_SIGNATURE} on the index or on {where}"))
+            failures.append((name, f"{top_reason} on the index or on {where}"))
         else:
             failures.append((name, top_reason))
     return Coverage(verified=verified, failures=tuple(failures))

@@ -39,7 +39,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from cryptography import exceptions as crypto_exceptions
@@ -384,8 +384,15 @@ def verify_bundle(
     root: TrustedRoot,
     *,
     authority: str,
+    check_statement: Callable[[str, bytes, registry_model.Digest], model.Check] = (
+        bundle.check_statement
+    ),
 ) -> model.Check:
-    """Check a bundle against a keyless authority (see the module docstring)."""
+    """Check a bundle against a keyless authority (see the module docstring).
+
+    `check_statement` judges the verified DSSE payload: cosign's image signature
+    statement by default; attestations pass their own (another predicate type).
+    """
     envelope = parsed.envelope
     if envelope is None:
         return bundle.describe_unverifiable(parsed)
@@ -405,7 +412,7 @@ def verify_bundle(
             )
         return model.Check("untrusted", f"keyless signature not trusted by {authority}: {e}")
     return _signed_by(
-        bundle.check_statement(payload_type, payload, digest), sigstore_bundle.signing_certificate
+        check_statement(payload_type, payload, digest), sigstore_bundle.signing_certificate
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 from imageward import errors
 
-Format = Literal["bundle", "legacy"]
+Format = Literal["bundle", "legacy", "notation"]
 
 #: How one signature fared against one authority; also the `result` metric label.
 Result = Literal[
@@ -23,6 +23,8 @@ Result = Literal[
     "invalid_signature",  # the bytes are not signed by the authority's key/certificate
     "identity_mismatch",  # keyless: a trusted certificate, but of another identity
     "untrusted",  # keyless: chain, SCT or transparency-log evidence does not hold
+    "expired",  # Notation: an expired signature, or a chain not valid at the signing time
+    "revoked",  # Notation: a certificate revoked, or its status unknown with checking on
     "wrong_digest",  # a valid signature over a payload that names another image
     "not_a_signature",  # a valid signature over something that is not an image signature
     "tampered",  # a blob whose bytes do not hash to the digest that names it
@@ -40,9 +42,11 @@ PROGRESS: Final[dict[Result, int]] = {
     "invalid_signature": 3,
     "untrusted": 4,
     "identity_mismatch": 5,
-    "not_a_signature": 6,
-    "wrong_digest": 7,
-    "verified": 8,
+    "expired": 6,
+    "revoked": 7,
+    "not_a_signature": 8,
+    "wrong_digest": 9,
+    "verified": 10,
 }
 
 
@@ -66,6 +70,15 @@ class Check:
 
 
 VERIFIED: Final = Check("verified")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """The media type and size of the manifest a digest names: a Notation payload names
+    all three (cosign payloads name only the digest)."""
+
+    media_type: str
+    size: int
 
 
 class Refused(Exception):

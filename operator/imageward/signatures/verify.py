@@ -8,6 +8,12 @@ the refusal message, and for `imageward_signature_verifications_total`.
 An authority verifies when any one signature verifies with it. Each authority that
 does not gets the reason of the signature that got furthest (see `model.PROGRESS`),
 "no signature found" when there was none at all.
+
+Three formats: cosign's legacy `.sig` payloads and Sigstore bundles (for `key` and
+`keyless` authorities) and Notary Project signatures (for `notation` authorities; see
+`imageward.notation`). An authority only reads its own format: a Notation signature
+never counts for a cosign key, nor a cosign signature for a Notation trust store, and
+when an image carries only the other format the reason says so.
 """
 
 from __future__ import annotations
@@ -16,14 +22,21 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from imageward.registry import model as registry_model
 from imageward.signatures import bundle, keys, legacy, model
 
 if TYPE_CHECKING:
     # sigstore costs a third of a second to import: only keyless authorities load it.
+    from imageward.notation import revocation as notation_revocation
+    from imageward.notation import trust as notation_trust
+    from imageward.notation import verify as notation_verify
     from imageward.signatures import keyless
 
 NO_SIGNATURE = "no signature found"
+NO_NOTATION_SIGNATURE = "no Notation signature found"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,7 +58,16 @@ class KeylessAuthority:
     trusted_root: keyless.TrustedRoot
 
 
-Authority = KeyAuthority | KeylessAuthority
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotationAuthority:
+    """Notary Project signatures whose chain reaches a trust store, of trusted identities."""
+
+    kind: ClassVar[Literal["notation"]] = "notation"
+    name: str
+    policy: notation_trust.TrustPolicy
+
+
+Authority = KeyAuthority | KeylessAuthority | NotationAuthority
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,7 +76,8 @@ class SignatureSet:
 
     `legacy_manifests`: the manifest at tag `sha256-<hex>.sig` (none when that tag does
     not exist). `bundle_manifests`: referrer manifests of the digest (from the
-    referrers API or the `sha256-<hex>` tag index); non-bundle artifacts are skipped.
+    referrers API or the `sha256-<hex>` tag index): Sigstore bundles and Notation
+    signatures; other artifacts are skipped.
     `blobs`: layer blobs by digest, for both (payloads and bundles); a blob is checked
     against its digest again here.
     """
@@ -62,6 +85,10 @@ class SignatureSet:
     legacy_manifests: tuple[bytes, ...] = ()
     bundle_manifests: tuple[bytes, ...] = ()
     blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    #: The manifest at tag `sha256-<hex>.att` (legacy attestations: DSSE envelopes as
+    #: layers), when attestations were asked for; attestation bundles are referrers,
+    #: among `bundle_manifests`.
+    attestation_manifests: tuple[bytes, ...] = ()
     #: What the registry served but could not be used, by blob digest (or by the
     #: manifest or list it concerns): missing, over a size cap, tampered. Each such
     #: signature is refused with its reason; the others still count.
@@ -73,6 +100,7 @@ class SignatureSet:
         return (
             sum(len(m) for m in self.legacy_manifests)
             + sum(len(m) for m in self.bundle_manifests)
+            + sum(len(m) for m in self.attestation_manifests)
             + sum(len(b) for b in self.blobs.values())
         )
 
@@ -91,12 +119,14 @@ class Attempt:
 @dataclasses.dataclass(frozen=True, slots=True)
 class AuthorityOutcome:
     authority: str
-    kind: Literal["key", "keyless"]
+    kind: Literal["key", "keyless", "notation"]
     verified: bool
     reason: str  # empty when verified
     format: model.Format | None = None  # of the signature that verified, or that got furthest
     #: Every signer (key or certificate identity) whose signature verified for it.
     signers: frozenset[str] = frozenset()
+    #: No signature of the authority's format was found at all.
+    missing: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,7 +172,15 @@ class _Candidate:
     legacy: legacy.LegacySignature | None = None
     payload: bytes | None = None  # legacy payload, digest-checked
     bundle: bundle.Bundle | None = None
+    notation: notation_verify.SignatureRef | None = None
     broken: model.Check | None = None
+    #: A problem of the whole lookup (a referrers list that cannot be read): it
+    #: concerns every authority, whatever its format.
+    generic: bool = False
+
+    @property
+    def is_notation(self) -> bool:
+        return self.format == "notation"
 
 
 def _unreadable(error: Exception, label: str) -> model.Check:
@@ -170,6 +208,21 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
     # Bundles first: cosign v3 writes them by default, so they usually decide.
     for index, manifest in enumerate(signatures.bundle_manifests):
         label = f"referrer manifest #{index}"
+        try:
+            notation_refs = _notation_refs(manifest)
+        except Exception as e:
+            found.append(_Candidate("notation", label, broken=_unreadable(e, label)))
+            continue
+        if notation_refs is not None:
+            for notation_ref in notation_refs:
+                named.add(notation_ref.layer_digest)
+                problem = _problem(signatures, notation_ref.layer_digest, notation_ref.label)
+                found.append(
+                    dataclasses.replace(problem, format="notation")
+                    if problem is not None
+                    else _Candidate("notation", notation_ref.label, notation=notation_ref)
+                )
+            continue
         try:
             refs = bundle.parse_referrer_manifest(manifest)
         except Exception as e:
@@ -211,24 +264,63 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
     # itself could not be used) still say why nothing verified.
     for what, reason in signatures.problems.items():
         if what not in named:
-            found.append(_Candidate("bundle", what, broken=model.Check("malformed", reason)))
+            found.append(
+                _Candidate("bundle", what, broken=model.Check("malformed", reason), generic=True)
+            )
     return found
 
 
+def _notation_refs(manifest: bytes) -> tuple[notation_verify.SignatureRef, ...] | None:
+    """The envelope of a Notation signature manifest, None for any other referrer."""
+    if b"application/vnd.cncf.notary.signature" not in manifest:
+        return None  # cheap: most referrers are cosign bundles
+    from imageward.notation import verify as notation_verify
+
+    return notation_verify.parse_signature_manifest(manifest)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Context:
+    """What a Notation check needs beyond the digest (cosign payloads name only that)."""
+
+    blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    target: model.Target | None = None
+    revocation: notation_revocation.Statuses | None = None
+
+
 def _check(
-    candidate: _Candidate, digest: registry_model.Digest, authority: Authority
+    candidate: _Candidate,
+    digest: registry_model.Digest,
+    authority: Authority,
+    context: _Context,
 ) -> model.Check:
     try:
-        return _check_unguarded(candidate, digest, authority)
+        return _check_unguarded(candidate, digest, authority, context)
     except Exception as e:  # see `_unreadable`: refuse this signature, never escape
         return _unreadable(e, candidate.label)
 
 
 def _check_unguarded(
-    candidate: _Candidate, digest: registry_model.Digest, authority: Authority
+    candidate: _Candidate,
+    digest: registry_model.Digest,
+    authority: Authority,
+    context: _Context,
 ) -> model.Check:
     if candidate.broken is not None:
         return candidate.broken
+    if isinstance(authority, NotationAuthority):
+        assert candidate.notation is not None
+        from imageward.notation import verify as notation_verify
+
+        return notation_verify.verify_signature(
+            candidate.notation,
+            context.blobs,
+            digest,
+            context.target,
+            authority.policy,
+            authority=authority.name,
+            revocation=context.revocation,
+        )
     if candidate.bundle is not None:
         if isinstance(authority, KeyAuthority):
             return bundle.verify_with_key(
@@ -260,23 +352,56 @@ def _check_unguarded(
     )
 
 
+def _reads(authority: Authority, candidate: _Candidate) -> bool:
+    """Whether an authority reads a signature: its own format (or a lookup problem)."""
+    if candidate.generic:
+        return True
+    return candidate.is_notation == isinstance(authority, NotationAuthority)
+
+
+def _missing(authority: Authority, candidates: Sequence[_Candidate]) -> str:
+    """Why an authority found nothing it reads, naming the other format when present."""
+    notation = isinstance(authority, NotationAuthority)
+    others = sum(1 for c in candidates if c.is_notation != notation and not c.generic)
+    if notation:
+        return (
+            f"{NO_NOTATION_SIGNATURE} (only cosign signatures)" if others else NO_NOTATION_SIGNATURE
+        )
+    if others:
+        return (
+            f"{NO_SIGNATURE} for cosign (only Notation signatures, which need a notation authority)"
+        )
+    return NO_SIGNATURE
+
+
 def verify(
     digest: registry_model.Digest,
     signatures: SignatureSet,
     authorities: Sequence[Authority],
     threshold: int,
+    *,
+    target: model.Target | None = None,
+    revocation: notation_revocation.Statuses | None = None,
 ) -> VerificationResult:
-    """Check every authority against the signatures found for `digest`."""
+    """Check every authority against the signatures found for `digest`.
+
+    `target` is the media type and size of the manifest `digest` names (a Notation
+    payload names all three); `revocation` the statuses `notation.revocation` looked up
+    for authorities that check revocation.
+    """
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1, not {threshold}")
     candidates = _candidates(signatures)
+    context = _Context(blobs=signatures.blobs, target=target, revocation=revocation)
     attempts: list[Attempt] = []
     outcomes: list[AuthorityOutcome] = []
     for authority in authorities:
         best: tuple[model.Check, _Candidate] | None = None
         signers: set[str] = set()
         for candidate in candidates:
-            check = _check(candidate, digest, authority)
+            if not _reads(authority, candidate):
+                continue
+            check = _check(candidate, digest, authority, context)
             attempts.append(
                 Attempt(
                     authority.name, candidate.format, candidate.label, check.result, check.reason
@@ -289,10 +414,18 @@ def verify(
                     # One key is one signer, whatever it signed: no need to look further.
                     signers.add(f"key {authority.key.fingerprint}")
                     break
-                # Keyless: every identity that signed may count towards a threshold.
-                signers.add(check.signer or f"keyless {authority.name}")
+                # Keyless and Notation: every signer may count towards a threshold.
+                signers.add(check.signer or f"{authority.kind} {authority.name}")
         if best is None:
-            outcomes.append(AuthorityOutcome(authority.name, authority.kind, False, NO_SIGNATURE))
+            outcomes.append(
+                AuthorityOutcome(
+                    authority.name,
+                    authority.kind,
+                    False,
+                    _missing(authority, candidates),
+                    missing=True,
+                )
+            )
             continue
         check, candidate = best
         outcomes.append(
@@ -312,6 +445,43 @@ def verify(
         attempts=tuple(attempts),
         signatures_found=len(candidates),
     )
+
+
+def revocation_chains(
+    digest: registry_model.Digest,
+    signatures: SignatureSet,
+    authorities: Sequence[Authority],
+    *,
+    target: model.Target | None = None,
+) -> list[tuple[x509.Certificate, ...]]:
+    """The chains whose revocation status the authorities that check it need: those of
+    Notation signatures that pass everything else and reach the trust store."""
+    wanting = [
+        a for a in authorities if isinstance(a, NotationAuthority) and a.policy.revocation != "skip"
+    ]
+    if not wanting:
+        return []
+    from imageward.notation import verify as notation_verify
+
+    chains: dict[bytes, tuple[x509.Certificate, ...]] = {}
+    for candidate in _candidates(signatures):
+        if candidate.notation is None or candidate.broken is not None:
+            continue
+        for authority in wanting:
+            try:
+                found = notation_verify.trusted_chain(
+                    candidate.notation,
+                    signatures.blobs,
+                    digest,
+                    target,
+                    authority.policy,
+                    authority=authority.name,
+                )
+            except Exception:  # a signature that cannot be read has no chain to look up
+                found = None
+            if found is not None:
+                chains[b"".join(c.fingerprint(hashes.SHA256()) for c in found)] = found
+    return list(chains.values())
 
 
 def count_signers(signer_sets: Sequence[frozenset[str]]) -> int:

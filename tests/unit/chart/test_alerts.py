@@ -27,7 +27,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_rules_file_is_a_plain_prometheus_rule_file() -> None:
     output = promtool("check", "rules", str(chart.ALERTS)).stdout
-    assert "SUCCESS: 5 rules found" in output
+    assert "SUCCESS: 6 rules found" in output
 
 
 def test_every_alert_is_documented_and_routed() -> None:
@@ -38,6 +38,7 @@ def test_every_alert_is_documented_and_routed() -> None:
         "ImagewardAdmissionLatencyNearTimeout",
         "ImagewardPrePullDegraded",
         "ImagewardRegistryErrors",
+        "ImagewardEnforcedPolicyViolatedByRunningWorkloads",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
@@ -60,6 +61,8 @@ ADMISSIONS = "imageward_admission_requests_total"
 LATENCY = "imageward_admission_duration_seconds_bucket"
 NODES = "imageward_prepull_nodes"
 REGISTRY = "imageward_registry_requests_total"
+RUNNING = "imageward_running_violations"
+MODE = "imageward_policy_mode"
 
 
 def _series(name: str, values: str, **labels: str) -> dict[str, str]:
@@ -141,6 +144,24 @@ SCENARIOS: list[dict[str, Any]] = [
         "alert_rule_test": [
             _expect("ImagewardRegistryErrors", "10m"),
             _expect("ImagewardRegistryErrors", "20m", {"registry": "ghcr.io"}),
+        ],
+    },
+    {
+        # Two running workloads break an Enforce policy from minute 5; an Audit policy's
+        # violations are what Audit is for: no alert.
+        "input_series": [
+            _series(RUNNING, "0x5 2x30", policy="signed", rule="signatures"),
+            _series(MODE, "1x35", policy="signed", mode="Enforce"),
+            _series(RUNNING, "3x35", policy="sizes", rule="maxLayers"),
+            _series(MODE, "1x35", policy="sizes", mode="Audit"),
+        ],
+        "alert_rule_test": [
+            _expect("ImagewardEnforcedPolicyViolatedByRunningWorkloads", "10m"),
+            _expect(
+                "ImagewardEnforcedPolicyViolatedByRunningWorkloads",
+                "20m",
+                {"policy": "signed", "rule": "signatures"},
+            ),
         ],
     },
 ]

@@ -661,7 +661,66 @@ def test_chart_crds_are_the_repository_crds() -> None:
     assert set(rendered) - set(imageward) == {
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
+        *POLICY_REPORT_CRDS,
     }
+
+
+POLICY_REPORT_CRDS = {"policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io"}
+
+
+def test_policy_report_crds_are_installed_unless_turned_off() -> None:
+    rendered = chart.find_all(chart.render(), "CustomResourceDefinition")
+    crds = {m["metadata"]["name"]: m for m in rendered}
+    assert set(crds) == POLICY_REPORT_CRDS  # templates, so a value can turn them off
+    for crd in crds.values():
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        served = {v["name"] for v in crd["spec"]["versions"] if v["served"]}
+        assert "v1alpha2" in served
+    for values in (
+        {"policyReports": {"installCRDs": False}},
+        {"policyReports": {"enabled": False}},
+    ):
+        assert not chart.find_all(chart.render(values), "CustomResourceDefinition")
+
+
+def test_rbac_for_scans_reports_and_exceptions(default: list[chart.Manifest]) -> None:
+    rules = _rules(chart.find(default, "ClusterRole"))
+    for resource in ("policyreports", "clusterpolicyreports"):
+        assert _verbs_for(rules, "wgpolicyk8s.io", resource) == {
+            "list": {"*"},
+            "watch": {"*"},
+            "create": {"*"},
+            "update": {"imageward"},
+            "delete": {"imageward"},
+        }
+    assert _verbs_for(rules, "imageward.io", "imagepolicyexceptions") == {
+        "list": {"*"},
+        "watch": {"*"},
+    }
+    assert _verbs_for(rules, "imageward.io", "imagepolicyexceptions/status") == {"patch": {"*"}}
+    # No one is granted exceptions by the chart: no Role or binding names the kind
+    # other than the operator's own read access.
+    for manifest in default:
+        if manifest["kind"] in ("Role", "ClusterRole") and manifest is not chart.find(
+            default, "ClusterRole"
+        ):
+            assert not _verbs_for(_rules(manifest), "imageward.io", "imagepolicyexceptions")
+    without = _rules(chart.find(chart.render({"policyReports": {"enabled": False}}), "ClusterRole"))
+    assert not _verbs_for(without, "wgpolicyk8s.io", "policyreports")
+
+
+def test_scan_values_reach_the_operator() -> None:
+    values = {
+        "scan": {"interval": "15m", "concurrency": 3, "registryRequestsPerMinute": 120},
+        "policyReports": {"maxResults": 50},
+    }
+    env = chart.env_of(chart.find(chart.render(values), "Deployment"))
+    assert env["IMAGEWARD_SCAN_INTERVAL"] == "15m"
+    assert env["IMAGEWARD_SCAN_CONCURRENCY"] == "3"
+    assert env["IMAGEWARD_SCAN_REGISTRY_REQUESTS_PER_MINUTE"] == "120"
+    assert env["IMAGEWARD_REPORT_MAX_RESULTS"] == "50"
+    config = settings.from_env(environ={k: v for k, v in env.items() if isinstance(v, str)})
+    assert config.scan.interval == 900 and config.scan.concurrency == 3
 
 
 def test_packaged_chart_holds_the_crd_files(tmp_path: pathlib.Path) -> None:
@@ -680,6 +739,8 @@ def test_packaged_chart_holds_the_crd_files(tmp_path: pathlib.Path) -> None:
         "imageward/dashboards/imageward.json",
         "imageward/alerts/imageward-rules.yaml",
         "imageward/values.schema.json",
+        "imageward/policyreport-crds/wgpolicyk8s.io_policyreports.yaml",
+        "imageward/policyreport-crds/wgpolicyk8s.io_clusterpolicyreports.yaml",
     ):
         assert needed in names
     assert not any(name.startswith("imageward/ci/") for name in names)

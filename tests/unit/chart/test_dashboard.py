@@ -79,6 +79,8 @@ def test_dashboard_shows_what_the_sre_needs() -> None:
         "Signature verifications",
         "Pre-pull nodes",
         "Pre-pull planned and saved bytes",
+        "Running workloads out of policy",
+        "Scan duration",
     } <= titles
     assert 'imageward_policy_evaluations_total{result="fail"}' in text
     for quantile in ("0.5", "0.99"):
@@ -95,6 +97,9 @@ def test_dashboard_shows_what_the_sre_needs() -> None:
         "imageward_prepull_nodes",
         "imageward_prepull_planned_bytes",
         "imageward_prepull_saved_bytes",
+        "imageward_running_violations",
+        "imageward_scan_duration_seconds_bucket",
+        "imageward_policy_exceptions_applied_total",
     ):
         assert name in text
 

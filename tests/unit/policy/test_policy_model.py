@@ -176,7 +176,8 @@ _DELETE = object()
         (
             "spec.extra",
             1,
-            "spec.extra: unknown field (known: failurePolicy, match, mode, pinDigest, rules)",
+            "spec.extra: unknown field (known: allowExceptions, failurePolicy, match, mode, "
+            "pinDigest, rules)",
         ),
         (
             "spec.match.images",
@@ -213,8 +214,8 @@ _DELETE = object()
             "1Gi",
             (
                 "spec.rules.maxCompresedSize: unknown field (known: allowedRegistries, "
-                "forbidRootUser, forbiddenTags, maxCompressedSize, maxLayerSize, maxLayers, "
-                "requireDigest, requireNumericUser, signatures)"
+                "attestations, forbidRootUser, forbiddenTags, maxCompressedSize, maxLayerSize, "
+                "maxLayers, requireDigest, requireNumericUser, signatures)"
             ),
         ),
         (
@@ -299,12 +300,12 @@ _DELETE = object()
         (
             "spec.rules.signatures.authorities[0].keyless",
             {"issuer": "x", "subject": "y"},
-            "spec.rules.signatures.authorities[0]: set exactly one of key and keyless",
+            "spec.rules.signatures.authorities[0]: set exactly one of key, keyless and notation",
         ),
         (
             "spec.rules.signatures.authorities[0].key",
             _DELETE,
-            "spec.rules.signatures.authorities[0]: set exactly one of key and keyless",
+            "spec.rules.signatures.authorities[0]: set exactly one of key, keyless and notation",
         ),
         (
             "spec.rules.signatures.authorities[0].key.secretRef",
