@@ -229,9 +229,12 @@ class Reflector(Generic[T]):
         while True:
             try:
                 resource_version = await self._list()
-                backoff = _BACKOFF_FIRST
                 while True:
                     resource_version = await self._watch(resource_version)
+                    # Reset only once a watch ran its course: a list can succeed where
+                    # the watch fails at once (a missing CRD lists as None, 404), and
+                    # resetting after the list would retry that every second forever.
+                    backoff = _BACKOFF_FIRST
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a broken watch (410 Gone, network): list again
