@@ -467,7 +467,9 @@ class ControlPlane:
         existing = self.get_json("nodes")["items"]
         first = len(existing) if start is None else start
         names = [f"{prefix}{i}" for i in range(first, first + count)]
-        self.apply(*(build_kwok_node(name) for name in names))
+        # In batches: one apply of 700 nodes outlasts kubectl's 60 s on a loaded machine.
+        for batch in range(0, len(names), _NODE_BATCH):
+            self.apply(*(build_kwok_node(name) for name in names[batch : batch + _NODE_BATCH]))
 
         def all_ready() -> bool:
             items = self.get_json("nodes")["items"]
@@ -497,6 +499,9 @@ class ControlPlane:
     def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
         result = self.kubectl("create", "token", name, "-n", namespace, f"--duration={seconds}s")
         return result.stdout.strip()
+
+
+_NODE_BATCH = 100  # nodes per apply in add_nodes
 
 
 def build_kwok_node(name: str) -> dict[str, Any]:
