@@ -25,6 +25,7 @@ from imageward.localcluster import controlplane, processes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
+REPORT_CRDS = ROOT / "charts" / "imageward" / "policyreport-crds"
 OPERATOR_NAMESPACE = "imageward-system"
 
 
@@ -34,7 +35,9 @@ def load_note() -> str:
 
 
 def install_crds(plane: controlplane.ControlPlane) -> None:
-    for crd in sorted(CRDS.glob("*.yaml")):
+    """imageward's CRDs and the PolicyReport ones the chart installs by default (without
+    them the background scanner's report caches have nothing to watch)."""
+    for crd in [*sorted(CRDS.glob("*.yaml")), *sorted(REPORT_CRDS.glob("*.yaml"))]:
         plane.kubectl("apply", "--server-side", "-f", str(crd))
         plane.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=30s")
 

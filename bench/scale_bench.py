@@ -261,8 +261,18 @@ def slow_share(before: tuple[float, float], after: tuple[float, float]) -> float
     return (total - fast) / total * 100 if total else 0.0
 
 
-#: Callbacks that are admission's own work (aiohttp's request tasks, TLS reads).
-_ADMISSION_CALLBACKS = ("RequestHandler", "_read_ready", "SSLProtocol", "serve")
+#: Callbacks that are admission's own work: aiohttp's request tasks, TLS reads, and the
+#: tasks a review gathers (one per image, registry lookups). The background scanner's
+#: image checks run under the same names, so they count as admission's here; its own
+#: outer tasks still count as the controllers'.
+_ADMISSION_CALLBACKS = (
+    "RequestHandler",
+    "_read_ready",
+    "SSLProtocol",
+    "serve",
+    "_check_image",
+    "RegistryClient",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
