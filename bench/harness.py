@@ -25,6 +25,7 @@ from imageward.localcluster import controlplane, processes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
+REPORT_CRDS = ROOT / "charts" / "imageward" / "policyreport-crds"
 OPERATOR_NAMESPACE = "imageward-system"
 
 
@@ -34,7 +35,9 @@ def load_note() -> str:
 
 
 def install_crds(plane: controlplane.ControlPlane) -> None:
-    for crd in sorted(CRDS.glob("*.yaml")):
+    """imageward's CRDs and the PolicyReport ones the chart installs by default (without
+    them the background scanner's report caches have nothing to watch)."""
+    for crd in [*sorted(CRDS.glob("*.yaml")), *sorted(REPORT_CRDS.glob("*.yaml"))]:
         plane.kubectl("apply", "--server-side", "-f", str(crd))
         plane.kubectl("wait", "--for=condition=Established", "-f", str(crd), "--timeout=30s")
 
@@ -104,11 +107,14 @@ def running_operator(
     cpu: int | None = 0,
     env: Mapping[str, str] | None = None,
     profile: pathlib.Path | None = None,
+    loopwatch: pathlib.Path | None = None,
 ) -> Iterator[Operator]:
     """Start the operator (on CPU `cpu` when taskset exists) and stop it afterwards.
 
-    With `profile`, it runs under pyinstrument (install it into the venv by hand; it is
-    no dependency), which writes a text report there when the operator stops.
+    With `loopwatch`, every event-loop callback's CPU time is logged there
+    (`bench/loopwatch.py`). With `profile`, it runs under pyinstrument (install it into
+    the venv by hand; it is no dependency), which writes a text report there when the
+    operator stops.
     """
     port, metrics_port = processes.free_port(), processes.free_port()
     webhook_url = f"https://127.0.0.1:{port}"
@@ -121,11 +127,13 @@ def running_operator(
         IMAGEWARD_WEBHOOK_URL=webhook_url,
         IMAGEWARD_METRICS_PORT=str(metrics_port),
         IMAGEWARD_INSECURE_REGISTRIES=",".join(insecure_registries),
-        **(env or {}),
     )
+    environment.update(env or {})  # the caller's win (e.g. KUBECONFIG of another identity)
     argv = [sys.executable, "-m", "imageward", "run", "--standalone"]
     if profile is not None:
         argv[1:1] = ["-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile)]
+    elif loopwatch is not None:
+        argv[1:1] = [str(ROOT / "bench" / "loopwatch.py"), str(loopwatch)]
     taskset = shutil.which("taskset")
     if cpu is not None and taskset:
         argv = [taskset, "-c", str(cpu), *argv]

@@ -66,6 +66,7 @@ class Kube:
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.authorization = kubernetes.client.AuthorizationV1Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -216,6 +217,71 @@ class Kube:
             name,
         )
         return result
+
+    async def patch_namespaced_custom_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch of a custom object's status subresource; None when the
+        object is gone."""
+        result: dict[str, Any] | None = await self._call(
+            f"patch {plural}.{group} {namespace}/{name} status",
+            self.custom.patch_namespaced_custom_object_status,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            dict(patch),
+            _content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def patch_cluster_custom_status(
+        self, group: str, version: str, plural: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch of a cluster-scoped custom object's status subresource."""
+        result: dict[str, Any] | None = await self._call(
+            f"patch {plural}.{group} {name} status",
+            self.custom.patch_cluster_custom_object_status,
+            group,
+            version,
+            plural,
+            name,
+            dict(patch),
+            _content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def may(
+        self, verb: str, resource: str, *, namespace: str, name: str, group: str = ""
+    ) -> bool:
+        """Whether this identity may `verb` the named object (a SelfSubjectAccessReview:
+        asks instead of trying, so nothing is refused and logged as forbidden)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "namespace": namespace,
+                    "name": name,
+                }
+            },
+        }
+        answer = await self._call(
+            f"review {verb} {resource} {namespace}/{name}",
+            self.authorization.create_self_subject_access_review,
+            review,
+        )
+        return bool(((answer or {}).get("status") or {}).get("allowed"))
 
     async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self._call(

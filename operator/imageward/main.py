@@ -12,6 +12,7 @@ import os
 import pathlib
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -22,7 +23,6 @@ from imageward.admission import endpoints as admission_endpoints
 from imageward.admission import serving
 from imageward.policystore import LoadedPolicy
 from imageward.prepull import controller as prepull_controller
-from imageward.prepull import model as prepull_model
 from imageward.reports import scanner as reports_scanner
 
 logger = logging.getLogger(__name__)
@@ -142,49 +142,54 @@ def _ready_condition(loaded: LoadedPolicy) -> dict[str, Any]:
 @kopf.on.update(*_POLICY, field="spec")
 async def policy_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     loaded = await _runtime(memo).load_policy(body)
-    _write_policy_status(body, patch, loaded)
+    patch.status.update(build_policy_status(body.get("status") or {}, loaded))
 
 
-def _write_policy_status(body: kopf.Body, patch: kopf.Patch, loaded: LoadedPolicy) -> None:
+def build_policy_status(current: Mapping[str, Any], loaded: LoadedPolicy) -> dict[str, Any]:
+    """The status fields to write for a loaded policy; empty when its Ready condition
+    already says so."""
     condition = _ready_condition(loaded)
-    current = [
-        c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"
-    ]
-    if current and all(current[0].get(k) == v for k, v in condition.items()):
-        return
+    found = [c for c in current.get("conditions") or [] if c.get("type") == "Ready"]
+    if found and all(found[0].get(k) == v for k, v in condition.items()):
+        return {}
     condition["lastTransitionTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    patch.status["conditions"] = [condition]
-    patch.status["observedGeneration"] = loaded.generation
+    return {"conditions": [condition], "observedGeneration": loaded.generation}
 
 
-@kopf.timer(*_POLICY, interval=15.0, initial_delay=15.0, idle=None)
-async def policy_refresh(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    # Key material in Secrets / ConfigMaps can change without the policy changing. Only
-    # policies that reference some (or could not be loaded) are read again.
+@kopf.daemon(*_POLICY, cancellation_timeout=5.0)
+async def policy_follow(
+    body: kopf.Body, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    # A policy is loaded again when key material it references changes (the runtime's
+    # key-material follower, in every replica); this replica (the peering leader) then
+    # writes the Ready condition if it changed. No timer: it sleeps until then.
     state = _runtime(memo)
-    current = state.store.get(body["metadata"]["name"])
-    if current is not None and current.usable and not _references_objects(body):
-        return
-    loaded = await state.load_policy(body)
-    _write_policy_status(body, patch, loaded)
-
-
-def _references_objects(body: kopf.Body) -> bool:
-    rules = (body.get("spec") or {}).get("rules") or {}
-    authorities = list((rules.get("signatures") or {}).get("authorities") or [])
-    for entry in rules.get("attestations") or []:
-        if isinstance(entry, dict):
-            authorities += entry.get("authorities") or []
-    return any(
-        (a.get("key") or {}).get("secretRef") or (a.get("keyless") or {}).get("trustedRoot")
-        for a in authorities
-        if isinstance(a, dict)
-    )
+    while not stopped:
+        signal = state.policy_signal(name)
+        waiter = asyncio.ensure_future(signal.wait())
+        stopping = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait([waiter, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopping.cancel()
+        if stopped:
+            return
+        signal.clear()
+        loaded = state.store.get(name)
+        if loaded is None:
+            continue
+        fields = build_policy_status(body.get("status") or {}, loaded)
+        if fields:
+            try:
+                await state.kube.patch_cluster_custom_status(*_POLICY, name, {"status": fields})
+            except kube.KubeError as e:  # logged; the next change writes again
+                logger.warning("ImagePolicy %s: could not write status: %s", name, e)
 
 
 @kopf.on.delete(*_POLICY, optional=True)
 async def policy_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
-    _runtime(memo).store.remove(name)
+    _runtime(memo).remove_policy(name)
 
 
 # -- TLS renewal -------------------------------------------------------------------------
@@ -197,13 +202,9 @@ async def policy_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
 # -- PrePull -------------------------------------------------------------------------------
 
 _PREPULL = (constants.GROUP, constants.VERSION, constants.PREPULL_PLURAL)
-_PROGRESS_INTERVAL = 5.0  # seconds between node-progress refreshes of each PrePull
 # `imageward.io/paused: "true"` stops reconciling a PrePull (what it made stays as it is),
 # e.g. while someone investigates a node; remove the annotation to resume.
 _NOT_PAUSED = {constants.ANNOTATION_PAUSED: kopf.ABSENT}
-# Where each PrePull's last findings live: Kopf's per-object memo (in memory; after a
-# restart the resume handler reconciles first and finds them again).
-_FINDINGS = "prepull_findings"
 
 
 def _prepull(memo: kopf.Memo) -> prepull_controller.PrePullState:
@@ -227,55 +228,27 @@ async def prepull_stop(memo: kopf.Memo, **_: Any) -> None:
         await state.close()
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, fields: dict[str, Any]) -> None:
-    current = body.get("status") or {}
-    for key, value in fields.items():
-        if current.get(key) != value:
-            patch.status[key] = value
-
-
 @kopf.on.resume(*_PREPULL, annotations=_NOT_PAUSED)
 @kopf.on.create(*_PREPULL, annotations=_NOT_PAUSED)
 @kopf.on.update(*_PREPULL, field="spec", annotations=_NOT_PAUSED)
-async def prepull_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    fields, findings = await prepull_controller.reconcile(
-        _prepull(memo), body, previous_status=body.get("status") or {}
-    )
-    memo[_FINDINGS] = findings
-    _patch_status(body, patch, fields)
+async def prepull_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # Reconciles and writes status itself (the follower below writes the later ones).
+    await prepull_controller.changed(_prepull(memo), body)
 
 
-@kopf.timer(
-    *_PREPULL,
-    interval=_PROGRESS_INTERVAL,
-    initial_delay=_PROGRESS_INTERVAL,
-    idle=None,
-    annotations=_NOT_PAUSED,
-)
-async def prepull_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    state = _prepull(memo)
-    previous = body.get("status") or {}
+@kopf.daemon(*_PREPULL, annotations=_NOT_PAUSED, cancellation_timeout=5.0)
+async def prepull_follow(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    # Status follows the watch-fed caches (DaemonSets, pods, agent reports, nodes): woken
+    # by what concerns this PrePull, asleep otherwise; tags are re-resolved on schedule.
+    stop = asyncio.Event()
+    waiter = asyncio.ensure_future(stopped.wait())
+    waiter.add_done_callback(lambda _: stop.set())
     try:
-        spec = prepull_model.parse_prepull(body)
-    except prepull_model.PrePullError:
-        return  # prepull_changed reported it; nothing runs until the spec is fixed
-    findings = memo.get(_FINDINGS)
-    generation = int(body["metadata"].get("generation") or 0)
-    if findings is None or prepull_controller.evaluate_refresh_due(
-        spec, findings, previous.get("lastResolved"), generation
-    ):
-        fields, findings = await prepull_controller.reconcile(state, body, previous_status=previous)
-        memo[_FINDINGS] = findings
-    else:
-        fields = await prepull_controller.node_progress(
-            state,
-            body,
-            spec,
-            previous.get("images") or [],
-            findings,
-            previous.get("conditions") or [],
-        )
-    _patch_status(body, patch, fields)
+        await prepull_controller.follow(_prepull(memo), body, stop=stop)
+    finally:
+        waiter.cancel()
 
 
 @kopf.on.event(*_PREPULL)

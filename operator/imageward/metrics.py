@@ -87,6 +87,19 @@ prepull_saved_bytes = prometheus_client.Gauge(
     ["namespace", "prepull"],
     registry=REGISTRY,
 )
+prepull_status_writes = prometheus_client.Counter(
+    "imageward_prepull_status_writes_total",
+    "PrePull status patches the controller sent (one per change it saw, at most one per "
+    "PrePull per IMAGEWARD_PREPULL_STATUS_INTERVAL).",
+    registry=REGISTRY,
+)
+policy_reloads = prometheus_client.Counter(
+    "imageward_policy_reloads_total",
+    "ImagePolicies loaded again because key material they reference changed (trigger: "
+    "watch, poll, retry).",
+    ["trigger"],
+    registry=REGISTRY,
+)
 agent_fetched_bytes = prometheus_client.Counter(
     "imageward_agent_fetched_bytes_total",
     "Bytes the node agent fetched into containerd.",

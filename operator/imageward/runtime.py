@@ -3,7 +3,9 @@
 Built once at start-up from Settings; `main.py` handlers stay thin by delegating here.
 Pure decisions live in `policy/`, `admission/`, `signatures/`, `prepull/`; this module
 only fetches what they need (policies' key material, pull secrets, namespace labels)
-with short-lived caches, and posts Events.
+with short-lived caches, and posts Events. Policies are followed by a watch, and the
+key material they reference by `keymaterial.Follower` (a watch per object where RBAC
+allows it, else one read per object per interval), in every replica.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from typing import Any
 import cachetools
 import kubernetes
 
-from imageward import checker, constants, errors, imagesource, kube, policystore, settings
+from imageward import (
+    checker,
+    constants,
+    errors,
+    imagesource,
+    keymaterial,
+    kube,
+    policystore,
+    settings,
+)
 from imageward.admission import workloads
 from imageward.exceptions import store as exceptions_store
 from imageward.policy import model as policy_model
@@ -61,6 +72,11 @@ class Runtime:
             maxsize=4096, ttl=_LOOKUP_TTL
         )
         self._background: set[asyncio.Task[None]] = set()
+        self._bodies: dict[str, Mapping[str, Any]] = {}
+        self._signals: dict[str, asyncio.Event] = {}
+        self.key_material = keymaterial.Follower(
+            kube_api, interval=config.policy.key_material_refresh, reload=self._reload_policies
+        )
 
     @classmethod
     def build(cls, config: settings.Settings) -> Runtime:
@@ -72,6 +88,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.key_material.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -82,23 +99,75 @@ class Runtime:
 
     # -- policies ---------------------------------------------------------------------------
 
-    async def _read_secret_key(self, ref: policy_model.SecretKeyRef) -> bytes | None:
-        secret = await self.kube.read_secret(ref.namespace, ref.name)
-        return policystore.decode_secret_value(secret, ref.key)
-
-    async def _read_config_map_key(self, ref: policy_model.ConfigMapKeyRef) -> str | None:
-        config_map = await self.kube.read_config_map(ref.namespace, ref.name)
-        if not config_map:
-            return None
-        value = (config_map.get("data") or {}).get(ref.key)
-        return value if isinstance(value, str) else None
-
     async def load_policy(self, body: Mapping[str, Any]) -> policystore.LoadedPolicy:
+        """Load a policy (reading its key material), put it in the store, and note what
+        it read for the key-material follower."""
+        reads: dict[keymaterial.Ref, str] = {}
+
+        async def read(ref: keymaterial.Ref) -> dict[str, Any] | None:
+            try:
+                if ref.kind == keymaterial.SECRET:
+                    body = await self.kube.read_secret(ref.namespace, ref.name)
+                else:
+                    body = await self.kube.read_config_map(ref.namespace, ref.name)
+            except kube.KubeError:
+                reads[ref] = keymaterial.UNKNOWN
+                raise
+            reads[ref] = keymaterial.build_version(body)
+            return body
+
+        async def read_secret(ref: policy_model.SecretKeyRef) -> bytes | None:
+            secret = await read(keymaterial.Ref(keymaterial.SECRET, ref.namespace, ref.name))
+            return policystore.decode_secret_value(secret, ref.key)
+
+        async def read_config_map(ref: policy_model.ConfigMapKeyRef) -> str | None:
+            config_map = await read(
+                keymaterial.Ref(keymaterial.CONFIG_MAP, ref.namespace, ref.name)
+            )
+            value = ((config_map or {}).get("data") or {}).get(ref.key)
+            return value if isinstance(value, str) else None
+
         loaded = await policystore.load_policy(
-            body, read_secret=self._read_secret_key, read_config_map=self._read_config_map_key
+            body, read_secret=read_secret, read_config_map=read_config_map
         )
         self.store.put(loaded)
+        self._bodies[loaded.name] = body
+        self.key_material.note(loaded.name, reads)
         return loaded
+
+    def _unchanged(self, body: Mapping[str, Any]) -> bool:
+        """A policy event that changes nothing loaded (its status, its metadata): the
+        spec's generation is the one in the store. Key material is the follower's."""
+        metadata = body.get("metadata") or {}
+        name = metadata.get("name")
+        loaded = self.store.get(name) if isinstance(name, str) else None
+        if loaded is None or loaded.generation != metadata.get("generation"):
+            return False
+        self._bodies[loaded.name] = body
+        return True
+
+    def remove_policy(self, name: str) -> None:
+        self.store.remove(name)
+        self._bodies.pop(name, None)
+        self.key_material.forget(name)
+        signal = self._signals.pop(name, None)
+        if signal is not None:
+            signal.set()
+
+    def policy_signal(self, name: str) -> asyncio.Event:
+        """Set when the policy was loaded again because its key material changed (its
+        status may have to change; changes of the policy itself are Kopf's handlers')."""
+        signal = self._signals.get(name)
+        if signal is None:
+            signal = self._signals[name] = asyncio.Event()
+        return signal
+
+    async def _reload_policies(self, names: Sequence[str], trigger: str) -> None:
+        for name in names:
+            body = self._bodies.get(name)
+            if body is not None:
+                await self.load_policy(body)
+                self.policy_signal(name).set()
 
     async def load_all_policies(self) -> str:
         """Load every ImagePolicy (before the webhook serves, so a restart never fails
@@ -115,7 +184,7 @@ class Runtime:
         for item in items:
             names.add((await self.load_policy(item)).name)
         for stale in {p.name for p in self.store.snapshot()} - names:
-            self.store.remove(stale)
+            self.remove_policy(stale)
         resource_version: str = ((listing or {}).get("metadata") or {}).get("resourceVersion", "")
         return resource_version
 
@@ -180,8 +249,8 @@ class Runtime:
                     "resourceVersion", resource_version
                 )
                 if event.get("type") == "DELETED":
-                    self.store.remove((body.get("metadata") or {}).get("name", ""))
-                elif event.get("type") in ("ADDED", "MODIFIED"):
+                    self.remove_policy((body.get("metadata") or {}).get("name", ""))
+                elif event.get("type") in ("ADDED", "MODIFIED") and not self._unchanged(body):
                     await self.load_policy(body)
         finally:
             watcher.stop()  # type: ignore[no-untyped-call]  # the thread ends at its next event or timeout

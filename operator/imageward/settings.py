@@ -154,7 +154,25 @@ class PrePullSettings:
     so this bounds the agents' memory); a plan that would go over is refused."""
 
     cache_max_objects: int = 100_000
-    """Objects each watch-fed cache holds (workloads per kind, nodes, namespaces)."""
+    """Objects each watch-fed cache holds (workloads per kind, nodes, namespaces,
+    pre-pull DaemonSets and pods)."""
+
+    status_interval: float = 1.0
+    """Seconds between two status writes of one PrePull at least. Status is recomputed
+    when something it depends on changes (watched), and written only when it differs;
+    during a rollout this caps the writes at one per PrePull per interval."""
+
+    status_settle: float = 0.1
+    """Seconds a change waits for others arriving with it before status is recomputed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicySettings:
+    key_material_refresh: float = 15.0
+    """Seconds between reads of referenced Secrets and ConfigMaps that cannot be watched
+    (the operator may only `get` them: the chart grants no list or watch on Secrets),
+    one read per distinct object for all policies; and between retries of policies whose
+    key material could not be read. Objects it may watch by name are followed instead."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,6 +228,7 @@ class Settings:
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
     prepull: PrePullSettings = dataclasses.field(default_factory=PrePullSettings)
+    policy: PolicySettings = dataclasses.field(default_factory=PolicySettings)
     scan: ScanSettings = dataclasses.field(default_factory=ScanSettings)
 
 
@@ -258,10 +277,17 @@ def _parse_object_name(text: str) -> str:
     return text
 
 
-def _parse_seconds(text: str) -> float:
+def _parse_drain_seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 60:
         raise ValueError("expected seconds between 0 and 60")
+    return value
+
+
+def _parse_seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds, 0 or more")
     return value
 
 
@@ -273,7 +299,7 @@ def _parse_interval(text: str) -> float:
         from imageward.policy import model
 
         seconds = model.parse_duration(text.strip())
-    if seconds < 1:
+    if not seconds >= 1 or seconds == float("inf"):  # NaN and inf are no intervals
         raise ValueError("must be at least 1s")
     return seconds
 
@@ -316,7 +342,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "CREATE_WEBHOOK_CONFIGURATIONS": ("admission", "create_configurations", _parse_bool),
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
-    "SHUTDOWN_DRAIN": ("admission", "shutdown_drain", _parse_seconds),
+    "SHUTDOWN_DRAIN": ("admission", "shutdown_drain", _parse_drain_seconds),
     "HELPER_IMAGE": ("prepull", "helper_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),
     "PREPULL_DEFAULT_PLATFORM": ("prepull", "default_platform", str),
@@ -332,6 +358,9 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     ),
     "PREPULL_CACHE_MAX_OBJECTS": ("prepull", "cache_max_objects", _parse_positive),
     "PREPULL_MAX_PLAN_BYTES_TOTAL": ("prepull", "max_plan_bytes_total", _parse_positive),
+    "PREPULL_STATUS_INTERVAL": ("prepull", "status_interval", _parse_seconds),
+    "PREPULL_STATUS_SETTLE": ("prepull", "status_settle", _parse_seconds),
+    "KEY_MATERIAL_REFRESH": ("policy", "key_material_refresh", _parse_interval),
     "SCAN_ENABLED": ("scan", "enabled", _parse_bool),
     "SCAN_INTERVAL": ("scan", "interval", _parse_interval),
     "SCAN_CONCURRENCY": ("scan", "concurrency", _parse_positive),
@@ -350,6 +379,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         "registry": {},
         "admission": {},
         "prepull": {},
+        "policy": {},
         "scan": {},
     }
     for suffix, (group, field, parse) in _ENV_TABLE.items():
@@ -366,6 +396,7 @@ def from_env(prefix: str = "IMAGEWARD_", environ: Mapping[str, str] | None = Non
         registry=RegistrySettings(**groups["registry"]),
         admission=AdmissionSettings(**groups["admission"]),
         prepull=PrePullSettings(**groups["prepull"]),
+        policy=PolicySettings(**groups["policy"]),
         scan=ScanSettings(**groups["scan"]),
     )
     if settings.admission.deadline >= settings.admission.webhook_timeout:

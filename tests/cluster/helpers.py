@@ -13,6 +13,8 @@ import subprocess
 import uuid
 from typing import Any
 
+import yaml
+
 from imageward.localcluster import controlplane, images, registries
 from tests import utils
 from tests.unit.signatures import build
@@ -82,10 +84,25 @@ def pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
 
 
 def create(
-    cluster: controlplane.ControlPlane, namespace: str, obj: dict[str, Any]
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    obj: dict[str, Any],
+    *,
+    dry_run: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """`kubectl apply` as a user would; the caller reads returncode and stderr."""
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj), check=False)
+    """`kubectl apply` as a user would; the caller reads returncode and stderr. With
+    `dry_run`, through admission without storing anything (`--dry-run=server`)."""
+    extra = ["--dry-run=server"] if dry_run else []
+    return cluster.kubectl(
+        "apply", "-n", namespace, *extra, "-f", "-", input=json.dumps(obj), check=False
+    )
+
+
+def operator_account(operator: Any) -> str:
+    """The ServiceAccount the test operator runs as (the chart's), from its kubeconfig."""
+    config = yaml.safe_load(operator.kubeconfig.read_text())
+    user: str = config["users"][0]["name"]
+    return user.rsplit(":", 1)[1]
 
 
 def push(

@@ -10,6 +10,7 @@ import base64
 import datetime
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -280,11 +281,118 @@ def test_key_from_a_secret_and_readiness_while_it_is_missing(
             "stringData": {"cosign.pub": release_key.public_pem},
         }
     )
-    # Nothing watches Secrets: the policy's 60 s refresh timer picks the key up.
-    ready = policies.wait_ready(name, "True", timeout=70)
+    # The operator may not watch this Secret (the chart grants only `get`): it is read
+    # once every IMAGEWARD_KEY_MATERIAL_REFRESH (15 s), and the policy loaded again.
+    ready = policies.wait_ready(name, "True", timeout=40)
     assert ready["reason"] == "Valid"
     admitted = helpers.create(cluster, namespace, helpers.pod("signed", image))
     assert admitted.returncode == 0, admitted.stderr
+
+
+def _grant_watch(
+    cluster: controlplane.ControlPlane,
+    operator: RunningOperator,
+    namespace: str,
+    secret: str,
+) -> None:
+    """What chart value keyMaterial.watch makes: get/list/watch on this one Secret."""
+    account = helpers.operator_account(operator)
+    cluster.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "watch-key", "namespace": namespace},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "resourceNames": [secret],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "watch-key", "namespace": namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "watch-key",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": account, "namespace": operator.namespace}
+            ],
+        },
+    )
+
+
+def _reloads(operator: RunningOperator, trigger: str) -> float:
+    for line in operator.metrics().splitlines():
+        if line.startswith(f'imageward_policy_reloads_total{{trigger="{trigger}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_rotated_key_watched_by_name_reaches_admission_at_once(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: helpers.Policies,
+    imageward_operator: RunningOperator,
+    anonymous: registries.Registry,
+    cosign_tool: cosign.Cosign,
+    release_key: cosign.KeyPair,
+    qa_key: cosign.KeyPair,
+    prefix: str,
+) -> None:
+    image, digest = helpers.push(
+        anonymous, images.nonroot_image(f"r-{helpers.uid()}"), prefix=prefix
+    )
+    cosign_tool.sign(helpers.pinned(image, digest), release_key)
+    _grant_watch(cluster, imageward_operator, namespace, "rotating-key")
+
+    def key_secret(key: cosign.KeyPair) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "rotating-key", "namespace": namespace},
+            "stringData": {"cosign.pub": key.public_pem},
+        }
+
+    cluster.apply(key_secret(qa_key))  # the wrong key, for now
+    authority = {
+        "name": "release",
+        "key": {"secretRef": {"namespace": namespace, "name": "rotating-key"}},
+    }
+    name = policies.apply(
+        [f"{anonymous.host}/{prefix}/**"], {"signatures": {"authorities": [authority]}}
+    )
+    refused = helpers.create(cluster, namespace, helpers.pod("before", image))
+    assert refused.returncode != 0 and "signature does not verify" in refused.stderr
+    watched = _reloads(imageward_operator, "watch")
+
+    cluster.apply(key_secret(release_key))
+    rotated = time.monotonic()
+    # A watch of that one Secret: well within the 15 s a read on a timer could take.
+    utils.wait_for(
+        "the rotated key to admit the signed pod",
+        lambda: (
+            helpers.create(
+                cluster, namespace, helpers.pod(f"after-{helpers.uid()}", image), dry_run=True
+            ).returncode
+            == 0
+        ),
+        timeout=10,
+        interval=0.2,
+    )
+    assert time.monotonic() - rotated < 5
+    assert _reloads(imageward_operator, "watch") > watched
+
+    # The Secret goes: the policy is unusable, says so in its status (the leader's
+    # follower writes it) and refuses, fail closed.
+    cluster.kubectl("delete", "secret", "rotating-key", "-n", namespace)
+    condition = policies.wait_ready(name, "False", timeout=10)
+    assert "rotating-key key cosign.pub not found" in condition["message"]
 
 
 # -- thresholds ------------------------------------------------------------------------------

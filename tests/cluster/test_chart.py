@@ -215,6 +215,9 @@ def test_service_account_may_do_what_the_operator_needs(
         ("delete", "configmaps", "-n", ns),
         ("get", f"secrets/{_agent_key(installed)}", "-n", ns),
         ("get", "configmaps", "-n", "shop"),  # keyless trustedRoot, by name
+        # Key material granted by name to be watched (keyMaterial.watch).
+        ("watch", "secrets/release-key", "-n", "default"),
+        ("watch", "configmaps/trusted-root", "-n", "default"),
         # TLS: its Secret, and the CA patched into its two configurations.
         ("create", "secrets", "-n", ns),
         ("patch", f"secrets/{tls}", "-n", ns),
@@ -237,6 +240,8 @@ def test_service_account_may_not_do_more(
         ("delete", "secrets", "--all-namespaces"),
         ("list", "secrets", "-n", "shop"),
         ("watch", "secrets", "--all-namespaces"),
+        ("watch", "secrets", "-n", "default"),  # only the named key
+        ("list", "secrets/another-secret", "-n", "default"),
         ("create", "secrets", "-n", "shop"),
         ("patch", "secrets/some-other-secret", "-n", ns),
         ("delete", f"secrets/{installed.name_of('Secret')}", "-n", ns),

@@ -8,8 +8,10 @@ import time
 import uuid
 from typing import Any
 
+import kubernetes
 import pytest
 
+from imageward import kube
 from imageward.localcluster import controlplane, images, registries
 from tests import utils
 from tests.conftest import RunningOperator
@@ -309,8 +311,8 @@ def test_daemonset_refused_by_a_policy_is_reported(
         condition = utils.wait_for("Ready=False with DaemonSetRefused", refused, timeout=40)
         assert f"ImagePolicy {policy}" in condition["message"]
         assert "not in allowedRegistries" in condition["message"]
-        # Progress refreshes (every 5 s) keep saying what the Event said; they used to
-        # turn it into "Pending: the DaemonSet has not been created yet".
+        # Status written later keeps saying what the Event said (progress refreshes used
+        # to turn it into "Pending: the DaemonSet has not been created yet").
         time.sleep(12)
         status = _status(cluster, guarded, "refused")
         for kind in ("Ready", "Degraded"):
@@ -494,3 +496,131 @@ def test_a_tenant_prepull_reads_only_its_own_namespaces_workloads(
             check=False,
         )
         cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+class Timeline:
+    """Fast reads through the API (the Python client, no kubectl process per look), so
+    a test can time when the cluster changed and when the PrePull's status followed."""
+
+    def __init__(self, cluster: controlplane.ControlPlane, namespace: str) -> None:
+        self.client = kube.build_api_client(str(cluster.kubeconfig))
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.namespace = namespace
+
+    def prepull(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            "imageward.io", "v1alpha1", self.namespace, "prepulls", name
+        )
+        return body
+
+    def pods_on(self, node: str) -> list[Any]:
+        items: list[Any] = self.core.list_namespaced_pod(
+            self.namespace, field_selector=f"spec.nodeName={node}"
+        ).items
+        return items
+
+    def desired(self, prepull: str) -> int:
+        ds = self.apps.read_namespaced_daemon_set(f"prepull-{prepull}", self.namespace)
+        return int(ds.status.desired_number_scheduled or 0)
+
+    def until(self, what: str, probe: Any, *, timeout: float = 60) -> float:
+        """Poll every 50 ms; the monotonic time the probe first held."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe():
+                return time.monotonic()
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _pod_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def _pull_failing(pod: Any) -> bool:
+    return any(
+        s.state and s.state.waiting and s.state.waiting.reason == "ErrImagePull"
+        for s in pod.status.init_container_statuses or []
+    )
+
+
+def test_status_follows_changes_at_once_and_is_not_rewritten_when_nothing_changes(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    imageward_operator: RunningOperator,
+    shared_images: list[str],
+) -> None:
+    """No polling: a node's pod becoming Ready shows in status within 2 s, a pull
+    failure within 5 s, and while nothing changes status is not written at all."""
+    timeline = Timeline(cluster, namespace)
+    added: list[str] = []
+    try:
+        _apply(cluster, namespace, _prepull("watched", [shared_images[0]]))
+        timeline.until(
+            "every node ready",
+            lambda: (
+                (n := timeline.prepull("watched").get("status", {}).get("nodes") or {}).get("ready")
+                == n.get("desired")
+                and n.get("desired", 0) >= 3
+            ),
+        )
+        settled = timeline.prepull("watched")
+        version = settled["metadata"]["resourceVersion"]
+        before = settled["status"]["nodes"]
+        # Quiet: twice the old 5 s poll, and nothing is written (the resourceVersion of
+        # a PrePull moves with every write, status included).
+        time.sleep(11)
+        quiet = timeline.prepull("watched")
+        assert quiet["metadata"]["resourceVersion"] == version, quiet["status"]
+
+        # A node joins: the DaemonSet counts it, its pod becomes Ready; status follows.
+        (node,) = cluster.add_nodes(1, prefix=f"watch-{_uid()}-")
+        added.append(node)
+        counted = timeline.until(
+            "the DaemonSet to count the new node",
+            lambda: timeline.desired("watched") == before["desired"] + 1,
+        )
+        desired_shown = timeline.until(
+            "status to count it",
+            lambda: (
+                (timeline.prepull("watched")["status"]["nodes"]["desired"]) == before["desired"] + 1
+            ),
+        )
+        assert desired_shown - counted <= 2.0
+        pod_ready = timeline.until(
+            "the new node's pod Ready", lambda: any(_pod_ready(p) for p in timeline.pods_on(node))
+        )
+        ready_shown = timeline.until(
+            "status to show it ready",
+            lambda: timeline.prepull("watched")["status"]["nodes"]["ready"] == before["ready"] + 1,
+        )
+        assert ready_shown - pod_ready <= 2.0, f"{ready_shown - pod_ready:.2f}s"
+
+        # A node that cannot pull: its pod reports ErrImagePull (kwok plays
+        # "kwok-unpullable" so); status names it within 5 s.
+        cluster.apply(controlplane.build_kwok_node("kwok-unpullable"))
+        added.append("kwok-unpullable")
+        failing = timeline.until(
+            "the unpullable node's pod to fail",
+            lambda: any(_pull_failing(p) for p in timeline.pods_on("kwok-unpullable")),
+        )
+        reported = timeline.until(
+            "status to name the failing node",
+            lambda: any(
+                f["node"] == "kwok-unpullable"
+                for f in timeline.prepull("watched")["status"].get("failures") or []
+            ),
+        )
+        assert reported - failing <= 5.0, f"{reported - failing:.2f}s"
+        status = timeline.prepull("watched")["status"]
+        assert status["nodes"]["failed"] == 1
+        assert _condition(status, "Degraded")["reason"] == "PullFailed"
+    finally:
+        timeline.close()
+        if added:
+            cluster.kubectl("delete", "node", *added, "--ignore-not-found", check=False)

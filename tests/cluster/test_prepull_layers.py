@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import pathlib
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -380,3 +381,96 @@ def test_plans_of_prepulls_gone_unseen_are_swept(
     assert sorted(deleted) == sorted(plans.build_plan_name(key) for key in orphans)
     remaining = _plans(cluster)
     assert alive in remaining and not set(orphans) & set(remaining)
+
+
+def test_agent_reports_reach_status_at_once_without_polling(
+    cluster: controlplane.ControlPlane,
+    imageward_operator: RunningOperator,
+    agent_daemonset: dict[str, Any],
+    registry_set: registries.Registries,
+    namespace: str,
+) -> None:
+    """What an agent reports on its pod (here written as the agent writes it) is in the
+    PrePull's status within 2 s (held) and 5 s (a failure); nothing else is written."""
+    label = _uid()
+    node = agents.labelled_node(cluster, label)
+    try:
+        pod = agents.agent_pod(cluster, node)
+        refs = _push_shared(registry_set.anonymous)
+        cluster.apply(
+            {
+                "apiVersion": "imageward.io/v1alpha1",
+                "kind": "PrePull",
+                "metadata": {"name": "reported", "namespace": namespace},
+                "spec": {
+                    "images": refs,
+                    "mode": "Layers",
+                    "nodeSelector": {"imageward-test/agent": label},
+                },
+            }
+        )
+        uid = cluster.get_json("prepull", "reported", "-n", namespace)["metadata"]["uid"]
+        key = plans.build_prepull_key(namespace, "reported", uid)
+        plan = utils.wait_for("the plan", lambda: _plans(cluster).get(key), timeout=60)
+        plan_hash = plan["metadata"]["annotations"]["imageward.io/plan-hash"]
+        utils.wait_for(
+            "the PrePull to count its node",
+            lambda: (
+                (_status(cluster, namespace, "reported").get("nodes") or {}).get("desired") == 1
+            ),
+            timeout=30,
+        )
+
+        def report(status: str, reason: str, message: str) -> float:
+            condition = {
+                "type": f"prepull.imageward.io/{key}",
+                "status": status,
+                "reason": reason,
+                "message": f"plan {plan_hash}: {message}",
+                "lastTransitionTime": "2025-01-01T00:00:00Z",
+            }
+            cluster.kubectl(
+                "patch",
+                "pod",
+                pod,
+                "-n",
+                agents.NAMESPACE,
+                "--subresource=status",
+                "--type=strategic",
+                "-p",
+                json.dumps({"status": {"conditions": [condition]}}),
+            )
+            return time.monotonic()
+
+        def shown(probe: Any) -> float:
+            utils.wait_for(
+                "status",
+                lambda: probe(_status(cluster, namespace, "reported")),
+                timeout=10,
+                interval=0.05,
+            )
+            return time.monotonic()
+
+        sent = report("True", "Held", "2 layers held")
+        took = shown(lambda s: (s.get("nodes") or {}).get("ready") == 1)
+        # The kubectl process that reads status costs ~0.1-0.3 s of the 2 s.
+        assert took - sent <= 2.0, f"{took - sent:.2f}s"
+
+        sent = report("False", "FetchFailed", "blob sha256:abc: HTTP 500")
+        took = shown(lambda s: (s.get("nodes") or {}).get("failed") == 1)
+        assert took - sent <= 5.0, f"{took - sent:.2f}s"
+        status = _status(cluster, namespace, "reported")
+        assert status["failures"][0]["node"] == node
+        assert "HTTP 500" in status["failures"][0]["message"]
+
+        version = cluster.get_json("prepull", "reported", "-n", namespace)["metadata"][
+            "resourceVersion"
+        ]
+        time.sleep(8)
+        assert (
+            cluster.get_json("prepull", "reported", "-n", namespace)["metadata"]["resourceVersion"]
+            == version
+        )
+    finally:
+        cluster.kubectl("delete", "prepull", "reported", "-n", namespace, check=False)
+        cluster.kubectl("delete", "node", node, check=False)

@@ -60,15 +60,23 @@ class ControlPlane:
         workdir: pathlib.Path | None = None,
         keep_workdir: bool = False,
         startup_timeout: float = 60.0,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
+        audit_policy: Mapping[str, Any] | None = None,
         advertise_address: str | None = None,
         feature_gates: Mapping[str, bool] | None = None,
     ) -> None:
-        """`advertise_address`: an address of this machine that pods can reach (see
-        `primary_address()`); the apiserver then listens on all addresses and the
-        `kubernetes` Service points there. None keeps everything on 127.0.0.1 (kwok only).
-        `feature_gates`: Kubernetes feature gates for the apiserver, controller-manager and
-        scheduler (e.g. {"ImageVolume": True}); a real node needs the same for its kubelet."""
+        """`extra_args`: more flags per component ("kube-apiserver",
+        "kube-controller-manager", "kube-scheduler", "kwok"), e.g. a benchmark's client
+        rate limits. `audit_policy`: an audit.k8s.io/v1 Policy; the apiserver then writes
+        JSON audit events to `audit_log`. `advertise_address`: an address of this machine
+        that pods can reach (see `primary_address()`); the apiserver then listens on all
+        addresses and the `kubernetes` Service points there. None keeps everything on
+        127.0.0.1 (kwok only). `feature_gates`: Kubernetes feature gates for the
+        apiserver, controller-manager and scheduler (e.g. {"ImageVolume": True}); a real
+        node needs the same for its kubelet."""
         self.node_count = nodes
+        self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
+        self.audit_policy = dict(audit_policy) if audit_policy is not None else None
         self.advertise_address = advertise_address
         self.feature_gates = dict(feature_gates or {})
         self._own_workdir = workdir is None
@@ -79,6 +87,7 @@ class ControlPlane:
         self.port = 0
         self._processes: list[processes.ManagedProcess] = []
         self.kubeconfig = self.workdir / "kubeconfig"
+        self.audit_log = self.workdir / "audit.log"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -172,7 +181,15 @@ class ControlPlane:
         self.ca.issue("system:kube-scheduler", client=True).write(pki_dir, "scheduler")
         pki.generate_service_account_keys().write(pki_dir, "sa")
 
+    def process(self, name: str) -> processes.ManagedProcess:
+        """The running component of that name (e.g. "kube-apiserver")."""
+        for process in self._processes:
+            if process.name == name:
+                return process
+        raise KeyError(name)
+
     def _start_process(self, name: str, argv: Sequence[str]) -> processes.ManagedProcess:
+        argv = [*argv, *self.extra_args.get(name, ())]
         process = processes.ManagedProcess(name, list(argv), log_dir=self._path("logs"))
         self._processes.append(process)
         process.start()
@@ -203,6 +220,19 @@ class ControlPlane:
             ],
         )
         self._wait("etcd", process, lambda: _http_ok(f"{self.etcd_url}/health"))
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self._path("audit-policy.yaml")
+        policy.write_text(yaml.safe_dump(self.audit_policy))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=batch",
+            "--audit-log-batch-max-wait=1s",
+        ]
 
     def _start_apiserver(self) -> None:
         self.port = processes.free_port()
@@ -249,6 +279,7 @@ class ControlPlane:
                 "--profiling=false",
                 *self._feature_gate_flags(),
                 "--v=1",
+                *self._audit_args(),
             ],
         )
         self._write_kubeconfig(self.kubeconfig, "admin")
@@ -455,7 +486,9 @@ class ControlPlane:
         existing = self.get_json("nodes")["items"]
         first = len(existing) if start is None else start
         names = [f"{prefix}{i}" for i in range(first, first + count)]
-        self.apply(*(build_kwok_node(name) for name in names))
+        # In batches: one apply of 700 nodes outlasts kubectl's 60 s on a loaded machine.
+        for batch in range(0, len(names), _NODE_BATCH):
+            self.apply(*(build_kwok_node(name) for name in names[batch : batch + _NODE_BATCH]))
 
         def all_ready() -> bool:
             items = self.get_json("nodes")["items"]
@@ -490,6 +523,9 @@ class ControlPlane:
 def build_feature_gates(gates: Mapping[str, bool]) -> str:
     """`--feature-gates` text: `A=true,B=false`, sorted."""
     return ",".join(f"{name}={'true' if on else 'false'}" for name, on in sorted(gates.items()))
+
+
+_NODE_BATCH = 100  # nodes per apply in add_nodes
 
 
 def build_kwok_node(name: str) -> dict[str, Any]:

@@ -9,9 +9,17 @@ get it, and report progress. Decisions come from the pure modules (`model`, `pla
   privileged pod is ever created on a tenant's behalf. Progress from the agent pods'
   per-plan conditions (`reports`).
 
-What a reconcile found (its problems) is kept in a `Findings`, which the handlers keep in
-Kopf's per-object memo, so the progress refreshes between two reconciles report the same
-problems instead of forgetting them.
+Status follows change, not time. Everything progress is computed from is in watch-fed
+caches (`inventory`): Images mode's DaemonSets and pods, the agent pods' per-plan
+conditions, nodes. Each PrePull has a `Tracker`; a cache update wakes only the trackers
+it concerns (a pod of PrePull x wakes x; an agent pod's changed condition wakes the
+PrePull of that plan), and the PrePull's follower (a Kopf daemon, `follow`) recomputes
+its status from memory and writes it only when it differs, at most once per
+`status_interval`. A timer is left only for what cannot be watched: a registry's tags
+(re-resolved every `refreshInterval`) and the retry of a refused DaemonSet or plan.
+
+What a reconcile found (its problems) is kept in the tracker's `Findings`, so status
+written between two reconciles reports the same problems instead of forgetting them.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imageward import errors, kube, metrics
+from imageward import constants, errors, kube, metrics
 from imageward.prepull import (
     daemonset,
     inventory,
@@ -83,6 +91,76 @@ class Findings:
     plan_hash: str | None = None
     """Layers mode: the plan the agents must report holding."""
 
+    inputs: tuple[tuple[str, int], ...] | None = None
+    """fromWorkloads: the (image, weight) pairs taken from workloads (None without)."""
+
+    pinned: tuple[tuple[str, str], ...] = ()
+    """Images mode: (pinned reference the pods pull, image as written), for failures."""
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class Tracker:
+    """One PrePull as its status follower knows it (in memory; rebuilt after a restart by
+    the resume handler's reconcile)."""
+
+    namespace: str
+    name: str
+    uid: str
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    spec: model.PrePullSpec | None = None
+    """The spec of the last reconcile; None before one, or when it was invalid."""
+
+    findings: Findings | None = None
+    resolved: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The last reconcile's own status fields (observedGeneration, images, plan,
+    lastResolved; conditions too when the spec is invalid)."""
+
+    inputs: tuple[tuple[str, int], ...] | None = None
+    """fromWorkloads: the (image, weight) pairs the last reconcile took from workloads."""
+
+    inputs_changed: bool = False
+    """A workload or namespace changed since: compare, and reconcile if the images did."""
+
+    written: tuple[str, dict[str, Any]] | None = None
+    """(resourceVersion, status) after our last write, until the watch shows it."""
+
+    last_write: float = float("-inf")
+    """Event-loop time of the last status write."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def plan_key(self) -> str:
+        return plans.build_prepull_key(self.namespace, self.name, self.uid)
+
+    def current_status(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The PrePull's status as stored: the body's, or what we last wrote when the
+        body (fed by Kopf's watch) has not caught up with our write yet."""
+        seen: Mapping[str, Any] = body.get("status") or {}
+        if self.written is None:
+            return seen
+        version, status_written = self.written
+        if evaluate_caught_up(
+            str((body.get("metadata") or {}).get("resourceVersion") or ""), version
+        ):
+            self.written = None
+            return seen
+        return status_written
+
+
+def evaluate_caught_up(seen: str, written: str) -> bool:
+    """Whether a body at resourceVersion `seen` includes a write that produced
+    `written`. resourceVersions are opaque; etcd's are integers, compared as such."""
+    if seen == written:
+        return True
+    try:
+        return int(seen) > int(written)
+    except ValueError:
+        return False
+
 
 class PrePullState:
     """The PrePull controller's own state next to the shared `Runtime`."""
@@ -90,11 +168,99 @@ class PrePullState:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.inventory = inventory.Inventory(runtime.kube, runtime.settings)
+        self.inventory = inventory.Inventory(
+            runtime.kube, runtime.settings, on_update=self._on_cache_update
+        )
         self.agent_key = layers.AgentKey(
             runtime.kube, runtime.settings.namespace, runtime.settings.prepull.agent_key_secret
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self.trackers: dict[tuple[str, str], Tracker] = {}
+        self._by_group: dict[tuple[str, str], Tracker] = {}
+        self._by_daemonset: dict[tuple[str, str], Tracker] = {}
+        self._by_plan: dict[str, Tracker] = {}
+
+    # -- trackers ------------------------------------------------------------------------
+
+    def track(self, body: Mapping[str, Any]) -> Tracker:
+        """The tracker of this PrePull, made on first use (a new uid makes a new one)."""
+        metadata = body["metadata"]
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata.get("uid", "")
+        tracker = self.trackers.get((namespace, name))
+        if tracker is not None and tracker.uid == uid:
+            return tracker
+        if tracker is not None:
+            self.untrack(tracker)
+        tracker = Tracker(namespace, name, uid)
+        self.trackers[tracker.key] = tracker
+        self._by_group[inventory.build_group(namespace, name)] = tracker
+        self._by_daemonset[(namespace, daemonset.build_resource_name(name))] = tracker
+        self._by_plan[tracker.plan_key] = tracker
+        return tracker
+
+    def untrack(self, tracker: Tracker) -> None:
+        if self.trackers.get(tracker.key) is not tracker:
+            return
+        del self.trackers[tracker.key]
+        for index, key in (
+            (self._by_group, inventory.build_group(tracker.namespace, tracker.name)),
+            (self._by_daemonset, (tracker.namespace, daemonset.build_resource_name(tracker.name))),
+        ):
+            if index.get(key) is tracker:
+                del index[key]
+        if self._by_plan.get(tracker.plan_key) is tracker:
+            del self._by_plan[tracker.plan_key]
+        tracker.wake.set()  # a follower waiting on it looks again (and finds it gone)
+
+    def _on_cache_update(self, cache: str, key: str, before: Any, after: Any) -> None:
+        """Wake the trackers a cached projection concerns (nothing else happens here)."""
+        for tracker in self.concerned(cache, before, after):
+            tracker.wake.set()
+
+    def concerned(self, cache: str, before: Any, after: Any) -> list[Tracker]:
+        """Which trackers a change of one cached projection concerns (fromWorkloads ones
+        are told their inputs may have changed)."""
+        view = after if after is not None else before
+        if cache == inventory.CACHE_PODS:
+            found = self._by_group.get((view.namespace, view.prepull))
+            return [found] if found is not None else []
+        if cache == inventory.CACHE_DAEMONSETS:
+            found = self._by_daemonset.get((view.namespace, view.name))
+            return [found] if found is not None else []
+        if cache == inventory.CACHE_AGENTS:
+            if (
+                before is None
+                or after is None
+                or before.node != after.node
+                or before.deleting != after.deleting
+            ):
+                return self._layers_trackers()  # which nodes are served changed
+            kinds = {
+                kind
+                for kind in set(before.reports) | set(after.reports)
+                if before.reports.get(kind) != after.reports.get(kind)
+            }
+            keys = {kind.removeprefix(reports.CONDITION_PREFIX) for kind in kinds}
+            return [self._by_plan[key] for key in keys if key in self._by_plan]
+        if cache == inventory.CACHE_NODES:
+            return self._layers_trackers()
+        if cache in (inventory.CACHE_WORKLOADS, inventory.CACHE_NAMESPACES):
+            concerned = []
+            for tracker in self.trackers.values():
+                if tracker.spec is not None and tracker.spec.from_workloads is not None:
+                    tracker.inputs_changed = True
+                    concerned.append(tracker)
+            return concerned
+        return []
+
+    def _layers_trackers(self) -> list[Tracker]:
+        return [
+            t
+            for t in self.trackers.values()
+            if t.spec is not None and t.spec.mode is model.Mode.LAYERS
+        ]
+
+    # -- plan sweeping -------------------------------------------------------------------
 
     def start_sweeping(self) -> None:
         if self._sweeper is None:
@@ -164,7 +330,10 @@ async def _workload_images(
             )
         )
     wanted = set(scope.namespaces)
-    node_count = len(await state.inventory.nodes())
+    # DaemonSets weigh by the node count; no other kind needs the nodes' watch.
+    node_count = (
+        len(await state.inventory.nodes()) if model.WorkloadKind.DAEMON_SET in source.kinds else 0
+    )
     images = workloads.build_images_from_views(
         (view for view in views if view.namespace in wanted),
         source.kinds,
@@ -198,7 +367,9 @@ async def resolve_images(
     namespace: str,
     spec: model.PrePullSpec,
     secrets: Sequence[tuple[str, registry_auth.DockerConfig]],
-) -> tuple[list[ResolvedEntry], list[status.Problem]]:
+) -> tuple[list[ResolvedEntry], list[status.Problem], list[tuple[str, int]]]:
+    """The resolved images, notes on what was not honoured, and the (image, weight)
+    pairs fromWorkloads contributed."""
     from_workloads, notes = await _workload_images(state, namespace, spec)
     weights = status.build_image_weights(
         [(entry.image, entry.weight) for entry in spec.images], from_workloads
@@ -233,7 +404,7 @@ async def resolve_images(
         return ResolvedEntry(image, weight, reference, facts)
 
     entries = list(await asyncio.gather(*(one(image, weight) for image, weight in weights)))
-    return entries, notes
+    return entries, notes, from_workloads
 
 
 def build_plan(entries: Sequence[ResolvedEntry], spec: model.PrePullSpec) -> planner.Plan:
@@ -334,6 +505,9 @@ async def _apply_images_mode(
         if not _refused(e):
             raise
         return [status.Problem(REASON_REFUSED, str(e))], False
+    # What we wrote is what the watch will bring: the cache has it at once (status
+    # computed right after this reconcile then knows the new template).
+    state.inventory.note_daemonset(stored)
     if action != "unchanged":
         _event(
             state,
@@ -462,7 +636,9 @@ async def _apply_layers_mode(
 async def reconcile(
     state: PrePullState, body: Mapping[str, Any], *, previous_status: Mapping[str, Any]
 ) -> tuple[dict[str, Any], Findings]:
-    """Resolve, plan and apply; returns the status to write and what was found."""
+    """Resolve, plan and apply; returns the status fields of its own (observedGeneration,
+    images, plan, lastResolved; the conditions too for an invalid spec) and what was
+    found. Progress (nodes, failures, conditions) is `node_progress`'s, from the caches."""
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     generation = int(metadata.get("generation") or 0)
@@ -485,7 +661,7 @@ async def reconcile(
         }, findings
 
     secrets, missing_secrets = await _read_pull_secrets(state, namespace, spec.image_pull_secrets)
-    entries, notes = await resolve_images(state, namespace, spec, secrets)
+    entries, notes, from_workloads = await resolve_images(state, namespace, spec, secrets)
     problems = [
         status.Problem(status.REASON_RESOLVE_FAILED, entry.error)
         for entry in entries
@@ -516,6 +692,10 @@ async def reconcile(
         notes=tuple(notes),
         applied=applied,
         plan_hash=plan_hash,
+        inputs=tuple(from_workloads) if spec.from_workloads is not None else None,
+        pinned=tuple(
+            (daemonset.build_pinned_reference(r.image, r.digest), r.image) for r in resolved
+        ),
     )
 
     images_status = [
@@ -558,15 +738,6 @@ async def reconcile(
     if said and said not in (ready_before.get("message"), degraded_before.get("message")):
         first = (problems or notes)[0]
         _event(state, body, first.reason, said, "Warning")
-    progress = await node_progress(
-        state,
-        body,
-        spec,
-        images_status,
-        findings,
-        previous_conditions,
-    )
-    result.update(progress)
     return result, findings
 
 
@@ -574,7 +745,6 @@ async def node_progress(
     state: PrePullState,
     body: Mapping[str, Any],
     spec: model.PrePullSpec,
-    images_status: Sequence[Mapping[str, Any]],
     findings: Findings,
     previous_conditions: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
@@ -584,11 +754,16 @@ async def node_progress(
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     problems = list(findings.problems)
+    pending = (
+        "the DaemonSet has not been created yet"
+        if not findings.applied
+        else "the DaemonSet controller has not counted the nodes yet"
+    )
     if spec.mode is model.Mode.LAYERS:
         pending = "the plan has not been written yet"
         nodes_status = await _layers_progress(state, body, spec, findings, problems)
     else:
-        nodes_status, pending = await _images_progress(state, name, namespace, images_status)
+        nodes_status = await _images_progress(state, name, namespace, dict(findings.pinned))
     conditions = status.build_conditions(
         nodes_status,
         generation=findings.generation,
@@ -610,42 +785,16 @@ async def node_progress(
 
 
 async def _images_progress(
-    state: PrePullState, name: str, namespace: str, images_status: Sequence[Mapping[str, Any]]
-) -> tuple[status.NodeStatus | None, str]:
-    """The nodes' progress; None and why while there is none to read."""
-    client = state.runtime.kube
-    resource = daemonset.build_resource_name(name)
-    stored = await client.call(
-        f"get DaemonSet {namespace}/{resource}",
-        client.apps.read_namespaced_daemon_set,
-        resource,
-        namespace,
+    state: PrePullState, name: str, namespace: str, pinned: Mapping[str, str]
+) -> status.NodeStatus | None:
+    """From the watch-fed cache of pre-pull DaemonSets and pods: no API call."""
+    stored = await state.inventory.prepull_daemonset(namespace, name)
+    if stored is None or not stored.counted:
+        return None
+    pods = await state.inventory.prepull_pods(namespace, name)
+    return status.build_node_status_from_views(
+        pods, stored.desired, current_hash=stored.template_hash, images=pinned
     )
-    if stored is None:
-        return None, "the DaemonSet has not been created yet"
-    uncounted = status.evaluate_daemonset_pending(stored)
-    if uncounted is not None:
-        return None, uncounted
-    selector = ",".join(f"{k}={v}" for k, v in daemonset.build_selector(name).items())
-    pods = await client.call(
-        f"list pods of {namespace}/{resource}",
-        client.core.list_namespaced_pod,
-        namespace,
-        label_selector=selector,
-    )
-    desired = int((stored.get("status") or {}).get("desiredNumberScheduled") or 0)
-    current_hash = (
-        (stored["spec"]["template"].get("metadata") or {}).get("annotations") or {}
-    ).get(daemonset.ANNOTATION_DIGEST_HASH)
-    pinned_to_image = {
-        daemonset.build_pinned_reference(i["image"], i["digest"]): i["image"]
-        for i in images_status
-        if i.get("digest")
-    }
-    nodes_status = status.build_node_status(
-        (pods or {}).get("items") or [], desired, current_hash=current_hash, images=pinned_to_image
-    )
-    return nodes_status, ""
 
 
 async def _layers_progress(
@@ -684,21 +833,235 @@ def evaluate_refresh_due(
     last_resolved: str | None,
     generation: int,
 ) -> bool:
-    """Whether a progress tick must reconcile (resolve tags, re-apply) instead of only
-    reading progress: no findings (the operator restarted), another generation, the
+    """Whether the PrePull must reconcile (resolve tags, re-apply) instead of only
+    reporting progress: no findings (the operator restarted), another generation, the
     refresh interval passed, or the last attempt was refused (tried again every
     REFUSED_RETRY, so a fixed policy or quota takes effect without waiting an hour)."""
+    delay = evaluate_refresh_delay(spec, findings, last_resolved, generation, now=_utcnow())
+    return delay is not None and delay <= 0
+
+
+def evaluate_refresh_delay(
+    spec: model.PrePullSpec,
+    findings: Findings | None,
+    last_resolved: str | None,
+    generation: int,
+    *,
+    now: datetime.datetime,
+) -> float | None:
+    """Seconds until the next reconcile is due (0 or less: now); None: not until the
+    spec changes (an invalid spec)."""
     if findings is None or findings.generation != generation:
-        return True
-    if not findings.applied and not any(
-        p.reason == status.REASON_INVALID_SPEC for p in findings.problems
-    ):
-        return refresh_due(REFUSED_RETRY, last_resolved)
-    return refresh_due(spec.refresh_interval, last_resolved)
+        return 0.0
+    interval = spec.refresh_interval
+    if not findings.applied:
+        if any(p.reason == status.REASON_INVALID_SPEC for p in findings.problems):
+            return None
+        interval = REFUSED_RETRY
+    then = _parse_time(last_resolved)
+    if then is None:
+        return 0.0
+    return (then + interval - now).total_seconds()
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+
+
+# -- following: status from the caches, written when it differs ---------------------------
+
+#: Progress fields of status (the rest comes from the last reconcile).
+PROGRESS_FIELDS = ("nodes", "readyText", "failures", "conditions")
+#: How long a new follower waits for the create / resume handler's reconcile before it
+#: reconciles itself (a PrePull whose paused annotation was just removed has none).
+_FIRST_RECONCILE_WAIT = 5.0
+_RETRY_FIRST, _RETRY_MAX = 1.0, 60.0
+
+
+def evaluate_status_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level status fields of `wanted` that differ from `current` (a merge patch;
+    empty when nothing would change)."""
+    return {key: value for key, value in wanted.items() if current.get(key) != value}
+
+
+async def _reconcile_into(state: PrePullState, tracker: Tracker, body: Mapping[str, Any]) -> None:
+    previous = tracker.current_status(body)
+    fields, findings = await reconcile(state, body, previous_status=previous)
+    try:
+        tracker.spec = model.parse_prepull(body)
+    except model.PrePullError:
+        tracker.spec = None
+    tracker.findings = findings
+    tracker.inputs = findings.inputs
+    tracker.inputs_changed = False
+    own = ("observedGeneration", "images", "plan", "lastResolved")
+    tracker.resolved = {
+        k: v for k, v in fields.items() if k in own or (tracker.spec is None and k == "conditions")
+    }
+
+
+async def publish(state: PrePullState, tracker: Tracker, body: Mapping[str, Any]) -> bool:
+    """Compute the PrePull's status from the caches and the last reconcile; write what
+    differs from what is stored. True when something was written."""
+    if tracker.findings is None:
+        return False
+    current = tracker.current_status(body)
+    wanted = dict(tracker.resolved)
+    if tracker.spec is not None:
+        wanted.update(
+            await node_progress(
+                state, body, tracker.spec, tracker.findings, current.get("conditions") or []
+            )
+        )
+    patch = evaluate_status_patch(current, wanted)
+    if not patch:
+        return False
+    answer = await state.runtime.kube.patch_namespaced_custom_status(
+        constants.GROUP,
+        constants.VERSION,
+        constants.PREPULL_PLURAL,
+        tracker.namespace,
+        tracker.name,
+        {"status": patch},
+    )
+    tracker.last_write = asyncio.get_running_loop().time()
+    metrics.prepull_status_writes.inc()
+    if answer is None:  # the PrePull is gone
+        return False
+    version = str((answer.get("metadata") or {}).get("resourceVersion") or "")
+    tracker.written = (version, dict(answer.get("status") or {**current, **patch}))
+    return True
+
+
+async def changed(state: PrePullState, body: Mapping[str, Any]) -> None:
+    """The create / update / resume handlers: reconcile, then write status."""
+    tracker = state.track(body)
+    async with tracker.lock:
+        await _reconcile_into(state, tracker, body)
+        await publish(state, tracker, body)
+    tracker.wake.set()  # the follower plans its next refresh from these findings
+
+
+async def _sleep(
+    stop: asyncio.Event, seconds: float | None, also: asyncio.Event | None = None
+) -> None:
+    """Sleep `seconds` (None: forever) unless `stop` (or `also`) is set first."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if also is not None:
+        waiters.append(asyncio.ensure_future(also.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def follow(state: PrePullState, body: Mapping[str, Any], *, stop: asyncio.Event) -> None:
+    """Keep one PrePull's status current until `stop` (a Kopf daemon per PrePull; `body`
+    is Kopf's live view of the object).
+
+    Sleeps until a cache update concerning the PrePull wakes it, or until the next tag
+    refresh (or refused retry) is due; then waits `status_settle` for changes arriving
+    together, and at least `status_interval` after its last write; then recomputes and
+    writes what differs. Nothing is read from the API server to do so.
+    """
+    config = state.settings.prepull
+    loop = asyncio.get_running_loop()
+    tracker = state.track(body)
+    backoff = _RETRY_FIRST
+    handlers_first = loop.time() + _FIRST_RECONCILE_WAIT
+    try:
+        while not stop.is_set():
+            if state.trackers.get(tracker.key) is not tracker:
+                tracker = state.track(body)  # forgotten (deleted and made again)
+            if tracker.findings is None and loop.time() < handlers_first:
+                # The create / resume handler reconciles first; if none has (a PrePull
+                # no longer paused), this follower does.
+                await _sleep(stop, handlers_first - loop.time(), tracker.wake)
+                tracker.wake.clear()
+                continue
+            delay = _next_refresh(tracker, body)
+            if delay is None or delay > 0:
+                await _sleep(stop, delay, tracker.wake)
+            if stop.is_set():
+                return
+            tracker.wake.clear()
+            pause = max(
+                config.status_settle, tracker.last_write + config.status_interval - loop.time()
+            )
+            if pause > 0:
+                await _sleep(stop, pause)
+                if stop.is_set():
+                    return
+            try:
+                async with tracker.lock:
+                    await _step(state, tracker, body)
+                backoff = _RETRY_FIRST
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # logged and tried again with a backoff
+                logger.warning(
+                    "PrePull %s/%s: status refresh failed (again in %.0fs): %s",
+                    tracker.namespace,
+                    tracker.name,
+                    backoff,
+                    e,
+                )
+                await _sleep(stop, backoff)
+                backoff = min(backoff * 2, _RETRY_MAX)
+                tracker.wake.set()
+    finally:
+        state.untrack(tracker)
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
+
+
+def _next_refresh(tracker: Tracker, body: Mapping[str, Any]) -> float | None:
+    """Seconds until this follower must reconcile (None: not by itself)."""
+    findings = tracker.findings
+    if findings is None:
+        return 0.0  # nobody reconciled: the follower does
+    if findings.generation != _generation(body):
+        return None  # the update handler reconciles the new spec
+    if tracker.spec is None:
+        return None  # an invalid spec stays invalid until it changes
+    last = tracker.resolved.get("lastResolved") or tracker.current_status(body).get("lastResolved")
+    return evaluate_refresh_delay(tracker.spec, findings, last, findings.generation, now=_utcnow())
+
+
+async def _step(state: PrePullState, tracker: Tracker, body: Mapping[str, Any]) -> None:
+    delay = _next_refresh(tracker, body)
+    if delay is not None and delay <= 0:
+        await _reconcile_into(state, tracker, body)
+    elif tracker.inputs_changed and tracker.spec is not None:
+        tracker.inputs_changed = False
+        images, _ = await _workload_images(state, tracker.namespace, tracker.spec)
+        if tuple(images) != tracker.inputs:
+            logger.info(
+                "PrePull %s/%s: the images of its workloads changed; resolving again",
+                tracker.namespace,
+                tracker.name,
+            )
+            await _reconcile_into(state, tracker, body)
+    await publish(state, tracker, body)
 
 
 async def forget(state: PrePullState, namespace: str, name: str, uid: str | None) -> None:
-    """A PrePull is gone: its plan (if any) and its metrics go too."""
+    """A PrePull is gone: its tracker, its plan (if any) and its metrics go too."""
+    tracker = state.trackers.get((namespace, name))
+    if tracker is not None and (uid is None or tracker.uid == uid):
+        state.untrack(tracker)
     forget_metrics(namespace, name)
     if uid:
         key = plans.build_prepull_key(namespace, name, uid)
@@ -735,12 +1098,5 @@ def forget_metrics(namespace: str, name: str) -> None:
 
 
 def refresh_due(spec_refresh: datetime.timedelta, last_resolved: str | None) -> bool:
-    if not last_resolved:
-        return True
-    try:
-        then = datetime.datetime.strptime(last_resolved, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.UTC
-        )
-    except ValueError:
-        return True
-    return datetime.datetime.now(datetime.UTC) - then >= spec_refresh
+    then = _parse_time(last_resolved)
+    return then is None or _utcnow() - then >= spec_refresh

@@ -92,6 +92,15 @@ def build_selector(prepull_name: str) -> dict[str, str]:
     return {constants.LABEL_PREPULL: build_selector_value(prepull_name)}
 
 
+def build_selector_text() -> str:
+    """The label selector of every pre-pull DaemonSet and pod imageward makes (the
+    controller's one cluster-wide watch of each)."""
+    return (
+        f"{constants.LABEL_PREPULL},{LABEL_COMPONENT}=prepull,"
+        f"{constants.LABEL_MANAGED_BY}={constants.MANAGER_NAME}"
+    )
+
+
 def build_pinned_reference(image: str, digest: str) -> str:
     """`repository@digest`: the tag is dropped, so a re-tag to the same digest changes nothing.
 

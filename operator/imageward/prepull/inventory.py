@@ -9,10 +9,13 @@ runs the PrePull controller never watches):
 - nodes' labels and taints (which nodes a Layers-mode PrePull wants; DaemonSet weights);
 - the node-agent pods in the operator's namespace, by the agent's label selector, as
   their per-plan reports;
-- the plan ConfigMaps in the operator's namespace, as the PrePulls they are for.
+- the plan ConfigMaps in the operator's namespace, as the PrePulls they are for;
+- Images mode's DaemonSets and their pods, cluster-wide, by imageward's labels, as
+  `status.DaemonSetView`s and `status.PodView`s grouped by (namespace, PrePull).
 
 Every store is capped (`settings.prepull.cache_max_objects` objects per kind) and keeps
-only the fields those uses read.
+only the fields those uses read. `on_update(cache, key, before, after)` hears of every
+projection that changed (the controller recomputes only the PrePulls it concerns).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from imageward import kube, settings
-from imageward.prepull import model, nodes, plans, reflector, reports, workloads
+from imageward.prepull import daemonset, model, nodes, plans, reflector, reports, status, workloads
 
 _START_TIMEOUT = 60.0
 
@@ -64,6 +67,30 @@ def project_namespace(body: Mapping[str, Any]) -> Mapping[str, str]:
     return {str(k): str(v) for k, v in labels.items()}
 
 
+#: Told of every cached projection that changed: (cache, key, before, after).
+Listener = Callable[[str, str, Any, Any], None]
+
+CACHE_WORKLOADS = "workloads"
+CACHE_NAMESPACES = "namespaces"
+CACHE_NODES = "nodes"
+CACHE_AGENTS = "agents"
+CACHE_PLANS = "plans"
+CACHE_DAEMONSETS = "prepull-daemonsets"
+CACHE_PODS = "prepull-pods"
+
+#: Pods are big (~5-25 KiB decoded each): listed 100 at a time.
+_POD_PAGE = 100
+
+
+def build_group(namespace: str, prepull_name: str) -> tuple[str, str]:
+    """The index group of a PrePull's DaemonSet and pods."""
+    return (namespace, daemonset.build_selector_value(prepull_name))
+
+
+def _pod_group(view: status.PodView) -> tuple[str, str]:
+    return (view.namespace, view.prepull)
+
+
 _WORKLOAD_LISTS = {
     model.WorkloadKind.DEPLOYMENT: ("apps", "list_deployment_for_all_namespaces"),
     model.WorkloadKind.STATEFUL_SET: ("apps", "list_stateful_set_for_all_namespaces"),
@@ -75,10 +102,22 @@ _WORKLOAD_LISTS = {
 class Inventory:
     """The caches, started on first use; `close()` stops every watch."""
 
-    def __init__(self, client: kube.Kube, config: settings.Settings) -> None:
+    def __init__(
+        self,
+        client: kube.Kube,
+        config: settings.Settings,
+        *,
+        on_update: Listener | None = None,
+    ) -> None:
         self.kube = client
         self.settings = config
         limit = config.prepull.cache_max_objects
+
+        def tell(cache: str) -> reflector.Listener | None:
+            if on_update is None:
+                return None
+            return functools.partial(on_update, cache)
+
         self._workloads: dict[model.WorkloadKind, reflector.Reflector[workloads.WorkloadView]] = {}
         for kind, (group, method) in _WORKLOAD_LISTS.items():
             api = client.apps if group == "apps" else client.batch
@@ -88,6 +127,7 @@ class Inventory:
                 list_fn=getattr(api, method),
                 project=functools.partial(workloads.project_workload, kind),
                 max_items=limit,
+                on_update=tell(CACHE_WORKLOADS),
             )
         self._namespaces: reflector.Reflector[Mapping[str, str]] = reflector.Reflector(
             client,
@@ -95,6 +135,7 @@ class Inventory:
             list_fn=client.core.list_namespace,
             project=project_namespace,
             max_items=limit,
+            on_update=tell(CACHE_NAMESPACES),
         )
         self._nodes: reflector.Reflector[nodes.NodeView] = reflector.Reflector(
             client,
@@ -102,6 +143,7 @@ class Inventory:
             list_fn=client.core.list_node,
             project=nodes.parse_node,
             max_items=limit,
+            on_update=tell(CACHE_NODES),
         )
         self._agents: reflector.Reflector[reports.AgentPod] = reflector.Reflector(
             client,
@@ -111,6 +153,7 @@ class Inventory:
             label_selector=config.prepull.agent_selector,
             project=reports.parse_agent_pod,
             max_items=limit,
+            on_update=tell(CACHE_AGENTS),
         )
         self._plans: reflector.Reflector[PlanRecord] = reflector.Reflector(
             client,
@@ -120,10 +163,55 @@ class Inventory:
             label_selector=plans.build_selector_text(),
             project=project_plan,
             max_items=limit,
+            on_update=tell(CACHE_PLANS),
+        )
+        selector = daemonset.build_selector_text()
+        self._daemonsets: reflector.Reflector[status.DaemonSetView] = reflector.Reflector(
+            client,
+            what="pre-pull DaemonSets",
+            list_fn=client.apps.list_daemon_set_for_all_namespaces,
+            label_selector=selector,
+            project=status.project_daemonset,
+            max_items=limit,
+            on_update=tell(CACHE_DAEMONSETS),
+        )
+        self._pods: reflector.Reflector[status.PodView] = reflector.Reflector(
+            client,
+            what="pre-pull pods",
+            list_fn=client.core.list_pod_for_all_namespaces,
+            label_selector=selector,
+            project=status.project_pod,
+            max_items=limit,
+            index=_pod_group,
+            on_update=tell(CACHE_PODS),
+            page_size=_POD_PAGE,
         )
 
     def _all(self) -> list[reflector.Reflector[Any]]:
-        return [*self._workloads.values(), self._namespaces, self._nodes, self._agents, self._plans]
+        return [
+            *self._workloads.values(),
+            self._namespaces,
+            self._nodes,
+            self._agents,
+            self._plans,
+            self._daemonsets,
+            self._pods,
+        ]
+
+    def sizes(self) -> dict[str, int]:
+        """Objects held per cache (for metrics and the benchmark)."""
+        found = {f"workloads:{kind.value}": len(r.items) for kind, r in self._workloads.items()}
+        found.update(
+            {
+                CACHE_NAMESPACES: len(self._namespaces.items),
+                CACHE_NODES: len(self._nodes.items),
+                CACHE_AGENTS: len(self._agents.items),
+                CACHE_PLANS: len(self._plans.items),
+                CACHE_DAEMONSETS: len(self._daemonsets.items),
+                CACHE_PODS: len(self._pods.items),
+            }
+        )
+        return found
 
     async def close(self) -> None:
         await asyncio.gather(*(r.close() for r in self._all()))
@@ -158,3 +246,35 @@ class Inventory:
         """Plan ConfigMaps by PrePull key."""
         await self._plans.start(wait=_START_TIMEOUT)
         return {record.key: record for record in self._plans.items.values()}
+
+    def note_daemonset(self, body: Mapping[str, Any]) -> None:
+        """A pre-pull DaemonSet as an API answer returned it (create, replace): into the
+        cache now, unless the cache holds a newer version already."""
+        view = status.project_daemonset(body)
+        if view is None:
+            return
+        cached = self._daemonsets.items.get(f"{view.namespace}/{view.name}")
+        if cached is not None:
+            try:
+                if int(cached.resource_version) >= int(view.resource_version):
+                    return
+            except ValueError:
+                return
+        self._daemonsets.store.apply("MODIFIED", body)
+
+    async def prepull_daemonset(
+        self, namespace: str, prepull_name: str
+    ) -> status.DaemonSetView | None:
+        """The Images-mode DaemonSet of a PrePull, from the cache."""
+        await self._daemonsets.start(wait=_START_TIMEOUT)
+        return self._daemonsets.items.get(
+            f"{namespace}/{daemonset.build_resource_name(prepull_name)}"
+        )
+
+    async def prepull_pods(self, namespace: str, prepull_name: str) -> list[status.PodView]:
+        """The pods of a PrePull's DaemonSet, from the cache: labelled for it and
+        controlled by its DaemonSet (a tenant's pod wearing the label is not counted)."""
+        await self._pods.start(wait=_START_TIMEOUT)
+        owner = daemonset.build_resource_name(prepull_name)
+        group = self._pods.store.group(build_group(namespace, prepull_name))
+        return [view for view in group.values() if view.owner == owner]

@@ -1,17 +1,20 @@
 """A PrePull's status from what the cluster reports: pure aggregation, no API calls.
 
-The controller lists the DaemonSet's pods and passes them in as plain dicts (the API's
-JSON); everything here reads only documented pod status fields, so recorded pods make
-the tests.
+The controller's watch-fed cache keeps each pre-pull pod as a `PodView` (its node,
+readiness, template hash and the failures of its containers, nothing else) and each
+pre-pull DaemonSet as a `DaemonSetView`; `project_pod` / `project_daemonset` make them
+from the API's JSON, and `build_node_status_from_views` aggregates them. Everything
+here reads only documented pod status fields, so recorded pods make the tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from imageward import constants
 from imageward.prepull import daemonset, model
 from imageward.prepull import workloads as workloads_module
 
@@ -112,19 +115,15 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _is_ready(pod: Mapping[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _is_current(pod: Mapping[str, Any], current_hash: str | None) -> bool:
-    if current_hash is None:
-        return True
-    annotations = pod.get("metadata", {}).get("annotations") or {}
-    return bool(annotations.get(daemonset.ANNOTATION_DIGEST_HASH) == current_hash)
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(
+        isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
+        for c in conditions
+    )
 
 
 def _container_images(pod: Mapping[str, Any]) -> dict[str, str]:
-    spec = pod.get("spec", {})
+    spec = pod.get("spec") or {}
     return {
         container.get("name", ""): container.get("image", "")
         for key in ("initContainers", "containers")
@@ -135,7 +134,7 @@ def _container_images(pod: Mapping[str, Any]) -> dict[str, str]:
 def _volume_images(pod: Mapping[str, Any]) -> list[str]:
     return [
         volume["image"].get("reference", "")
-        for volume in pod.get("spec", {}).get("volumes") or []
+        for volume in (pod.get("spec") or {}).get("volumes") or []
         if isinstance(volume.get("image"), Mapping)
     ]
 
@@ -152,13 +151,11 @@ def _failed_state(status: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _pod_failures(
-    pod: Mapping[str, Any], node: str, images: Mapping[str, str] | None
-) -> list[Failure]:
+def _pod_failures(pod: Mapping[str, Any], node: str) -> list[Failure]:
     container_images = _container_images(pod)
     volume_images = _volume_images(pod)
     failures: list[Failure] = []
-    status = pod.get("status", {})
+    status = pod.get("status") or {}
     for key in ("initContainerStatuses", "containerStatuses"):
         for container in status.get(key) or []:
             failed = _failed_state(container)
@@ -172,8 +169,6 @@ def _pod_failures(
                 if reference and reference in message:
                     image = reference
                     break
-            if images is not None:
-                image = images.get(image, image)
             failures.append(
                 Failure(
                     node=node,
@@ -183,6 +178,97 @@ def _pod_failures(
                 )
             )
     return failures
+
+
+#: Failures kept per pod (one per failing container, the first ones).
+MAX_POD_FAILURES = MAX_FAILURES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodView:
+    """A pre-pull pod as the cache keeps it: what the status is computed from."""
+
+    namespace: str
+    prepull: str
+    """Its imageward.io/prepull label (the PrePull's selector value)."""
+
+    owner: str
+    """The name of the DaemonSet that controls it ("" when none does)."""
+
+    node: str | None
+    ready: bool
+    template_hash: str | None
+    deleting: bool
+    failures: tuple[Failure, ...] = ()
+    """Per failing container: node, the pod's image reference, reason, short message."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DaemonSetView:
+    """A pre-pull DaemonSet as the cache keeps it."""
+
+    namespace: str
+    name: str
+    desired: int
+    template_hash: str | None
+    counted: bool = True
+    """The DaemonSet controller has seen its current generation (status.observedGeneration
+    reached metadata.generation): before, desired is 0 (or the old spec's count) because
+    nobody counted the nodes, not because none matches."""
+
+    resource_version: str = dataclasses.field(default="", compare=False)
+    """Not compared: a status change that leaves these fields alone changes nothing."""
+
+
+def project_pod(body: Mapping[str, Any]) -> PodView | None:
+    """The fields status needs of a pre-pull pod; None without the prepull label."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    prepull = labels.get(constants.LABEL_PREPULL)
+    if not isinstance(prepull, str):
+        return None
+    return _build_view(body, prepull)
+
+
+def _build_view(body: Mapping[str, Any], prepull: str) -> PodView:
+    metadata = body.get("metadata") or {}
+    owner = ""
+    for reference in metadata.get("ownerReferences") or []:
+        if (
+            isinstance(reference, Mapping)
+            and reference.get("controller")
+            and reference.get("kind") == "DaemonSet"
+        ):
+            owner = str(reference.get("name") or "")
+    node = (body.get("spec") or {}).get("nodeName")
+    node = node if isinstance(node, str) and node else None
+    annotations = metadata.get("annotations") or {}
+    template_hash = annotations.get(daemonset.ANNOTATION_DIGEST_HASH)
+    return PodView(
+        namespace=str(metadata.get("namespace") or ""),
+        prepull=prepull,
+        owner=owner,
+        node=node,
+        ready=_is_ready(body),
+        template_hash=template_hash if isinstance(template_hash, str) else None,
+        deleting=bool(metadata.get("deletionTimestamp")),
+        failures=tuple(_pod_failures(body, node or "")[:MAX_POD_FAILURES]),
+    )
+
+
+def project_daemonset(body: Mapping[str, Any]) -> DaemonSetView | None:
+    metadata = body.get("metadata") or {}
+    template = ((body.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    template_hash = (template.get("annotations") or {}).get(daemonset.ANNOTATION_DIGEST_HASH)
+    found = body.get("status") or {}
+    desired = found.get("desiredNumberScheduled")
+    return DaemonSetView(
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        desired=desired if isinstance(desired, int) and not isinstance(desired, bool) else 0,
+        template_hash=template_hash if isinstance(template_hash, str) else None,
+        counted=evaluate_daemonset_pending(body) is None,
+        resource_version=str(metadata.get("resourceVersion") or ""),
+    )
 
 
 def select_failures(failures: Sequence[Failure]) -> tuple[Failure, ...]:
@@ -226,6 +312,19 @@ def build_node_status(
     current_hash: str | None = None,
     images: Mapping[str, str] | None = None,
 ) -> NodeStatus:
+    """Aggregate the DaemonSet's pods (as the API returns them) per node: see
+    `build_node_status_from_views`, which the controller uses on its cache."""
+    views = [_build_view(pod, "") for pod in pods]
+    return build_node_status_from_views(views, desired, current_hash=current_hash, images=images)
+
+
+def build_node_status_from_views(
+    pods: Iterable[PodView],
+    desired: int,
+    *,
+    current_hash: str | None = None,
+    images: Mapping[str, str] | None = None,
+) -> NodeStatus:
     """Aggregate the DaemonSet's pods per node.
 
     `desired` is the DaemonSet's status.desiredNumberScheduled. With `current_hash` (the
@@ -234,23 +333,29 @@ def build_node_status(
     pod's image reference (pinned) back to the image as the user wrote it.
     Pods being deleted and pods not yet bound to a node are not counted.
     """
-    by_node: dict[str, list[Mapping[str, Any]]] = {}
+    by_node: dict[str, list[PodView]] = {}
     for pod in pods:
-        metadata = pod.get("metadata", {})
-        node = pod.get("spec", {}).get("nodeName")
-        if metadata.get("deletionTimestamp") or not node:
+        if pod.deleting or not pod.node:
             continue
-        by_node.setdefault(node, []).append(pod)
+        by_node.setdefault(pod.node, []).append(pod)
 
     ready = failed = 0
     failures: list[Failure] = []
-    for node, node_pods in by_node.items():
-        if any(_is_ready(pod) and _is_current(pod, current_hash) for pod in node_pods):
+    for node_pods in by_node.values():
+        if any(
+            pod.ready and (current_hash is None or pod.template_hash == current_hash)
+            for pod in node_pods
+        ):
             ready += 1
             continue
-        node_failures = [f for pod in node_pods for f in _pod_failures(pod, node, images)]
+        node_failures = [f for pod in node_pods for f in pod.failures]
         if node_failures:
             failed += 1
+            if images is not None:
+                node_failures = [
+                    dataclasses.replace(f, image=images.get(f.image, f.image))
+                    for f in node_failures
+                ]
             failures.extend(node_failures)
     return NodeStatus(
         desired=desired, ready=ready, failed=failed, failures=select_failures(failures)

@@ -105,53 +105,10 @@ T = TypeVar("T")
 
 
 class PagedReflector(reflector.Reflector[T]):
-    """A Reflector that projects each page of its list as it arrives.
+    """The scanner's name for the base Reflector, which projects each page of a list as
+    it arrives (off the event loop): ten thousand Pods are about 170 MiB of parsed JSON
+    when a whole list is kept until its last page."""
 
-    The base class keeps every object of a list until the last page is in: ten thousand
-    Pods are about 170 MiB of parsed JSON for a moment, on every relist. Projected page
-    by page, a list never holds more than one page of raw objects.
-    """
-
-    async def _list(self) -> str:
-        items: dict[str, T] = {}
-        overflowed = False
-        token: str | None = None
-        resource_version = ""
-        while True:
-            kwargs: dict[str, Any] = {**self.selectors, "limit": _PAGE_SIZE}
-            if token:
-                kwargs["_continue"] = token
-            page = await self.kube.call(f"list {self.what}", self.list_fn, *self.args, **kwargs)
-            for obj in (page or {}).get("items") or []:
-                value = self.store.project(obj)
-                if value is None:
-                    continue
-                if len(items) >= self.store.max_items:
-                    overflowed = True
-                    continue
-                items[reflector.build_key(obj)] = value
-            metadata = (page or {}).get("metadata") or {}
-            resource_version = str(metadata.get("resourceVersion") or resource_version)
-            token = metadata.get("continue")
-            del page
-            if not token:
-                break
-        changed = items != self.store.items
-        self.store.items, self.store.overflowed = items, overflowed
-        if overflowed:
-            logger.warning(
-                "%s: more than %d objects; the rest are left out of the cache",
-                self.what,
-                self.store.max_items,
-            )
-        self.error = None
-        self.synced.set()
-        if changed:
-            self._changed()
-        return resource_version
-
-
-_PAGE_SIZE = 500
 
 _WORKLOAD_LISTS = {
     "Deployment": ("apps", "list_deployment_for_all_namespaces"),

@@ -49,7 +49,10 @@ def test_template_renders_unique_named_objects(files: tuple[pathlib.Path, ...]) 
         labels = manifest["metadata"].get("labels", {})
         if manifest["kind"] != "CustomResourceDefinition":
             assert labels["app.kubernetes.io/instance"] == chart.RELEASE, manifest["kind"]
-        if manifest["kind"] in {"Deployment", "Service", "ConfigMap", "Secret", "Role"}:
+        # Roles granting a watch of named key material live in that object's namespace.
+        if manifest["kind"] in {"Deployment", "Service", "ConfigMap", "Secret", "Role"} and (
+            chart.component_of(manifest) != "key-material"
+        ):
             assert manifest["metadata"]["namespace"] == chart.NAMESPACE
 
 
@@ -818,3 +821,32 @@ def test_settings_from_the_default_chart(default: list[chart.Manifest]) -> None:
     assert config.admission.tls_secret == "imageward-tls"
     assert config.admission.create_configurations is False
     assert set(config.admission.excluded_namespaces) == {"kube-system", chart.NAMESPACE}
+
+
+def _key_material(manifests: list[chart.Manifest], kind: str) -> list[chart.Manifest]:
+    return [m for m in chart.find_all(manifests, kind) if chart.component_of(m) == "key-material"]
+
+
+def test_key_material_is_watched_only_by_the_names_listed(
+    default: list[chart.Manifest], all_on: list[chart.Manifest]
+) -> None:
+    env = chart.env_of(chart.find(default, "Deployment"))
+    assert env["IMAGEWARD_KEY_MATERIAL_REFRESH"] == "15"
+    assert chart.env_of(chart.find(all_on, "Deployment"))["IMAGEWARD_KEY_MATERIAL_REFRESH"] == "30"
+    assert not _key_material(default, "Role")
+    roles = _key_material(all_on, "Role")
+    granted = {
+        (role["metadata"]["namespace"], resource, name): tuple(rule["verbs"])
+        for role in roles
+        for rule in _rules(role)
+        for resource in rule["resources"]
+        for name in rule["resourceNames"]
+    }
+    assert granted == {
+        ("default", "secrets", "release-key"): ("get", "list", "watch"),
+        ("default", "configmaps", "trusted-root"): ("get", "list", "watch"),
+    }
+    bindings = {b["roleRef"]["name"]: b["subjects"] for b in _key_material(all_on, "RoleBinding")}
+    account = chart.find(all_on, "ServiceAccount")["metadata"]["name"]
+    assert set(bindings) == {r["metadata"]["name"] for r in roles}
+    assert all(s[0]["name"] == account for s in bindings.values())
