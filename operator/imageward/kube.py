@@ -8,15 +8,19 @@ the verb and object they were about.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubernetes
 
 from imageward import errors
+
+if TYPE_CHECKING:
+    import kopf
 
 _SERVICE_ACCOUNT_DIR = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -41,6 +45,21 @@ def build_in_cluster_server(environ: Mapping[str, str]) -> str | None:
     if ":" in host or "%" in host:  # IPv6, as Go's net.JoinHostPort brackets it
         host = f"[{host}]"
     return f"https://{host}:{port}"
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's login (`main.login` is the registered handler): in-cluster ServiceAccount
+    first, then KUBECONFIG (read when called, unlike the kubernetes client which fixes its
+    default path at import). In a pod, the apiserver address the kubelet gives (as
+    imageward's own client uses it), not Kopf's https://kubernetes.default.svc, which
+    fails without cluster DNS."""
+    import kopf  # here: the agent and the CLI import this module and never log in
+
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    if in_cluster is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    server = build_in_cluster_server(os.environ)
+    return dataclasses.replace(in_cluster, server=server) if server else in_cluster
 
 
 def build_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
 import pathlib
 import tempfile
 import time
@@ -41,15 +39,7 @@ def _runtime(memo: kopf.Memo) -> runtime.Runtime:
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    # Kopf's own readers: in-cluster ServiceAccount first, then KUBECONFIG (read when
-    # called, unlike the kubernetes client which fixes its default path at import). In a
-    # pod, the apiserver address the kubelet gives (as imageward's own client uses it),
-    # not Kopf's https://kubernetes.default.svc, which fails without cluster DNS.
-    in_cluster = kopf.login_with_service_account(**kwargs)
-    if in_cluster is None:
-        return kopf.login_with_kubeconfig(**kwargs)
-    server = kube.build_in_cluster_server(os.environ)
-    return dataclasses.replace(in_cluster, server=server) if server else in_cluster
+    return kube.login(**kwargs)
 
 
 @kopf.on.startup()

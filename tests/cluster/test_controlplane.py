@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import uuid
 
 import pytest
@@ -175,6 +176,10 @@ def test_kopf_webhook_refusal_reaches_the_client(
     monkeypatch.setenv("HARNESS_WEBHOOK_CA", str(tmp_path / "ca.crt"))
     monkeypatch.setenv("HARNESS_WEBHOOK_CONFIG", config_name)
     operator_file = str(HERE / "webhook_operator.py")
+    # KopfRunner runs every handler of this process's default registry: had a test module
+    # imported imageward.main, the session operator's handlers would run here too (and
+    # patch its webhook configurations' caBundle with a CA of their own).
+    assert "imageward.main" not in sys.modules, "a test imported imageward.main"
     try:
         with KopfRunner(["run", "--standalone", "-A", operator_file], timeout=60):
             utils.wait_for(

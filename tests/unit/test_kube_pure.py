@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import kopf
 import pytest
 
-from imageward import kube, main
+# Not `imageward.main`: importing it registers every Kopf handler in this process, and a
+# test that runs Kopf in-process (test_controlplane's KopfRunner) would run them too.
+from imageward import kube
 
 
 @pytest.mark.parametrize(
@@ -44,8 +45,7 @@ def test_kopf_logs_in_at_that_address_not_at_a_dns_name(monkeypatch: pytest.Monk
     monkeypatch.setattr(kopf, "login_with_service_account", service_account)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    # The registered handler itself (Kopf types it as an activity callback).
-    login = cast(Callable[..., kopf.ConnectionInfo | None], main.login)
+    login = kube.login
     info = login(settings=kopf.OperatorSettings(), logger=None)
     assert info is not None
     assert (info.server, info.token, info.ca_path) == ("https://10.96.0.1:443", "t", "/ca")
