@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from imageward import errors
+from imageward import constants, errors
 from imageward.localcluster import (
     containerd,
     controlplane,
@@ -36,7 +36,7 @@ from imageward.localcluster import (
     registries,
     tools,
 )
-from imageward.prepull import agent, daemonset, planner, plans
+from imageward.prepull import agent, daemonset, planner, plans, unpack
 from imageward.prepull import containerd as ctrd
 from imageward.registry import model, reference
 from tests import utils
@@ -79,6 +79,7 @@ class ImageSet:
                     model.Layer(model.Digest(layer.digest), layer.size, images.OCI_LAYER_GZIP)
                     for layer in self.manifests[i].layers
                 ),
+                config=model.Digest(self.config(i)),
             )
             for i in chosen
         ]
@@ -108,13 +109,21 @@ def write_plan(
     *,
     prepull: tuple[str, str, str] = ("shop", "web", "uid-1"),
     pull_secrets: Mapping[str, pathlib.Path] | None = None,
+    unpack_images: Sequence[planner.PlanImage] = (),
 ) -> dict[str, Any]:
     """The plan file as the operator's plan ConfigMap holds it (every node), with pull
-    secrets kept in test directories (the plan-file form of the credentials)."""
+    secrets kept in test directories (the plan-file form of the credentials); the
+    operator's plans list their images for unpacking too (`unpack_images`)."""
     references = {ref: reference.parse_reference(ref) for ref in image_set.references}
     namespace, name, uid = prepull
     document = daemonset.build_plan_document(
-        name, namespace, uid, plan, references, pull_secrets=sorted(pull_secrets or {})
+        name,
+        namespace,
+        uid,
+        plan,
+        references,
+        pull_secrets=sorted(pull_secrets or {}),
+        images=unpack_images,
     )
     for entry in document["pullSecrets"]:
         entry["path"] = str((pull_secrets or {})[entry["name"]])
@@ -277,6 +286,79 @@ def test_pull_after_the_agent_downloads_only_unplanned_layers(
 
     # The pull found the repository in the agent's label and left it as it was.
     assert content_labels(containerd_daemon)[next(iter(base))].count(SOURCE_LABEL) == 1
+
+
+def snapshots(daemon: containerd.Containerd) -> dict[str, tuple[str, str]]:
+    """`ctr snapshots ls` (overlayfs) as {key: (parent, kind)}."""
+    rows = daemon.ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout.splitlines()[1:]
+    table = {}
+    for row in rows:
+        fields = row.split()
+        if len(fields) == 3:
+            table[fields[0]] = (fields[1], fields[2])
+        elif len(fields) == 2:
+            table[fields[0]] = ("", fields[1])
+    return table
+
+
+def chain_ids(manifest: images.Manifest) -> tuple[str, ...]:
+    return unpack.build_chain_ids(layer.diff_id for layer in manifest.layers)
+
+
+def test_the_agent_unpacks_the_planned_prefix_and_a_pull_unpacks_only_the_rest(
+    tmp_path: pathlib.Path,
+    registry_set: registries.Registries,
+    containerd_daemon: containerd.Containerd,
+    counting: faultproxy.FaultProxy,
+) -> None:
+    image_set = push_images(registry_set.anonymous, counting.host, count=2)
+    plan = planner.build_plan(image_set.plan_images(), budget=None, min_share=2)
+    base = image_set.layers(0) & image_set.layers(1)
+    assert {layer.digest for layer in plan.layers} == base
+    plan_path = tmp_path / "plan.json"
+    document = write_plan(
+        plan_path,
+        image_set,
+        plan,
+        prepull=("shop", "unpack", "uid-u"),
+        unpack_images=image_set.plan_images(),
+    )
+    assert len(document["images"]) == 2
+    status, progress, stderr = run_agent_once(plan_path, containerd_daemon, counting.host)
+    assert status == 0, stderr
+    assert progress["ready"] is True
+    assert [item["state"] for item in progress["unpack"]] == ["done", "done"], progress
+    # The three shared base layers are committed snapshots named by chain ID, made once
+    # (both images share them), held by the PrePull's lease; the top layers are not.
+    chain = chain_ids(image_set.manifests[0])
+    assert chain_ids(image_set.manifests[1])[:3] == chain[:3]
+    assert sum(item["made"] for item in progress["unpack"]) == 3
+    found = snapshots(containerd_daemon)
+    assert found[chain[0]] == ("", "Committed")
+    assert found[chain[1]] == (chain[0], "Committed")
+    assert found[chain[2]] == (chain[1], "Committed")
+    assert chain[3] not in found
+    assert not [key for key in found if key.startswith(unpack.KEY_PREFIX)], found
+    (lease_id,) = leases_of(containerd_daemon, "unpack")
+    assert set(chain[:3]) <= await_resources(containerd_daemon, lease_id)
+    # They survive a garbage collection: the lease holds them.
+    collect_garbage(containerd_daemon)
+    assert set(chain[:3]) <= set(snapshots(containerd_daemon))
+
+    # Again (a resync): nothing is made, nothing is fetched but the config is not either.
+    counting.reset_counts()
+    status, progress, stderr = run_agent_once(plan_path, containerd_daemon, counting.host)
+    assert status == 0, stderr
+    assert sum(item["made"] for item in progress["unpack"]) == 0
+    assert sum(item["snapshots"] for item in progress["unpack"]) == 6
+
+    # A pull (containerd's own unpacker) finds them and unpacks only the top layer: the
+    # agent's snapshots are the ones it keeps (their labels say who made them).
+    containerd_daemon.pull(image_set.references[0])
+    found = snapshots(containerd_daemon)
+    assert found[chain[3]] == (chain[2], "Committed")
+    info = json.loads(containerd_daemon.ctr("snapshots", "info", chain[2]).stdout)
+    assert info["Labels"].get(constants.LABEL_MANAGED_BY) == constants.MANAGER_NAME, info
 
 
 def test_the_lease_keeps_blobs_through_garbage_collection(

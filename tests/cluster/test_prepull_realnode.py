@@ -12,8 +12,10 @@ is the pod). So every byte either of them fetches is counted per blob.
 - Layers mode: the chart's agent DaemonSet runs as a pod on the real node with the
   operator image, pointed at the node's containerd socket and fed by the session
   operator's plan ConfigMap; after the PrePull is Ready the planned blobs are in that
-  containerd (held by the PrePull's lease, labelled with their source) and a pod of a
-  planned image fetches exactly its unplanned layers, byte for byte.
+  containerd (held by the PrePull's lease, labelled with their source), the planned
+  prefix of each image is unpacked into committed chain-ID snapshots the lease holds,
+  and a pod of a planned image fetches exactly its unplanned layers, byte for byte,
+  its kubelet unpacking only those.
 
 ImageVolume cannot be tried here: the session's apiserver keeps the feature off
 (`test_prepull.py::test_image_volume_without_the_feature_is_reported`), and with it on,
@@ -23,6 +25,7 @@ below, which shows what each component answers).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -41,7 +44,8 @@ from imageward.localcluster import (
     registries,
     tools,
 )
-from imageward.prepull import agent, plans
+from imageward.prepull import agent, plans, unpack
+from imageward.prepull import containerd as ctrd
 from tests import utils
 from tests.conftest import RunningOperator
 
@@ -98,6 +102,38 @@ def _runnable_images(
         result = registry.client().push(f"{name}/app-{index}", manifest, tag="1.0")
         pushed.append((result, manifest))
     return pushed
+
+
+def _snapshots(node: realnode.RealNode) -> dict[str, tuple[str, str]]:
+    """The node's overlayfs snapshots in k8s.io (the CRI's): {key: (parent, kind)}."""
+    listing = node.containerd.ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout
+    table = {}
+    for row in listing.splitlines()[1:]:
+        fields = row.split()
+        if len(fields) == 3:
+            table[fields[0]] = (fields[1], fields[2])
+        elif len(fields) == 2:
+            table[fields[0]] = ("", fields[1])
+    return table
+
+
+def _snapshot_labels(node: realnode.RealNode, key: str) -> dict[str, str]:
+    info = json.loads(node.containerd.ctr("snapshots", "info", key).stdout)
+    return dict(info.get("Labels") or {})
+
+
+async def _lease_snapshots(node: realnode.RealNode, marker: str) -> set[str]:
+    """Snapshot keys the leases whose labels hold `marker` hold."""
+    async with ctrd.Client(str(node.containerd.socket), node.containerd.namespace) as client:
+        held: set[str] = set()
+        for lease in await client.list_leases():
+            if marker in [f"{k}={v}" for k, v in lease.labels.items()]:
+                held |= {
+                    r.id
+                    for r in await client.list_resources(lease.id)
+                    if r.type == ctrd.build_snapshot_resource("overlayfs")
+                }
+        return held
 
 
 def _prepull(
@@ -333,6 +369,26 @@ def test_layers_mode_agent_pod_puts_planned_blobs_and_a_later_pod_fetches_the_re
     assert {d: fetched.get(d, 0) for d in shared} == dict.fromkeys(shared, 1)
     mirror_queries = {s.query for s in link.seen if BLOB_RE.search(s.path)}
     assert all(f"ns={registry_set.anonymous.host}" in q for q in mirror_queries), mirror_queries
+    # The planned prefix (every layer but the image's own top one) is unpacked before
+    # Ready: committed overlayfs snapshots in k8s.io named by chain ID, each on the one
+    # below, held by the PrePull's lease; the unplanned top layer is not.
+    chain = unpack.build_chain_ids(layer.diff_id for layer in pushed[0][1].layers)
+    assert len(chain) == 4
+    found = _snapshots(real_node)
+    assert [found.get(c) for c in chain[:3]] == [
+        ("", "Committed"),
+        (chain[0], "Committed"),
+        (chain[1], "Committed"),
+    ], found
+    assert chain[3] not in found
+    assert not [key for key in found if key.startswith(unpack.KEY_PREFIX)], found
+    marker = f"{agent.LABEL_PREPULL_NAME}=shared"
+    assert set(chain[:3]) <= asyncio.run(_lease_snapshots(real_node, marker))
+    made_by_agent = {c: _snapshot_labels(real_node, c) for c in chain[:3]}
+    assert all(
+        labels.get("app.kubernetes.io/managed-by") == "imageward"
+        for labels in made_by_agent.values()
+    ), made_by_agent
 
     # A later pod of the image fetches its unplanned layer and nothing else, byte for byte.
     link.reset_counts()
@@ -341,6 +397,10 @@ def test_layers_mode_agent_pod_puts_planned_blobs_and_a_later_pod_fetches_the_re
     layer_bytes = {d: n for d, n in _blob_bytes(link).items() if d in shared or d in own}
     assert layer_bytes == own, (layer_bytes, own)
     assert not set(_blob_requests(link)) & shared
+    # The kubelet's unpacker kept the agent's snapshots and unpacked only the top layer.
+    found = _snapshots(real_node)
+    assert found.get(chain[3]) == (chain[2], "Committed"), found
+    assert {c: _snapshot_labels(real_node, c) for c in chain[:3]} == made_by_agent
     print(
         f"\nLayers mode on the real node: Ready in {ready_seconds:.1f}s; a later pod fetched "
         f"{sum(layer_bytes.values())} layer bytes = the unplanned {sum(own.values())}"

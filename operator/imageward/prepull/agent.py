@@ -42,6 +42,23 @@ The lease (one per PrePull and plan; see `build_lease_id`):
   cluster agent's start-up sweep of the leases it made (`LABEL_SCOPE`);
 - leases of other PrePulls are never touched.
 
+Unpacking (`unpack`): once the blobs are held, for each image the plan lists under
+`images` the agent unpacks the longest prefix of its layers whose blobs are held into
+committed snapshots named by chain ID (namespace `containerdNamespace`, snapshotter
+`overlayfs`, the CRI's), so the kubelet's unpacker skips them at pod start. It fetches
+the image config (at most the registry settings' `max_config_bytes`, hashed) for its
+diff IDs; per layer: a committed snapshot of that chain ID is left as it is (the lease
+takes it); otherwise Prepare (labelled with the chain ID it is for, parent: the previous
+layer's) under the lease, the Diff service's Apply of the held blob onto its mounts, a
+check that Apply produced the config's diff ID, and Commit as the chain ID under the
+lease. A failed layer's active snapshot is removed; a Commit that finds the chain ID
+taken (the kubelet unpacked it meanwhile) removes ours and keeps that one. So the
+PrePull's lease holds its snapshots as it holds its blobs: they go when the lease goes
+(a new lease takes them before an old one is deleted). Unpacking is best effort: an
+image whose config is missing, oversized or unusable, or a layer that fails, is reported
+(`unpack` in the progress JSON, the condition's message) and leaves the blobs held; the
+plan is Ready once every blob is held and every image's unpack has been tried.
+
 `--once` applies one plan file, prints the progress JSON and exits (0 all held, 1 some
 blob failed, 2 unusable plan or options).
 """
@@ -58,11 +75,12 @@ import logging
 import pathlib
 import re
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from imageward import constants, errors, metrics, settings
-from imageward.prepull import containerd, nodes, plans
+from imageward.prepull import containerd, nodes, plans, unpack
 from imageward.prepull import model as prepull_model
 from imageward.registry import auth, client, model, reference
 
@@ -147,6 +165,8 @@ class AgentPlan:
     """None: every node (a plan file written by hand)."""
 
     tolerations: tuple[prepull_model.Toleration, ...] = ()
+    unpack: tuple[unpack.UnpackImage, ...] = ()
+    """The images whose first layers to unpack once held (`images` in the document)."""
 
     @property
     def key(self) -> str:
@@ -238,6 +258,11 @@ def parse_plan(data: bytes | str, *, source: str) -> AgentPlan:
         ):
             raise ValueError("nodeSelector: expected an object of strings")
         tolerations = nodes.parse_tolerations_json(document.get("tolerations"), where="tolerations")
+        images = unpack.parse_unpack_images(document.get("images"))
+        for image in images:
+            for layer in image.layers:
+                if layer.digest not in blobs:
+                    raise ValueError(f"images: {image.image} lists {layer.digest}, not planned")
         total = document.get("bytes")
         return AgentPlan(
             prepull=prepull,
@@ -248,6 +273,7 @@ def parse_plan(data: bytes | str, *, source: str) -> AgentPlan:
             pull_secrets=tuple(secrets),
             node_selector=dict(selector) if selector is not None else None,
             tolerations=tolerations,
+            unpack=images,
         )
     except ValueError as e:
         raise PlanFileError(f"plan {source}: {e}") from e
@@ -396,6 +422,24 @@ class BlobState(enum.Enum):
     FAILED = "failed"
 
 
+class UnpackState(enum.Enum):
+    PENDING = "pending"
+    DONE = "done"  # every held layer of the prefix is a committed snapshot
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(slots=True)
+class UnpackProgress:
+    """One image's unpacking: `snapshots` of its `layers` listed layers are committed
+    (`made` by this agent, the others found)."""
+
+    state: UnpackState = UnpackState.PENDING
+    layers: int = 0
+    snapshots: int = 0
+    made: int = 0
+    reason: str | None = None
+
+
 @dataclasses.dataclass(slots=True)
 class Progress:
     """What /readyz reports; the latest plan's state, replaced when the plan changes."""
@@ -407,14 +451,24 @@ class Progress:
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)
     fetched_bytes: int = 0
     error: str | None = None
+    unpacks: dict[str, UnpackProgress] = dataclasses.field(default_factory=dict)
+    """By image, for the plan's `unpack` images."""
+
+    diff_ids: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Diff IDs by config digest, read once per plan (a lease renewal reads none)."""
+
+    @property
+    def held(self) -> bool:
+        return all(state is BlobState.HELD for state in self.states.values())
+
+    @property
+    def unpacking(self) -> bool:
+        """Some image's unpack not tried yet."""
+        return any(item.state is UnpackState.PENDING for item in self.unpacks.values())
 
     @property
     def ready(self) -> bool:
-        return (
-            self.plan is not None
-            and self.error is None
-            and all(state is BlobState.HELD for state in self.states.values())
-        )
+        return self.plan is not None and self.error is None and self.held and not self.unpacking
 
     def start(self, plan: AgentPlan) -> None:
         """A new plan starts from nothing; the same plan again (a resync, a lease
@@ -430,6 +484,8 @@ class Progress:
         self.states = {blob.digest: BlobState.PENDING for blob in plan.blobs}
         self.reasons = {}
         self.fetched_bytes = 0
+        self.unpacks = {image.image: UnpackProgress() for image in plan.unpack}
+        self.diff_ids = {}
 
     def set(self, digest: str, state: BlobState, reason: str | None = None) -> None:
         self.states[digest] = state
@@ -449,10 +505,24 @@ class Progress:
             sizes: dict[str, int] = {blob.digest: blob.size for blob in self.plan.blobs}
             held_bytes = sum(sizes.get(d, 0) for d, s in self.states.items() if s is BlobState.HELD)
         held = f"{counts[BlobState.HELD]} of {total} layers held ({held_bytes} bytes)"
+        if self.unpacks:
+            snapshots = sum(item.snapshots for item in self.unpacks.values())
+            held += f", {snapshots} unpacked"
+            failed = sorted(
+                (image, item.reason or "")
+                for image, item in self.unpacks.items()
+                if item.state is UnpackState.FAILED
+            )
+            if failed:
+                held += f"; unpacking {failed[0][0]} failed: {failed[0][1]}"
+                if len(failed) > 1:
+                    held += f" ({len(failed) - 1} more images)"
         if self.error is not None:
             return False, "FetchFailed", f"{held}; {self.error}"
         if self.ready:
             return True, "Held", held
+        if self.held and self.unpacking:
+            return False, "Unpacking", held
         if counts[BlobState.FAILED] and not (
             counts[BlobState.PENDING] or counts[BlobState.FETCHING]
         ):
@@ -488,6 +558,17 @@ class Progress:
             "failures": [
                 {"digest": digest, "reason": reason}
                 for digest, reason in sorted(self.reasons.items())
+            ][:_MAX_FAILURES_SHOWN],
+            "unpack": [
+                {
+                    "image": image,
+                    "state": item.state.value,
+                    "layers": item.layers,
+                    "snapshots": item.snapshots,
+                    "made": item.made,
+                    **({"reason": item.reason} if item.reason else {}),
+                }
+                for image, item in sorted(self.unpacks.items())
             ][:_MAX_FAILURES_SHOWN],
             "error": self.error,
         }
@@ -528,6 +609,7 @@ class Options:
     resync_interval: float = 600.0
     lease_ttl: float = DEFAULT_LEASE_TTL
     node: str | None = None
+    snapshotter: str = unpack.DEFAULT_SNAPSHOTTER
     registry: settings.RegistrySettings = dataclasses.field(
         default_factory=settings.RegistrySettings
     )
@@ -657,6 +739,11 @@ class Agent:
             for blob in plan.blobs:
                 group.create_task(one(blob))
         complete = all(state is BlobState.HELD for state in progress.states.values())
+        # Before an older lease goes: this one takes the snapshots it held.
+        for image in plan.unpack:
+            progress.unpacks[image.image] = await self._unpack_image(
+                plan, lease_id, image, credentials
+            )
         if complete:
             for lease in others:
                 sync = lease.labels.get(LABEL_PLAN_HASH) != plan.hash or (
@@ -767,6 +854,129 @@ class Agent:
             logger.info("blob %s (%d bytes) fetched from %s", blob.digest, blob.size, ref.name)
             return
         raise build_fetch_error(failures)
+
+    # -- unpacking ------------------------------------------------------------------
+
+    async def _unpack_image(
+        self,
+        plan: AgentPlan,
+        lease_id: str,
+        image: unpack.UnpackImage,
+        credentials: Sequence[auth.DockerConfig],
+    ) -> UnpackProgress:
+        """Unpack the held prefix of one image's layers; never raises but a cancel."""
+        held = {d for d, state in self.progress.states.items() if state is BlobState.HELD}
+        count = unpack.evaluate_held_prefix(image, held)
+        result = UnpackProgress(layers=count)
+        if count == 0:
+            result.state = UnpackState.DONE
+            return result
+        try:
+            diff_ids = await self._diff_ids(image, credentials)
+            chain = unpack.build_chain_ids(diff_ids[:count])
+            parent = ""
+            for layer, diff_id, chain_id in zip(image.layers, diff_ids, chain, strict=False):
+                if await self._unpack_layer(lease_id, layer, diff_id, chain_id, parent):
+                    result.made += 1
+                result.snapshots += 1
+                parent = chain_id
+        except (errors.ImagewardError, OSError) as e:
+            result.state, result.reason = UnpackState.FAILED, str(e)
+            logger.warning("unpacking %s of %s: %s", image.image, plan.prepull.display, e)
+            return result
+        except Exception as e:
+            logger.exception("unpacking %s of %s", image.image, plan.prepull.display)
+            result.state, result.reason = UnpackState.FAILED, f"unexpected {type(e).__name__}: {e}"
+            return result
+        result.state = UnpackState.DONE
+        logger.info(
+            "image %s of %s: %d layers unpacked (%d made, %d found)",
+            image.image,
+            plan.prepull.display,
+            result.snapshots,
+            result.made,
+            result.snapshots - result.made,
+        )
+        return result
+
+    async def _diff_ids(
+        self, image: unpack.UnpackImage, credentials: Sequence[auth.DockerConfig]
+    ) -> tuple[str, ...]:
+        known = self.progress.diff_ids.get(image.config)
+        if known is not None and len(known) == image.layer_count:
+            return known
+        limit = self.options.registry.max_config_bytes
+        failures: list[errors.RegistryError] = []
+        for registry, repository in image.sources:
+            ref = model.ImageReference(
+                registry=registry, repository=repository, digest=image.config
+            )
+            try:
+                body = await self.registry.fetch_blob(
+                    ref, image.config, max_bytes=limit, credentials=credentials
+                )
+            except errors.RegistryError as e:
+                failures.append(e)
+                continue
+            diff_ids = unpack.parse_diff_ids(body, image=image, max_bytes=limit)
+            self.progress.diff_ids[image.config] = diff_ids
+            return diff_ids
+        raise build_fetch_error(failures)
+
+    async def _unpack_layer(
+        self, lease_id: str, layer: model.Layer, diff_id: str, chain_id: str, parent: str
+    ) -> bool:
+        """Make `chain_id` a committed snapshot held by the lease; True when made here,
+        False when it was there (or another unpacker made it meanwhile)."""
+        ctr, snapshotter = self.ctr, self.options.snapshotter
+        resource = containerd.build_snapshot_resource(snapshotter)
+        found = await ctr.stat_snapshot(snapshotter, chain_id)
+        if found is not None and found.committed:
+            await ctr.add_resource(lease_id, chain_id, resource)
+            return False
+        key = unpack.build_snapshot_key(chain_id, uuid.uuid4().hex[:16])
+        labels = {
+            **unpack.build_snapshot_labels(chain_id),
+            constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
+        }
+        try:
+            mounts = await ctr.prepare_snapshot(
+                snapshotter, key, parent, labels=labels, lease=lease_id
+            )
+        except errors.ContainerdAlreadyExistsError:
+            # The chain ID exists now (its ref label says so): keep that one.
+            await ctr.add_resource(lease_id, chain_id, resource)
+            return False
+        try:
+            applied = await ctr.apply_diff(
+                media_type=layer.media_type,
+                digest=layer.digest,
+                size=layer.size,
+                mounts=mounts,
+                seconds=_DEADLINE_MARGIN + layer.size / _FLOOR_RATE,
+            )
+            if applied != diff_id:
+                raise unpack.UnpackError(
+                    f"layer {layer.digest} unpacks to {applied}, the config says {diff_id}"
+                )
+            try:
+                await ctr.commit_snapshot(snapshotter, chain_id, key, labels=labels, lease=lease_id)
+            except errors.ContainerdAlreadyExistsError:
+                await self._remove_snapshot(key)
+                await ctr.add_resource(lease_id, chain_id, resource)
+                return False
+        except BaseException:
+            await self._remove_snapshot(key)
+            raise
+        logger.info("layer %s unpacked as snapshot %s", layer.digest, chain_id)
+        return True
+
+    async def _remove_snapshot(self, key: str) -> None:
+        """Remove an active snapshot; bounded, and run even while being cancelled."""
+        with contextlib.suppress(errors.ContainerdError, TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(self.ctr.remove_snapshot(self.options.snapshotter, key)), 10
+            )
 
 
 def build_fetch_error(failures: Sequence[errors.RegistryError]) -> errors.RegistryError:

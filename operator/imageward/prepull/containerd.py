@@ -1,12 +1,15 @@
-"""A small asyncio client for containerd's gRPC API: the content store and leases.
+"""A small asyncio client for containerd's gRPC API: content, leases, snapshots, diff.
 
 Only what the Layers-mode agent needs: content Info / Update (labels) / List / Write /
-Abort, and leases Create / Delete / List / AddResource / ListResources. No generated
-code and no protoc step: the few message types are described at run time
+Abort, leases Create / Delete / List / AddResource / ListResources, snapshots Prepare /
+Commit / Remove / Stat / List and diff Apply (unpacking a held layer, see `unpack`). No
+generated code and no protoc step: the few message types are described at run time
 (`descriptor_pb2`) in a private descriptor pool and called through grpc's generic
 multi-callables. Field numbers and types are those of containerd's API
-(`api/services/content/v1/content.proto`, `api/services/leases/v1/leases.proto` of
-1.6 and 1.7; pinned in tests/unit/prepull/test_containerd.py); `google.protobuf.Timestamp`,
+(`api/services/content/v1/content.proto`, `api/services/leases/v1/leases.proto`,
+`api/services/snapshots/v1/snapshots.proto`, `api/services/diff/v1/diff.proto`,
+`api/types/mount.proto` and `descriptor.proto` of 1.6 and 1.7; pinned in
+tests/unit/prepull/test_containerd.py); `google.protobuf.Timestamp`,
 `FieldMask` and `Empty` are described by wire-identical local copies, so nothing from
 the default pool is needed.
 
@@ -42,6 +45,12 @@ LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
 
 RESOURCE_CONTENT = "content"
 
+
+def build_snapshot_resource(snapshotter: str) -> str:
+    """A lease's resource type for the snapshots of `snapshotter` (id: a snapshot key)."""
+    return f"snapshots/{snapshotter}"
+
+
 #: Bytes per Write message. containerd accepts 16 MiB messages; 1 MiB keeps memory flat.
 WRITE_CHUNK = 1024 * 1024
 _MAX_MESSAGE = 16 * 1024 * 1024
@@ -64,8 +73,18 @@ _SCALARS = {
 _TYPES_PACKAGE = "imageward.containerd.wire"
 _CONTENT_PACKAGE = "containerd.services.content.v1"
 _LEASES_PACKAGE = "containerd.services.leases.v1"
+_SNAPSHOTS_PACKAGE = "containerd.services.snapshots.v1"
+_DIFF_PACKAGE = "containerd.services.diff.v1"
 _TIMESTAMP = f".{_TYPES_PACKAGE}.Timestamp"
 _FIELD_MASK = f".{_TYPES_PACKAGE}.FieldMask"
+_MOUNT = f".{_TYPES_PACKAGE}.Mount"
+_DESCRIPTOR = f".{_TYPES_PACKAGE}.Descriptor"
+
+#: containerd.services.snapshots.v1.Kind
+SNAPSHOT_KIND_UNKNOWN = 0
+SNAPSHOT_KIND_VIEW = 1
+SNAPSHOT_KIND_ACTIVE = 2
+SNAPSHOT_KIND_COMMITTED = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,6 +149,23 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
                 ),
                 _message(types, "FieldMask", _Field("paths", 1, "string", repeated=True)),
                 _message(types, "Empty"),
+                # containerd.types.Mount and Descriptor (api/types), wire-identical.
+                _message(
+                    types,
+                    "Mount",
+                    _Field("type", 1, "string"),
+                    _Field("source", 2, "string"),
+                    _Field("target", 3, "string"),
+                    _Field("options", 4, "string", repeated=True),
+                ),
+                _message(
+                    types,
+                    "Descriptor",
+                    _Field("media_type", 1, "string"),
+                    _Field("digest", 2, "string"),
+                    _Field("size", 3, "int64"),
+                    _Field("annotations", 5, "map"),
+                ),
             ],
         )
     )
@@ -224,6 +260,86 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
             ],
         )
     )
+    sn = _SNAPSHOTS_PACKAGE
+    snapshots = _file(
+        "imageward/containerd/snapshots.proto",
+        sn,
+        [
+            _message(
+                sn,
+                "PrepareSnapshotRequest",
+                _Field("snapshotter", 1, "string"),
+                _Field("key", 2, "string"),
+                _Field("parent", 3, "string"),
+                _Field("labels", 4, "map"),
+            ),
+            _message(sn, "PrepareSnapshotResponse", _Field("mounts", 1, _MOUNT, repeated=True)),
+            _message(
+                sn,
+                "RemoveSnapshotRequest",
+                _Field("snapshotter", 1, "string"),
+                _Field("key", 2, "string"),
+            ),
+            _message(
+                sn,
+                "CommitSnapshotRequest",
+                _Field("snapshotter", 1, "string"),
+                _Field("name", 2, "string"),
+                _Field("key", 3, "string"),
+                _Field("labels", 4, "map"),
+            ),
+            _message(
+                sn,
+                "StatSnapshotRequest",
+                _Field("snapshotter", 1, "string"),
+                _Field("key", 2, "string"),
+            ),
+            _message(
+                sn,
+                "Info",
+                _Field("name", 1, "string"),
+                _Field("parent", 2, "string"),
+                _Field("kind", 3, f"enum:.{sn}.Kind"),
+                _Field("created_at", 4, _TIMESTAMP),
+                _Field("updated_at", 5, _TIMESTAMP),
+                _Field("labels", 6, "map"),
+            ),
+            _message(sn, "StatSnapshotResponse", _Field("info", 1, f".{sn}.Info")),
+            _message(
+                sn,
+                "ListSnapshotsRequest",
+                _Field("snapshotter", 1, "string"),
+                _Field("filters", 2, "string", repeated=True),
+            ),
+            _message(sn, "ListSnapshotsResponse", _Field("info", 1, f".{sn}.Info", repeated=True)),
+        ],
+    )
+    kind = snapshots.enum_type.add(name="Kind")
+    for value_name, number in (
+        ("UNKNOWN", SNAPSHOT_KIND_UNKNOWN),
+        ("VIEW", SNAPSHOT_KIND_VIEW),
+        ("ACTIVE", SNAPSHOT_KIND_ACTIVE),
+        ("COMMITTED", SNAPSHOT_KIND_COMMITTED),
+    ):
+        kind.value.add(name=value_name, number=number)
+    pool.Add(snapshots)
+    d = _DIFF_PACKAGE
+    pool.Add(
+        _file(
+            "imageward/containerd/diff.proto",
+            d,
+            [
+                # payloads (3, map<string, Any>) is left out: nothing is sent in it.
+                _message(
+                    d,
+                    "ApplyRequest",
+                    _Field("diff", 1, _DESCRIPTOR),
+                    _Field("mounts", 2, _MOUNT, repeated=True),
+                ),
+                _message(d, "ApplyResponse", _Field("applied", 1, _DESCRIPTOR)),
+            ],
+        )
+    )
     return pool
 
 
@@ -242,8 +358,18 @@ def _leases(name: str) -> type[message.Message]:
     return _class(f"{_LEASES_PACKAGE}.{name}")
 
 
+def _snapshots(name: str) -> type[message.Message]:
+    return _class(f"{_SNAPSHOTS_PACKAGE}.{name}")
+
+
+def _diff(name: str) -> type[message.Message]:
+    return _class(f"{_DIFF_PACKAGE}.{name}")
+
+
 _EMPTY = _class(f"{_TYPES_PACKAGE}.Empty")
 _FIELD_MASK_CLASS = _class(f"{_TYPES_PACKAGE}.FieldMask")
+_MOUNT_CLASS = _class(f"{_TYPES_PACKAGE}.Mount")
+_DESCRIPTOR_CLASS = _class(f"{_TYPES_PACKAGE}.Descriptor")
 
 
 def _get(msg: message.Message, name: str) -> Any:
@@ -300,6 +426,55 @@ class Lease:
 class Resource:
     id: str
     type: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mount:
+    """What a snapshotter's Prepare answers: mount(8)'s type, source and options."""
+
+    type: str
+    source: str
+    target: str = ""
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def from_message(cls, msg: message.Message) -> Mount:
+        return cls(
+            type=str(_get(msg, "type")),
+            source=str(_get(msg, "source")),
+            target=str(_get(msg, "target")),
+            options=tuple(str(option) for option in _get(msg, "options")),
+        )
+
+    def to_message(self) -> message.Message:
+        return _MOUNT_CLASS(
+            type=self.type, source=self.source, target=self.target, options=list(self.options)
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    name: str
+    parent: str
+    kind: int
+    """SNAPSHOT_KIND_*: ACTIVE (prepared, writable) or COMMITTED (a layer)."""
+
+    labels: Mapping[str, str]
+    created_at: datetime.datetime | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.kind == SNAPSHOT_KIND_COMMITTED
+
+    @classmethod
+    def from_message(cls, msg: message.Message) -> SnapshotInfo:
+        return cls(
+            name=str(_get(msg, "name")),
+            parent=str(_get(msg, "parent")),
+            kind=int(_get(msg, "kind")),
+            labels=dict(_get(msg, "labels")),
+            created_at=_time(msg, "created_at"),
+        )
 
 
 # ------------------------------------------------------------------------------ errors
@@ -364,6 +539,7 @@ class Client:
         *,
         lease: str | None = None,
         what: str = "",
+        seconds: float | None = None,
     ) -> message.Message:
         call = f"{service.rsplit('.', 1)[-1]}.{method}" + (f" {what}" if what else "")
         callable_ = self._channel.unary_unary(
@@ -373,7 +549,7 @@ class Client:
         )
         try:
             answer: message.Message = await callable_(
-                request, timeout=self.timeout, metadata=self.metadata(lease)
+                request, timeout=seconds or self.timeout, metadata=self.metadata(lease)
             )
         except grpc.aio.AioRpcError as e:
             raise build_error(self.socket, call, e) from e
@@ -505,6 +681,126 @@ class Client:
             Resource(id=str(_get(item, "id")), type=str(_get(item, "type")))
             for item in _get(answer, "resources")
         ]
+
+    # -- snapshots ----------------------------------------------------------------
+
+    async def prepare_snapshot(
+        self,
+        snapshotter: str,
+        key: str,
+        parent: str = "",
+        *,
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> list[Mount]:
+        """An active snapshot `key` on top of `parent` ("" for none), and its mounts.
+
+        Under `lease`, the lease holds it. ContainerdAlreadyExistsError when `key` exists,
+        or when labels name a `containerd.io/snapshot.ref` target that exists (containerd
+        then adds that target to the lease: how its own unpacker skips a layer)."""
+        answer = await self._unary(
+            f"{_SNAPSHOTS_PACKAGE}.Snapshots",
+            "Prepare",
+            _snapshots("PrepareSnapshotRequest")(
+                snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+            ),
+            _snapshots("PrepareSnapshotResponse"),
+            lease=lease,
+            what=f"{snapshotter} {key}",
+        )
+        return [Mount.from_message(item) for item in _get(answer, "mounts")]
+
+    async def commit_snapshot(
+        self,
+        snapshotter: str,
+        name: str,
+        key: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> None:
+        """Commit active snapshot `key` as `name` (ContainerdAlreadyExistsError if taken)."""
+        await self._unary(
+            f"{_SNAPSHOTS_PACKAGE}.Snapshots",
+            "Commit",
+            _snapshots("CommitSnapshotRequest")(
+                snapshotter=snapshotter, name=name, key=key, labels=dict(labels or {})
+            ),
+            _EMPTY,
+            lease=lease,
+            what=f"{snapshotter} {key} as {name}",
+        )
+
+    async def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        """Remove a snapshot; not found is fine."""
+        with contextlib.suppress(errors.ContainerdNotFoundError):
+            await self._unary(
+                f"{_SNAPSHOTS_PACKAGE}.Snapshots",
+                "Remove",
+                _snapshots("RemoveSnapshotRequest")(snapshotter=snapshotter, key=key),
+                _EMPTY,
+                what=f"{snapshotter} {key}",
+            )
+
+    async def stat_snapshot(self, snapshotter: str, key: str) -> SnapshotInfo | None:
+        """The snapshot `key` (a committed one's name), or None when there is none."""
+        try:
+            answer = await self._unary(
+                f"{_SNAPSHOTS_PACKAGE}.Snapshots",
+                "Stat",
+                _snapshots("StatSnapshotRequest")(snapshotter=snapshotter, key=key),
+                _snapshots("StatSnapshotResponse"),
+                what=f"{snapshotter} {key}",
+            )
+        except errors.ContainerdNotFoundError:
+            return None
+        return SnapshotInfo.from_message(_get(answer, "info"))
+
+    async def list_snapshots(
+        self, snapshotter: str, filters: Sequence[str] = ()
+    ) -> list[SnapshotInfo]:
+        callable_ = self._channel.unary_stream(
+            f"/{_SNAPSHOTS_PACKAGE}.Snapshots/List",
+            request_serializer=_serialize,
+            response_deserializer=_snapshots("ListSnapshotsResponse").FromString,
+        )
+        found: list[SnapshotInfo] = []
+        call = callable_(
+            _snapshots("ListSnapshotsRequest")(snapshotter=snapshotter, filters=list(filters)),
+            timeout=self.timeout,
+            metadata=self.metadata(),
+        )
+        try:
+            async for answer in call:
+                found.extend(SnapshotInfo.from_message(item) for item in _get(answer, "info"))
+        except grpc.aio.AioRpcError as e:
+            raise build_error(self.socket, "Snapshots.List", e) from e
+        return found
+
+    # -- diff ---------------------------------------------------------------------
+
+    async def apply_diff(
+        self,
+        *,
+        media_type: str,
+        digest: str,
+        size: int,
+        mounts: Sequence[Mount],
+        seconds: float | None = None,
+    ) -> str:
+        """Unpack a layer blob of the content store onto `mounts` (containerd decompresses
+        it by `media_type`); returns the digest of what it applied: the diff ID. `seconds`
+        bounds the call (the client's timeout by default; a large layer needs longer)."""
+        descriptor = _DESCRIPTOR_CLASS(media_type=media_type, digest=digest, size=size)
+        answer = await self._unary(
+            f"{_DIFF_PACKAGE}.Diff",
+            "Apply",
+            _diff("ApplyRequest")(diff=descriptor, mounts=[m.to_message() for m in mounts]),
+            _diff("ApplyResponse"),
+            what=digest,
+            seconds=seconds,
+        )
+        return str(_get(_get(answer, "applied"), "digest"))
 
 
 def _serialize(msg: message.Message) -> bytes:

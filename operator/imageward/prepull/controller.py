@@ -407,17 +407,22 @@ async def resolve_images(
     return entries, notes, from_workloads
 
 
-def build_plan(entries: Sequence[ResolvedEntry], spec: model.PrePullSpec) -> planner.Plan:
-    images = [
+def build_plan_images(entries: Sequence[ResolvedEntry]) -> list[planner.PlanImage]:
+    return [
         planner.PlanImage(
             image=entry.image,
             digest=entry.facts.digest,
             layers=entry.facts.images[0].layers,
             weight=float(entry.weight),
+            config=entry.facts.images[0].config_digest,
         )
         for entry in entries
         if entry.facts is not None
     ]
+
+
+def build_plan(entries: Sequence[ResolvedEntry], spec: model.PrePullSpec) -> planner.Plan:
+    images = build_plan_images(entries)
     budget = spec.layers.budget_per_node.bytes if spec.layers.budget_per_node else None
     return planner.build_plan(images, budget=budget, min_share=spec.layers.min_share)
 
@@ -584,6 +589,7 @@ async def _apply_layers_mode(
         missing_pull_secrets=missing_secrets,
         node_selector=nodes.build_effective_selector(spec.node_selector),
         tolerations=spec.tolerations,
+        images=build_plan_images(entries),
     )
     try:
         plan_text = plans.build_plan_text(document)

@@ -298,11 +298,12 @@ def build_plan_document(
     references: Mapping[str, registry_model.ImageReference],
     *,
     pull_secrets: Sequence[str] = (),
+    images: Sequence[planner.PlanImage] = (),
 ) -> dict[str, Any]:
     """The node agent's plan document (`plans.build_plan_document`, every node); kept for
     callers that build a plan file by hand (benchmarks, `imageward agent --plan`)."""
     return plans.build_plan_document(
-        prepull_name, namespace, uid, plan, references, pull_secrets=pull_secrets
+        prepull_name, namespace, uid, plan, references, pull_secrets=pull_secrets, images=images
     )
 
 

@@ -38,6 +38,10 @@ class PlanImage:
     weight: float = 1.0
     """How much a saved byte of this image is worth relative to other images (>= 0)."""
 
+    config: model.Digest | None = None
+    """The image config's digest (the node agent reads its diff IDs to unpack the
+    planned layers); None when not known. Planning does not read it."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PlannedLayer:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from imageward import constants, errors
-from imageward.prepull import model, nodes, planner
+from imageward.prepull import model, nodes, planner, unpack
 from imageward.registry import auth as registry_auth
 from imageward.registry import model as registry_model
 from imageward.registry import reference as registry_reference
@@ -72,9 +72,12 @@ def build_selector_text() -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(SELECTOR.items()))
 
 
-def build_plan_hash(plan: planner.Plan) -> str:
-    """Hash of what the plan puts on a node (digests and sizes), not of why."""
-    layers = sorted((layer.digest, layer.size) for layer in plan.layers)
+def build_plan_hash(plan: planner.Plan, unpack_entries: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Hash of what the plan puts on a node (digests and sizes, and the layers it
+    unpacks per image: `unpack.build_unpack_entries`), not of why."""
+    layers: list[Any] = sorted([layer.digest, layer.size] for layer in plan.layers)
+    if unpack_entries:
+        layers = [layers, unpack.build_unpack_hash_material(unpack_entries)]
     return hashlib.sha256(json.dumps(layers, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -105,8 +108,10 @@ def build_plan_document(
     missing_pull_secrets: Iterable[str] = (),
     node_selector: Mapping[str, str] | None = None,
     tolerations: Sequence[model.Toleration] = (),
+    images: Sequence[planner.PlanImage] = (),
 ) -> dict[str, Any]:
-    """The agent's input: the blobs to fetch, where from, and which nodes want them.
+    """The agent's input: the blobs to fetch, where from, which nodes want them, and
+    which layers of which images to unpack once held.
 
     `references` maps each image as written (PlannedLayer.images) to its parsed
     reference; every repository holding a layer is listed, so the agent can fall back
@@ -114,14 +119,22 @@ def build_plan_document(
     (containerd.io/distribution.source.<registry>=<repository>). `pull_secrets` are only
     named here (their credentials travel sealed beside the document); those in
     `missing_pull_secrets` could not be read, which the agent adds to an authentication
-    error. `node_selector` None means every node.
+    error. `node_selector` None means every node. `images` (the planned images, with
+    their config digests) become `images`: per image, the layers up to its first
+    unplanned one, which the agent unpacks into snapshots (see `unpack`).
     """
     sources = build_plan_sources(plan, references)
     missing = set(missing_pull_secrets)
+    planned = {layer.digest for layer in plan.layers}
+    unpack_entries = unpack.build_unpack_entries(
+        ((image.image, image.digest, image.config, image.layers) for image in images),
+        planned,
+        references,
+    )
     document: dict[str, Any] = {
         "version": PLAN_FORMAT_VERSION,
         "prepull": {"namespace": namespace, "name": prepull_name, "uid": uid},
-        "hash": build_plan_hash(plan),
+        "hash": build_plan_hash(plan, unpack_entries),
         "containerdNamespace": CONTAINERD_NAMESPACE,
         "bytes": plan.bytes,
         "layers": [
@@ -139,6 +152,8 @@ def build_plan_document(
             {"name": secret, "found": secret not in missing} for secret in pull_secrets
         ],
     }
+    if unpack_entries:
+        document["images"] = unpack_entries
     if node_selector is not None:
         document["nodeSelector"] = dict(sorted(node_selector.items()))
         document["tolerations"] = nodes.build_tolerations_json(tolerations)

@@ -5,8 +5,9 @@ The node agent patches only its own pod's `status.conditions` (it may patch
 let it run code as someone else), one condition per plan it serves:
 
     type:    prepull.imageward.io/<key>          (plans.build_prepull_key)
-    status:  "True" once every planned blob is held by the PrePull's lease
-    reason:  Held | Pending | Fetching | FetchFailed | PlanUnusable
+    status:  "True" once every planned blob is held by the PrePull's lease (and the
+             plan's images have been unpacked as far as they are held)
+    reason:  Held | Pending | Fetching | Unpacking | FetchFailed | PlanUnusable
     message: "plan <plan hash>: <what happened>"
 
 The operator watches the agent pods (one watch, one label selector) and reduces them to
@@ -28,6 +29,7 @@ CONDITION_PREFIX = "prepull.imageward.io/"
 REASON_HELD = "Held"
 REASON_PENDING = "Pending"
 REASON_FETCHING = "Fetching"
+REASON_UNPACKING = "Unpacking"
 REASON_FETCH_FAILED = "FetchFailed"
 REASON_PLAN_UNUSABLE = "PlanUnusable"
 FAILED_REASONS = frozenset({REASON_FETCH_FAILED, REASON_PLAN_UNUSABLE})

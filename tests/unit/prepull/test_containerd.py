@@ -1,9 +1,11 @@
 """The runtime-built containerd messages: field numbers and wire format as containerd's API.
 
-The numbers below are those of containerd's `api/services/content/v1/content.proto` and
-`api/services/leases/v1/leases.proto` (1.6, 1.7); a message that drifted from them
-would be answered with silently wrong fields, so each one is pinned here. The real
-round trips run in tests/cluster/test_agent.py against a real containerd.
+The numbers below are those of containerd's `api/services/content/v1/content.proto`,
+`api/services/leases/v1/leases.proto`, `api/services/snapshots/v1/snapshots.proto`,
+`api/services/diff/v1/diff.proto` and `api/types/{mount,descriptor}.proto` (1.6, 1.7);
+a message that drifted from them would be answered with silently wrong fields, so each
+one is pinned here. The real round trips run in tests/cluster/test_agent.py against a
+real containerd.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from imageward.prepull import containerd
 
 CONTENT = "containerd.services.content.v1"
 LEASES = "containerd.services.leases.v1"
+SNAPSHOTS = "containerd.services.snapshots.v1"
+DIFF = "containerd.services.diff.v1"
+TYPES = "imageward.containerd.wire"
 
 EXPECTED = {
     f"{CONTENT}.Info": {
@@ -60,6 +65,26 @@ EXPECTED = {
     f"{LEASES}.AddResourceRequest": {"id": 1, "resource": 2},
     f"{LEASES}.ListResourcesRequest": {"id": 1},
     f"{LEASES}.ListResourcesResponse": {"resources": 1},
+    f"{TYPES}.Mount": {"type": 1, "source": 2, "target": 3, "options": 4},
+    f"{TYPES}.Descriptor": {"media_type": 1, "digest": 2, "size": 3, "annotations": 5},
+    f"{SNAPSHOTS}.PrepareSnapshotRequest": {"snapshotter": 1, "key": 2, "parent": 3, "labels": 4},
+    f"{SNAPSHOTS}.PrepareSnapshotResponse": {"mounts": 1},
+    f"{SNAPSHOTS}.RemoveSnapshotRequest": {"snapshotter": 1, "key": 2},
+    f"{SNAPSHOTS}.CommitSnapshotRequest": {"snapshotter": 1, "name": 2, "key": 3, "labels": 4},
+    f"{SNAPSHOTS}.StatSnapshotRequest": {"snapshotter": 1, "key": 2},
+    f"{SNAPSHOTS}.StatSnapshotResponse": {"info": 1},
+    f"{SNAPSHOTS}.Info": {
+        "name": 1,
+        "parent": 2,
+        "kind": 3,
+        "created_at": 4,
+        "updated_at": 5,
+        "labels": 6,
+    },
+    f"{SNAPSHOTS}.ListSnapshotsRequest": {"snapshotter": 1, "filters": 2},
+    f"{SNAPSHOTS}.ListSnapshotsResponse": {"info": 1},
+    f"{DIFF}.ApplyRequest": {"diff": 1, "mounts": 2},
+    f"{DIFF}.ApplyResponse": {"applied": 1},
 }
 
 
@@ -67,6 +92,23 @@ EXPECTED = {
 def test_field_numbers_match_containerds_api(name: str) -> None:
     descriptor = containerd._POOL.FindMessageTypeByName(name)
     assert {field.name: field.number for field in descriptor.fields} == EXPECTED[name]
+
+
+def test_snapshot_kinds_match_containerds_enum() -> None:
+    enum = containerd._POOL.FindEnumTypeByName(f"{SNAPSHOTS}.Kind")
+    assert {value.name: value.number for value in enum.values} == {
+        "UNKNOWN": 0,
+        "VIEW": 1,
+        "ACTIVE": 2,
+        "COMMITTED": 3,
+    }
+
+
+def test_mounts_round_trip_as_prepare_answers_them() -> None:
+    mount = containerd.Mount("overlay", "overlay", "", ("index=off", "lowerdir=/a:/b"))
+    wire = mount.to_message().SerializeToString()
+    assert containerd.Mount.from_message(containerd._MOUNT_CLASS.FromString(wire)) == mount
+    assert containerd.build_snapshot_resource("overlayfs") == "snapshots/overlayfs"
 
 
 def test_write_actions_match_containerds_enum() -> None:
