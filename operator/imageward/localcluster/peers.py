@@ -620,6 +620,17 @@ def apply_crds(plane: controlplane.ControlPlane, crds: Sequence[Manifest]) -> No
     and wait until all are Established."""
     if not crds:
         return
+    # As helm installs a chart's crds/: one that exists already is left as it is (the
+    # PolicyReport CRDs, which imageward's chart installs too, serve the v1alpha2 that
+    # Kyverno writes; replacing them would drop the version they store).
+    existing = set(
+        plane.kubectl("get", "crd", "-o", "name")
+        .stdout.replace("customresourcedefinition.apiextensions.k8s.io/", "")
+        .split()
+    )
+    crds = [crd for crd in crds if crd["metadata"]["name"] not in existing]
+    if not crds:
+        return
     plane.apply(*crds)
     deadline = time.monotonic() + 60
     for crd in crds:
