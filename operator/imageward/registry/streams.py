@@ -27,6 +27,8 @@ import multidict
 
 from imageward import metrics
 from imageward.registry import manifests, model, transport
+from imageward.registry.transport import short_url as _short
+from imageward.registry.transport import to_sink as _to_sink
 
 _CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024  # status line and headers together
@@ -390,15 +392,3 @@ class StreamTransport(transport.Transport):
             digest=digest,
         )
         return response, reusable
-
-
-async def _to_sink(step: Any) -> None:
-    try:
-        await step
-    except Exception as e:
-        raise transport.SinkError(e) from e
-
-
-def _short(url: str, limit: int = 160) -> str:
-    text = url.split("?", 1)[0]
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -206,7 +206,7 @@ class Transport:
                     chunks: list[bytes] = []
                     streaming = sink is not None and 200 <= response.status < 300
                     if streaming and sink is not None and method != "HEAD":
-                        await _to_sink(sink.begin())
+                        await to_sink(sink.begin())
                     if method != "HEAD":
                         async for chunk in response.content.iter_chunked(_CHUNK):
                             received += len(chunk)
@@ -220,7 +220,7 @@ class Transport:
                             if hasher is not None:
                                 hasher.update(chunk)
                             if streaming and sink is not None:
-                                await _to_sink(sink.write(chunk))
+                                await to_sink(sink.write(chunk))
                             else:
                                 chunks.append(chunk)
                     digest = None
@@ -243,31 +243,34 @@ class Transport:
             )
             code = RequestTimeout.code
             raise RequestTimeout(
-                f"{method} {_short(url)}: no complete answer within {time_limit:.2f}s{detail}"
+                f"{method} {short_url(url)}: no complete answer within {time_limit:.2f}s{detail}"
             ) from e
         except BodyTooLarge as e:
             code = BodyTooLarge.code
-            raise BodyTooLarge(f"{method} {_short(url)}: {e}", size=e.size, limit=e.limit) from None
+            raise BodyTooLarge(
+                f"{method} {short_url(url)}: {e}", size=e.size, limit=e.limit
+            ) from None
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
-            raise TLSError(f"{method} {_short(url)}: TLS failed: {e}") from e
+            raise TLSError(f"{method} {short_url(url)}: TLS failed: {e}") from e
         except aiohttp.ClientPayloadError as e:
             raise ConnectError(
-                f"{method} {_short(url)}: the answer broke off after {received} bytes ({e})"
+                f"{method} {short_url(url)}: the answer broke off after {received} bytes ({e})"
             ) from e
         except (aiohttp.ClientError, OSError) as e:
-            raise ConnectError(f"{method} {_short(url)}: {type(e).__name__}: {e}") from e
+            raise ConnectError(f"{method} {short_url(url)}: {type(e).__name__}: {e}") from e
         finally:
             metrics.observe_registry_request(registry, kind, code, time.perf_counter() - started)
 
 
-async def _to_sink(step: Awaitable[None]) -> None:
+async def to_sink(step: Awaitable[None]) -> None:
+    """Await a sink's step; its failure is a SinkError (the sink's, not the registry's)."""
     try:
         await step
     except Exception as e:
         raise SinkError(e) from e
 
 
-def _short(url: str, limit: int = 160) -> str:
+def short_url(url: str, limit: int = 160) -> str:
     """A URL for messages: without its query (signed blob URLs carry credentials there)."""
     text = url.split("?", 1)[0]
     return text if len(text) <= limit else text[: limit - 1] + "…"
