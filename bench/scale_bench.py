@@ -286,12 +286,15 @@ class LoopFigures:
     over_5ms: int = 0
     controllers_cpu: float = 0.0  # s of loop CPU in callbacks over 0.5 ms, not admission's
     threads_cpu: float = 0.0  # s of CPU of the other threads (watches, API calls)
+    collections: int = 0  # garbage collections over 0.5 ms in the loop's thread
+    longest_collection: float = 0.0  # s (wall: the collector holds the GIL throughout)
 
     def text(self) -> str:
         return (
             f"longest controller callback {self.longest * 1000:.1f} ms CPU ({self.longest_what}), "
             f"{self.over_1ms} over 1 ms, {self.over_5ms} over 5 ms; other threads "
-            f"{self.threads_cpu:.2f} s CPU"
+            f"{self.threads_cpu:.2f} s CPU; {self.collections} garbage collections over "
+            f"0.5 ms on the loop, longest {self.longest_collection * 1000:.1f} ms"
         )
 
 
@@ -299,6 +302,7 @@ def loop_figures(path: pathlib.Path, start: float, end: float) -> LoopFigures:
     """From bench/loopwatch.py's log, the monotonic window [start, end)."""
     callbacks: list[dict[str, Any]] = []
     threads: list[tuple[float, float]] = []
+    collections: list[float] = []
     with contextlib.suppress(FileNotFoundError), path.open() as lines:
         for line in lines:
             try:
@@ -307,6 +311,9 @@ def loop_figures(path: pathlib.Path, start: float, end: float) -> LoopFigures:
                 continue
             if "threads_cpu" in item:
                 threads.append((item["t"], item["threads_cpu"]))
+            elif "gc" in item:
+                if start <= item["t"] < end and item.get("loop_thread"):
+                    collections.append(item["gc"])
             elif start <= item["t"] < end and not any(
                 mark in item["what"] for mark in _ADMISSION_CALLBACKS
             ):
@@ -320,6 +327,8 @@ def loop_figures(path: pathlib.Path, start: float, end: float) -> LoopFigures:
         over_5ms=sum(c["cpu"] > 0.005 for c in callbacks),
         controllers_cpu=sum(c["cpu"] for c in callbacks),
         threads_cpu=(inside[-1] - inside[0]) if len(inside) > 1 else 0.0,
+        collections=len(collections),
+        longest_collection=max(collections, default=0.0),
     )
 
 
@@ -820,12 +829,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rollout-timeout", type=float, default=1800.0)
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     parser.add_argument(
+        "--stacks",
+        action="store_true",
+        help="sample the loop's stack during slow callbacks into the loop log (a diagnosis: "
+        "costs the operator about 2.5%% of a core, so CPU figures are not comparable)",
+    )
+    parser.add_argument(
         "--webhook-sees-rollout",
         action="store_true",
         help="the webhook also reviews the pre-pull pods (2 reviews per pod) during rollouts",
     )
     args = parser.parse_args(argv)
     sizes = sorted({int(x) for x in args.nodes.split(",") if x} | set(args.more))
+    if args.stacks:
+        os.environ["LOOPWATCH_STACKS"] = "1"  # the operator inherits this environment
 
     print(harness.load_note(), flush=True)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-scale-"))
