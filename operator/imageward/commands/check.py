@@ -19,13 +19,18 @@ from imageward import commands, constants, errors
 # What a run needs is imported by the function that needs it, not here: `check --help`
 # (and the other commands, which import this module for its helpers) need none of it.
 if TYPE_CHECKING:
-    from imageward import checker, imagesource, settings
+    from imageward import checker, imagesource, policystore, settings
+    from imageward.policy import evaluate
     from imageward.registry import auth as registry_auth
     from imageward.registry import model as registry_model
     from imageward.registry import platforms as registry_platforms
     from imageward.signatures import verify as signatures_verify
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+
+#: `run` sets logging up itself, and only when it looks images up: a run that looks
+#: nothing up logs nothing, and need not import logging (`cli.main` reads this).
+SETS_UP_LOGGING = True
 
 
 class UsageError(errors.ImagewardError):
@@ -48,10 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_platform(text: str | None) -> registry_model.Platform | None:
-    from imageward.registry import model as registry_model
-
     if not text:
         return None
+    from imageward.registry import model as registry_model
+
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise UsageError(f"--platform {text!r}: expected OS/ARCH or OS/ARCH/VARIANT")
@@ -106,31 +111,40 @@ def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
 
 
 def build_report(outcome: checker.Outcome) -> dict[str, Any]:
-    images = []
-    for item in outcome.images:
-        decision = item.decision
-        images.append(
+    return {
+        "images": [
+            build_image_report(item.image, item.digest, item.decision, item.attestations)
+            for item in outcome.images
+        ]
+    }
+
+
+def build_image_report(
+    image: str,
+    digest: str | None,
+    decision: evaluate.Decision,
+    attestations: Sequence[checker.AttestationReport] = (),
+) -> dict[str, Any]:
+    """One entry of `images`: the same for images checked and images no policy matched."""
+    return {
+        "image": image,
+        "digest": digest,
+        "decision": decision.outcome,
+        "violations": [
+            {"policy": v.policy, "rule": v.rule, "message": v.message}
+            for v in (*decision.violations, *decision.audits)
+        ],
+        "warnings": list(decision.warnings),
+        "attestations": [
             {
-                "image": item.image,
-                "digest": item.digest,
-                "decision": decision.outcome,
-                "violations": [
-                    {"policy": v.policy, "rule": v.rule, "message": v.message}
-                    for v in (*decision.violations, *decision.audits)
-                ],
-                "warnings": list(decision.warnings),
-                "attestations": [
-                    {
-                        "policy": a.policy,
-                        "name": a.name,
-                        "result": a.result,
-                        "message": a.message,
-                    }
-                    for a in item.attestations
-                ],
+                "policy": a.policy,
+                "name": a.name,
+                "result": a.result,
+                "message": a.message,
             }
-        )
-    return {"images": images}
+            for a in attestations
+        ],
+    }
 
 
 def render_text(report: dict[str, Any], out: TextIO) -> None:
@@ -148,25 +162,76 @@ def render_text(report: dict[str, Any], out: TextIO) -> None:
             )
 
 
-async def _run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: sigstore and the registry client cost a third of a
-    # second that `imageward --help` and the other commands need not pay.
-    import json
-
-    from imageward import checker, policystore, settings
+def _run(args: argparse.Namespace) -> int:
+    from imageward import policystore
 
     platform = parse_platform(args.platform)
     documents = read_policy_documents(args.policy)
-    loaded = [await policystore.load_policy(document) for document in documents]
+    loaded = [policystore.load_policy_offline(document) for document in documents]
     unusable = [p for p in loaded if not p.usable]
     if unusable:
         for policy in unusable:
             print(f"imageward check: ImagePolicy {policy.name}: {policy.reason}", file=sys.stderr)
         return EXIT_USAGE
+    credentials = read_docker_config(args.docker_config)
+    report = _unmatched_report(args.images, loaded)
+    if report is None:
+        # Something matched: only now the checker, asyncio and the registry client.
+        commands.set_up_logging(args.verbose)
+        import asyncio
+
+        report = asyncio.run(_check(args, loaded, platform, credentials))
+    if args.output == "json":
+        import json
+
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render_text(report, sys.stdout)
+    return EXIT_DENIED if any(i["decision"] == "deny" for i in report["images"]) else EXIT_OK
+
+
+def _unmatched_report(
+    images: Sequence[str], loaded: Sequence[policystore.LoadedPolicy]
+) -> dict[str, Any] | None:
+    """The report when no policy matches any image (every one allowed, nothing looked
+    up), as the checker makes it; None when one matches, or when an image is no valid
+    reference (the checker says why)."""
+    from imageward.policy import evaluate
+    from imageward.registry import reference as registry_reference
+
+    distinct = list(dict.fromkeys(images))  # as checker.check_images
+    digests = []
+    for image in distinct:
+        try:
+            reference = registry_reference.parse_reference(image)
+        except errors.InvalidReferenceError:
+            return None
+        if any(evaluate.evaluate_match(p.match, reference) for p in loaded):
+            return None
+        digests.append(reference.digest)
+    allowed = evaluate.combine([])
+    return {
+        "images": [
+            build_image_report(image, digest, allowed)
+            for image, digest in zip(distinct, digests, strict=True)
+        ]
+    }
+
+
+async def _check(
+    args: argparse.Namespace,
+    loaded: Sequence[policystore.LoadedPolicy],
+    platform: registry_model.Platform | None,
+    credentials: Sequence[registry_auth.DockerConfig],
+) -> dict[str, Any]:
+    # Imported here, not at the top: the checker's stack (signature verification,
+    # metrics, asyncio) costs several times what a run that looks nothing up does.
+    from imageward import checker, settings
+
     config = settings.Settings(
         registry=settings.RegistrySettings(insecure_registries=tuple(args.insecure_registry))
     )
-    credentials = read_docker_config(args.docker_config)
     async with _LazySource(config.registry) as source:
         outcome = await checker.check_images(
             args.images,
@@ -175,13 +240,7 @@ async def _run(args: argparse.Namespace) -> int:
             source=source,
             deadline=args.deadline,
         )
-    report = build_report(outcome)
-    if args.output == "json":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        render_text(report, sys.stdout)
-    return EXIT_DENIED if any(i["decision"] == "deny" for i in report["images"]) else EXIT_OK
+    return build_report(outcome)
 
 
 class _LazySource:
@@ -252,10 +311,8 @@ class _LazySource:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     try:
-        return asyncio.run(_run(args))
+        return _run(args)
     except UsageError as e:
         print(f"imageward check: {e}", file=sys.stderr)
         return EXIT_USAGE
