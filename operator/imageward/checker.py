@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Protocol
 import cachetools
 
 from imageward import constants, errors, metrics
-from imageward.exceptions import evaluate as exceptions_evaluate
-from imageward.exceptions import model as exceptions_model
 from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
 from imageward.registry import auth as registry_auth
@@ -37,6 +35,8 @@ from imageward.signatures import verify as signatures_verify
 if TYPE_CHECKING:
     from imageward.attestations import evaluate as attestations_evaluate
     from imageward.attestations import verify as attestations_verify
+    from imageward.exceptions import evaluate as exceptions_evaluate
+    from imageward.exceptions import model as exceptions_model
     from imageward.notation import revocation as notation_revocation_types
 
 
@@ -333,6 +333,9 @@ async def _check_image(
 
     uses: list[exceptions_evaluate.Use] = []
     if context.exceptions:
+        # Imported only when there are exceptions to apply: `imageward check` has none.
+        from imageward.exceptions import evaluate as exceptions_evaluate
+
         results, uses = exceptions_evaluate.apply_exceptions(
             results,
             reference=reference,

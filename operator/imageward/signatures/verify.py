@@ -22,7 +22,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from imageward.registry import model as registry_model
@@ -36,7 +35,11 @@ from imageward.signatures.authorities import KeylessAuthority as KeylessAuthorit
 from imageward.signatures.authorities import NotationAuthority as NotationAuthority
 
 if TYPE_CHECKING:
-    # sigstore costs a third of a second to import: only keyless authorities load it.
+    # cryptography.x509 is loaded by the formats that read certificates (keyless,
+    # Notation), not for key authorities; sigstore costs a third of a second to import:
+    # only keyless authorities load it.
+    from cryptography import x509
+
     from imageward.notation import revocation as notation_revocation
     from imageward.notation import verify as notation_verify
 
