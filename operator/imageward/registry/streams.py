@@ -174,6 +174,11 @@ _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 class StreamTransport(transport.Transport):
     """`transport.Transport`'s interface and errors, on asyncio streams (no aiohttp)."""
 
+    # Loading the system trust store costs tens of milliseconds, which a check of images
+    # on plain-HTTP registries (or of none) need not pay; a CA bundle that cannot be read
+    # fails the first HTTPS request instead (TLSError or ConnectError).
+    tls_at_start = False
+
     def __init__(
         self,
         *,
