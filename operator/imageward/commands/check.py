@@ -9,7 +9,6 @@ denied, 2 usage errors and unusable policies. `--output json` adds, under each i
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -64,6 +63,8 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    import pathlib
+
     import yaml
 
     documents: list[dict[str, Any]] = []
@@ -109,11 +110,15 @@ def _load_yaml_documents(text: str) -> list[Any]:
 
 
 def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
-    from imageward.registry import auth as registry_auth
+    import pathlib
 
-    candidates = [pathlib.Path(path)] if path else registry_auth.default_docker_config_paths()
+    from imageward.registry import configpaths
+
+    candidates = [pathlib.Path(path)] if path else configpaths.default_docker_config_paths()
     for candidate in candidates:
         if candidate.is_file():
+            from imageward.registry import auth as registry_auth
+
             try:
                 data = candidate.read_bytes()
                 return [registry_auth.parse_docker_config(data, source=str(candidate))]
