@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import cachetools
 
-from imageward import constants, errors, metrics
+from imageward import constants, errors
 from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
 from imageward.registry import auth as registry_auth
@@ -79,7 +79,9 @@ class Context:
     namespace: str | None = None
     #: ImagePolicyExceptions of `namespace` (exceptions/evaluate.py decides what they waive).
     exceptions: Sequence[exceptions_model.PolicyException] = ()
-    #: False for background scans: the evaluation and verification counters are admission's.
+    #: False for background scans (the evaluation and verification counters are
+    #: admission's) and for `imageward check`, which exports no metrics: then
+    #: prometheus_client is not even imported (metrics are imported where counted).
     count_metrics: bool = True
 
 
@@ -677,6 +679,8 @@ def _attestation_violations(
                 expires = judged.changes_at.timestamp() if judged.changes_at else None
                 _JUDGED[key] = (judged, expires)
         if _COUNTING.get():
+            from imageward import metrics
+
             metrics.attestation_verifications.labels(
                 policy=policy.name, attestation=entry.name, result=judged.result
             ).inc()
@@ -736,6 +740,8 @@ def _count_attempts(
 ) -> None:
     if not _COUNTING.get():
         return
+    from imageward import metrics
+
     for attempt in result.attempts:
         metrics.signature_verifications.labels(
             policy=policy.name,
@@ -748,6 +754,8 @@ def _count_attempts(
 def _count_evaluations(policy: model.ImagePolicy, violations: Sequence[evaluate.Violation]) -> None:
     if not _COUNTING.get():
         return
+    from imageward import metrics
+
     failed = {v.rule for v in violations}
     for rule in _rules_of(policy):
         if rule in failed:

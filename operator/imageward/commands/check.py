@@ -257,7 +257,9 @@ async def _check(
         outcome = await checker.check_images(
             args.images,
             loaded,
-            checker.Context(platform=platform, credentials=credentials),
+            # Nothing exports metrics from a one-shot command: not counting them spares
+            # the import of prometheus_client (here, in the cache and the transport).
+            checker.Context(platform=platform, credentials=credentials, count_metrics=False),
             source=source,
             deadline=args.deadline,
         )
@@ -270,7 +272,7 @@ class _LazySource:
 
     A one-shot command talks HTTP with the standard library's streams
     (`registry.streams`), not aiohttp, whose import alone costs more than the lookups of
-    a small image.
+    a small image; and it counts no metrics (nothing exports them).
     """
 
     def __init__(self, config: settings.RegistrySettings) -> None:
@@ -280,13 +282,15 @@ class _LazySource:
     def _get(self) -> imagesource.RegistryImageSource:
         if self._source is None:
             from imageward import imagesource
-            from imageward.registry import client, streams
+            from imageward.registry import cache, client, streams
 
             registry_client = client.RegistryClient(
                 self._config,
+                cache_=cache.RegistryCache.from_settings(self._config, counted=False),
                 transport_=streams.StreamTransport(
                     max_concurrency=self._config.max_concurrency,
                     ca_bundle=self._config.ca_bundle,
+                    counted=False,
                 ),
             )
             self._source = imagesource.RegistryImageSource(

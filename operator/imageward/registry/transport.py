@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import multidict
 
-from imageward import metrics
 from imageward.registry import manifests, model
 
 if TYPE_CHECKING:
@@ -190,6 +189,8 @@ class Transport:
         """
         import aiohttp
         import yarl
+
+        from imageward import metrics
 
         started = time.perf_counter()
         code: str = "error"
