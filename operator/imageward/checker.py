@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import cachetools
 
-from imageward import constants, errors, metrics
-from imageward.exceptions import evaluate as exceptions_evaluate
-from imageward.exceptions import model as exceptions_model
+from imageward import constants, errors
 from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
 from imageward.registry import auth as registry_auth
@@ -37,6 +35,8 @@ from imageward.signatures import verify as signatures_verify
 if TYPE_CHECKING:
     from imageward.attestations import evaluate as attestations_evaluate
     from imageward.attestations import verify as attestations_verify
+    from imageward.exceptions import evaluate as exceptions_evaluate
+    from imageward.exceptions import model as exceptions_model
     from imageward.notation import revocation as notation_revocation_types
 
 
@@ -79,7 +79,9 @@ class Context:
     namespace: str | None = None
     #: ImagePolicyExceptions of `namespace` (exceptions/evaluate.py decides what they waive).
     exceptions: Sequence[exceptions_model.PolicyException] = ()
-    #: False for background scans: the evaluation and verification counters are admission's.
+    #: False for background scans (the evaluation and verification counters are
+    #: admission's) and for `imageward check`, which exports no metrics: then
+    #: prometheus_client is not even imported (metrics are imported where counted).
     count_metrics: bool = True
 
 
@@ -333,6 +335,9 @@ async def _check_image(
 
     uses: list[exceptions_evaluate.Use] = []
     if context.exceptions:
+        # Imported only when there are exceptions to apply: `imageward check` has none.
+        from imageward.exceptions import evaluate as exceptions_evaluate
+
         results, uses = exceptions_evaluate.apply_exceptions(
             results,
             reference=reference,
@@ -674,6 +679,8 @@ def _attestation_violations(
                 expires = judged.changes_at.timestamp() if judged.changes_at else None
                 _JUDGED[key] = (judged, expires)
         if _COUNTING.get():
+            from imageward import metrics
+
             metrics.attestation_verifications.labels(
                 policy=policy.name, attestation=entry.name, result=judged.result
             ).inc()
@@ -733,6 +740,8 @@ def _count_attempts(
 ) -> None:
     if not _COUNTING.get():
         return
+    from imageward import metrics
+
     for attempt in result.attempts:
         metrics.signature_verifications.labels(
             policy=policy.name,
@@ -745,6 +754,8 @@ def _count_attempts(
 def _count_evaluations(policy: model.ImagePolicy, violations: Sequence[evaluate.Violation]) -> None:
     if not _COUNTING.get():
         return
+    from imageward import metrics
+
     failed = {v.rule for v in violations}
     for rule in _rules_of(policy):
         if rule in failed:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
-from imageward import __version__
+from imageward import __version__, commands
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -55,6 +54,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"imageward {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Commands whose module says SETS_UP_LOGGING do it themselves, when they need it.
+    parser.set_defaults(sets_up_logging=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="run the operator (admission webhooks, controllers, metrics)")
@@ -92,7 +93,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if argv is None or name == named:
             module = importlib.import_module(f"imageward.commands.{name}")
             module.add_arguments(command_parser)
-            command_parser.set_defaults(handler=module.run)
+            command_parser.set_defaults(
+                handler=module.run, sets_up_logging=getattr(module, "SETS_UP_LOGGING", False)
+            )
     return parser
 
 
@@ -101,10 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not args.sets_up_logging:
+        commands.set_up_logging(args.verbose)
     result: int = args.handler(args)
     return result
 

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from imageward import errors
 from imageward.policy import globs, model
-from imageward.signatures import keys
+from imageward.signatures import authorities as signatures_authorities
 from imageward.signatures import model as signatures_model
-from imageward.signatures import verify as signatures_verify
 
 if TYPE_CHECKING:
     from imageward.attestations import evaluate as attestations_evaluate
@@ -37,7 +36,7 @@ class LoadedPolicy:
     match: model.Match
     policy: model.ImagePolicy | None  # None: unusable, see `error`
     error: errors.PolicyError | None = None
-    authorities: tuple[signatures_verify.Authority, ...] = ()
+    authorities: tuple[signatures_authorities.Authority, ...] = ()
     #: `rules.attestations`, authorities resolved and CEL conditions compiled.
     attestations: tuple[attestations_evaluate.LoadedEntry, ...] = ()
 
@@ -106,6 +105,23 @@ async def load_policy(
     )
 
 
+def load_policy_offline(obj: Mapping[str, Any]) -> LoadedPolicy:
+    """`load_policy` with no cluster to read Secrets or ConfigMaps from (`imageward check`).
+
+    Without readers nothing in `load_policy` waits (a reference to a Secret or ConfigMap
+    makes the policy unusable at once), so its coroutine is run to completion here,
+    without an event loop: the CLI decides most runs before it needs asyncio at all.
+    """
+    coroutine = load_policy(obj)
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        loaded: LoadedPolicy = finished.value
+        return loaded
+    coroutine.close()
+    raise RuntimeError("load_policy waited for I/O although it was given no reader")
+
+
 async def _load_attestation(
     policy: str,
     entry: model.Attestation,
@@ -137,14 +153,18 @@ async def _resolve_authorities(
     authorities: Sequence[model.Authority],
     read_secret: SecretReader | None,
     read_config_map: ConfigMapReader | None,
-) -> tuple[signatures_verify.Authority, ...]:
-    resolved: list[signatures_verify.Authority] = []
+) -> tuple[signatures_authorities.Authority, ...]:
+    resolved: list[signatures_authorities.Authority] = []
     for authority in authorities:
         try:
             if authority.key is not None:
+                # Imported only for key authorities: policies without any (and the
+                # `imageward check` runs that load only those) need no cryptography.
+                from imageward.signatures import keys
+
                 pem = await _key_pem(authority.name, authority.key, read_secret)
                 resolved.append(
-                    signatures_verify.KeyAuthority(
+                    signatures_authorities.KeyAuthority(
                         name=authority.name,
                         key=keys.parse_public_key(pem, authority=authority.name),
                     )
@@ -163,7 +183,7 @@ async def _resolve_authorities(
                 )
                 root_json = await _trusted_root(authority.name, spec, read_config_map)
                 resolved.append(
-                    signatures_verify.KeylessAuthority(
+                    signatures_authorities.KeylessAuthority(
                         name=authority.name,
                         identity=identity,
                         trusted_root=keyless.parse_trusted_root(
@@ -183,15 +203,17 @@ async def _resolve_authorities(
     return tuple(resolved)
 
 
-def _refuse_duplicates(policy: str, authorities: Iterable[signatures_verify.Authority]) -> None:
+def _refuse_duplicates(
+    policy: str, authorities: Iterable[signatures_authorities.Authority]
+) -> None:
     """Two authority entries with the same key (or the same keyless identity and root)
     would let one signature count twice towards a threshold: the policy is unusable."""
     seen: dict[object, str] = {}
     for authority in authorities:
-        if isinstance(authority, signatures_verify.KeyAuthority):
+        if isinstance(authority, signatures_authorities.KeyAuthority):
             identity: object = ("key", authority.key.spki)
             what = f"the same key ({authority.key.fingerprint[:19]}…)"
-        elif isinstance(authority, signatures_verify.NotationAuthority):
+        elif isinstance(authority, signatures_authorities.NotationAuthority):
             identity = ("notation", authority.policy.digest)
             what = "the same Notation trust stores and trusted identities"
         else:
@@ -247,7 +269,7 @@ async def _notation_authority(
     spec: model.NotationAuthority,
     read_secret: SecretReader | None,
     read_config_map: ConfigMapReader | None,
-) -> signatures_verify.NotationAuthority:
+) -> signatures_authorities.NotationAuthority:
     from imageward.notation import trust
 
     stores: dict[str, trust.Store] = {}
@@ -269,7 +291,7 @@ async def _notation_authority(
         override=dict(spec.override),
         verify_timestamp=spec.verify_timestamp,
     )
-    return signatures_verify.NotationAuthority(name=name, policy=policy)
+    return signatures_authorities.NotationAuthority(name=name, policy=policy)
 
 
 async def _key_pem(

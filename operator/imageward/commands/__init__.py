@@ -17,3 +17,13 @@ def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--docker-config", metavar="FILE", help="docker config.json with credentials"
     )
+
+
+def set_up_logging(verbose: bool) -> None:
+    """The log format of every command; debug lines with `-v`."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

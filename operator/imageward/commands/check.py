@@ -9,7 +9,6 @@ denied, 2 usage errors and unusable policies. `--output json` adds, under each i
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -19,13 +18,18 @@ from imageward import commands, constants, errors
 # What a run needs is imported by the function that needs it, not here: `check --help`
 # (and the other commands, which import this module for its helpers) need none of it.
 if TYPE_CHECKING:
-    from imageward import checker, imagesource, settings
+    from imageward import checker, imagesource, policystore, settings
+    from imageward.policy import evaluate
     from imageward.registry import auth as registry_auth
     from imageward.registry import model as registry_model
     from imageward.registry import platforms as registry_platforms
     from imageward.signatures import verify as signatures_verify
 
 EXIT_OK, EXIT_DENIED, EXIT_USAGE = 0, 1, 2
+
+#: `run` sets logging up itself, and only when it looks images up: a run that looks
+#: nothing up logs nothing, and need not import logging (`cli.main` reads this).
+SETS_UP_LOGGING = True
 
 
 class UsageError(errors.ImagewardError):
@@ -48,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_platform(text: str | None) -> registry_model.Platform | None:
-    from imageward.registry import model as registry_model
-
     if not text:
         return None
+    from imageward.registry import model as registry_model
+
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise UsageError(f"--platform {text!r}: expected OS/ARCH or OS/ARCH/VARIANT")
@@ -59,13 +63,15 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
+    import pathlib
+
     import yaml
 
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
             text = pathlib.Path(path).read_text()
-            loaded = [d for d in yaml.safe_load_all(text) if d is not None]
+            loaded = _load_yaml_documents(text)
         except OSError as e:
             raise UsageError(f"--policy {path}: {e.strerror}") from e
         except yaml.YAMLError as e:
@@ -87,12 +93,32 @@ def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
     return documents
 
 
-def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
-    from imageward.registry import auth as registry_auth
+def _load_yaml_documents(text: str) -> list[Any]:
+    """The documents of `text` (empty ones left out), parsed by libyaml when PyYAML has
+    it (ten times faster than the Python parser). A document libyaml refuses is parsed
+    again by the Python parser: what it accepts counts, and what it refuses is refused
+    with the message `--policy` errors have always had."""
+    import yaml
 
-    candidates = [pathlib.Path(path)] if path else registry_auth.default_docker_config_paths()
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+        except yaml.YAMLError:
+            pass
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
+    import pathlib
+
+    from imageward.registry import configpaths
+
+    candidates = [pathlib.Path(path)] if path else configpaths.default_docker_config_paths()
     for candidate in candidates:
         if candidate.is_file():
+            from imageward.registry import auth as registry_auth
+
             try:
                 data = candidate.read_bytes()
                 return [registry_auth.parse_docker_config(data, source=str(candidate))]
@@ -106,31 +132,40 @@ def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
 
 
 def build_report(outcome: checker.Outcome) -> dict[str, Any]:
-    images = []
-    for item in outcome.images:
-        decision = item.decision
-        images.append(
+    return {
+        "images": [
+            build_image_report(item.image, item.digest, item.decision, item.attestations)
+            for item in outcome.images
+        ]
+    }
+
+
+def build_image_report(
+    image: str,
+    digest: str | None,
+    decision: evaluate.Decision,
+    attestations: Sequence[checker.AttestationReport] = (),
+) -> dict[str, Any]:
+    """One entry of `images`: the same for images checked and images no policy matched."""
+    return {
+        "image": image,
+        "digest": digest,
+        "decision": decision.outcome,
+        "violations": [
+            {"policy": v.policy, "rule": v.rule, "message": v.message}
+            for v in (*decision.violations, *decision.audits)
+        ],
+        "warnings": list(decision.warnings),
+        "attestations": [
             {
-                "image": item.image,
-                "digest": item.digest,
-                "decision": decision.outcome,
-                "violations": [
-                    {"policy": v.policy, "rule": v.rule, "message": v.message}
-                    for v in (*decision.violations, *decision.audits)
-                ],
-                "warnings": list(decision.warnings),
-                "attestations": [
-                    {
-                        "policy": a.policy,
-                        "name": a.name,
-                        "result": a.result,
-                        "message": a.message,
-                    }
-                    for a in item.attestations
-                ],
+                "policy": a.policy,
+                "name": a.name,
+                "result": a.result,
+                "message": a.message,
             }
-        )
-    return {"images": images}
+            for a in attestations
+        ],
+    }
 
 
 def render_text(report: dict[str, Any], out: TextIO) -> None:
@@ -148,40 +183,87 @@ def render_text(report: dict[str, Any], out: TextIO) -> None:
             )
 
 
-async def _run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: sigstore and the registry client cost a third of a
-    # second that `imageward --help` and the other commands need not pay.
-    import json
-
-    from imageward import checker, policystore, settings
+def _run(args: argparse.Namespace) -> int:
+    from imageward import policystore
 
     platform = parse_platform(args.platform)
     documents = read_policy_documents(args.policy)
-    loaded = [await policystore.load_policy(document) for document in documents]
+    loaded = [policystore.load_policy_offline(document) for document in documents]
     unusable = [p for p in loaded if not p.usable]
     if unusable:
         for policy in unusable:
             print(f"imageward check: ImagePolicy {policy.name}: {policy.reason}", file=sys.stderr)
         return EXIT_USAGE
-    config = settings.Settings(
-        registry=settings.RegistrySettings(insecure_registries=tuple(args.insecure_registry))
-    )
     credentials = read_docker_config(args.docker_config)
-    async with _LazySource(config.registry) as source:
-        outcome = await checker.check_images(
-            args.images,
-            loaded,
-            checker.Context(platform=platform, credentials=credentials),
-            source=source,
-            deadline=args.deadline,
-        )
-    report = build_report(outcome)
+    report = _unmatched_report(args.images, loaded)
+    if report is None:
+        # Something matched: only now the checker, asyncio and the registry client.
+        commands.set_up_logging(args.verbose)
+        import asyncio
+
+        report = asyncio.run(_check(args, loaded, platform, credentials))
     if args.output == "json":
+        import json
+
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_text(report, sys.stdout)
     return EXIT_DENIED if any(i["decision"] == "deny" for i in report["images"]) else EXIT_OK
+
+
+def _unmatched_report(
+    images: Sequence[str], loaded: Sequence[policystore.LoadedPolicy]
+) -> dict[str, Any] | None:
+    """The report when no policy matches any image (every one allowed, nothing looked
+    up), as the checker makes it; None when one matches, or when an image is no valid
+    reference (the checker says why)."""
+    from imageward.policy import evaluate
+    from imageward.registry import reference as registry_reference
+
+    distinct = list(dict.fromkeys(images))  # as checker.check_images
+    digests = []
+    for image in distinct:
+        try:
+            reference = registry_reference.parse_reference(image)
+        except errors.InvalidReferenceError:
+            return None
+        if any(evaluate.evaluate_match(p.match, reference) for p in loaded):
+            return None
+        digests.append(reference.digest)
+    allowed = evaluate.combine([])
+    return {
+        "images": [
+            build_image_report(image, digest, allowed)
+            for image, digest in zip(distinct, digests, strict=True)
+        ]
+    }
+
+
+async def _check(
+    args: argparse.Namespace,
+    loaded: Sequence[policystore.LoadedPolicy],
+    platform: registry_model.Platform | None,
+    credentials: Sequence[registry_auth.DockerConfig],
+) -> dict[str, Any]:
+    # Imported here, not at the top: the checker's stack (signature verification,
+    # metrics, asyncio) costs several times what a run that looks nothing up does.
+    from imageward import checker, settings
+
+    config = settings.Settings(
+        registry=settings.RegistrySettings(insecure_registries=tuple(args.insecure_registry))
+    )
+    async with _LazySource(config.registry) as source:
+        outcome = await checker.check_images(
+            args.images,
+            loaded,
+            # Nothing exports metrics from a one-shot command: not counting them spares
+            # the import of prometheus_client (here, in the cache and the transport).
+            checker.Context(platform=platform, credentials=credentials, count_metrics=False),
+            source=source,
+            deadline=args.deadline,
+        )
+    return build_report(outcome)
 
 
 class _LazySource:
@@ -190,7 +272,7 @@ class _LazySource:
 
     A one-shot command talks HTTP with the standard library's streams
     (`registry.streams`), not aiohttp, whose import alone costs more than the lookups of
-    a small image.
+    a small image; and it counts no metrics (nothing exports them).
     """
 
     def __init__(self, config: settings.RegistrySettings) -> None:
@@ -200,13 +282,15 @@ class _LazySource:
     def _get(self) -> imagesource.RegistryImageSource:
         if self._source is None:
             from imageward import imagesource
-            from imageward.registry import client, streams
+            from imageward.registry import cache, client, streams
 
             registry_client = client.RegistryClient(
                 self._config,
+                cache_=cache.RegistryCache.from_settings(self._config, counted=False),
                 transport_=streams.StreamTransport(
                     max_concurrency=self._config.max_concurrency,
                     ca_bundle=self._config.ca_bundle,
+                    counted=False,
                 ),
             )
             self._source = imagesource.RegistryImageSource(
@@ -252,10 +336,8 @@ class _LazySource:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     try:
-        return asyncio.run(_run(args))
+        return _run(args)
     except UsageError as e:
         print(f"imageward check: {e}", file=sys.stderr)
         return EXIT_USAGE

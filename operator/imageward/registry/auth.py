@@ -25,8 +25,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
-import os
-import pathlib
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -364,23 +362,6 @@ def parse_pull_secret(secret: Mapping[str, Any]) -> DockerConfig:
     else:
         raise errors.CredentialsError(source, f"has no {field!r} key")
     return parse_docker_config(raw, source=source)
-
-
-def default_docker_config_paths(
-    environ: Mapping[str, str] | None = None,
-) -> list[pathlib.Path]:
-    """Where docker, podman and skopeo keep credentials, in the order they read them."""
-    environ = os.environ if environ is None else environ
-    home = pathlib.Path(environ.get("HOME") or pathlib.Path.home())
-    paths = []
-    if environ.get("REGISTRY_AUTH_FILE"):
-        paths.append(pathlib.Path(environ["REGISTRY_AUTH_FILE"]))
-    if environ.get("XDG_RUNTIME_DIR"):
-        paths.append(pathlib.Path(environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
-    docker_dir = pathlib.Path(environ["DOCKER_CONFIG"]) if environ.get("DOCKER_CONFIG") else None
-    paths.append((docker_dir or home / ".docker") / "config.json")
-    paths.append(home / ".dockercfg")
-    return paths
 
 
 def _split_port(host: str) -> tuple[str, str]:

@@ -20,11 +20,11 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import cachetools
 
-from imageward import errors, metrics, settings
+from imageward import errors, settings
 from imageward.registry import auth, manifests, model
 
 T = TypeVar("T")
@@ -75,16 +75,51 @@ class _BoundedLRU(cachetools.LRUCache[Hashable, V]):
         super().__setitem__(key, value)
 
 
+class _Count(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Level(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class _Uncounted:
+    """A metric that records nothing, for a process that exports no metrics."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+
+_UNCOUNTED = _Uncounted()
+
+
+def _cache_metrics(name: str, counted: bool) -> tuple[_Count, _Count, _Level]:
+    """Cache `name`'s hit and miss counters and entries gauge. Bound once: a labelled
+    child costs a dict lookup and a lock per `.labels()`. Uncounted (`imageward check`,
+    which exports no metrics), prometheus_client is not even imported."""
+    if not counted:
+        return _UNCOUNTED, _UNCOUNTED, _UNCOUNTED
+    from imageward import metrics
+
+    return (
+        metrics.cache_lookups.labels(cache=name, result="hit"),
+        metrics.cache_lookups.labels(cache=name, result="miss"),
+        metrics.cache_entries.labels(cache=name),
+    )
+
+
 class _Store(Generic[V]):
     """One cachetools cache with its metric name; every lookup counts as hit or miss."""
 
-    def __init__(self, name: str, cache: cachetools.Cache[Hashable, V]) -> None:
+    def __init__(
+        self, name: str, cache: cachetools.Cache[Hashable, V], *, counted: bool = True
+    ) -> None:
         self.name = name
         self.cache = cache
-        # Bound once: a labelled child costs a dict lookup and a lock per `.labels()`.
-        self._hits = metrics.cache_lookups.labels(cache=name, result="hit")
-        self._misses = metrics.cache_lookups.labels(cache=name, result="miss")
-        self._entries = metrics.cache_entries.labels(cache=name)
+        self._hits, self._misses, self._entries = _cache_metrics(name, counted)
 
     def get(self, key: Hashable) -> V | None:
         value = self.cache.get(key)
@@ -127,11 +162,9 @@ class InFlight:
     whatever is still running.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, counted: bool = True) -> None:
         self._flights: dict[Hashable, Flight[Any]] = {}
-        self._hits = metrics.cache_lookups.labels(cache=INFLIGHT, result="hit")
-        self._misses = metrics.cache_lookups.labels(cache=INFLIGHT, result="miss")
-        self._entries = metrics.cache_entries.labels(cache=INFLIGHT)
+        self._hits, self._misses, self._entries = _cache_metrics(INFLIGHT, counted)
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -182,7 +215,8 @@ class InFlight:
 
 
 class RegistryCache:
-    """Every cache of one registry client. `timer` is monotonic seconds (tests pass a fake)."""
+    """Every cache of one registry client. `timer` is monotonic seconds (tests pass a fake);
+    `counted=False` records no `imageward_cache_*` metrics (a process that exports none)."""
 
     def __init__(
         self,
@@ -195,43 +229,53 @@ class RegistryCache:
         images_bytes: int = DEFAULT_IMAGES_BYTES,
         token_entries: int = DEFAULT_TOKEN_ENTRIES,
         timer: Callable[[], float] = time.monotonic,
+        counted: bool = True,
     ) -> None:
         self.timer = timer
         self.facts: _Store[model.ImageFacts] = _Store(
-            FACTS, _BoundedLRU(facts_size, facts_bytes, estimate_facts_bytes)
+            FACTS, _BoundedLRU(facts_size, facts_bytes, estimate_facts_bytes), counted=counted
         )
         self.images: _Store[model.PlatformImage] = _Store(
-            IMAGES, _BoundedLRU(facts_size * 2, images_bytes, estimate_image_bytes)
+            IMAGES, _BoundedLRU(facts_size * 2, images_bytes, estimate_image_bytes), counted=counted
         )
         self.manifests: _Store[manifests.FetchedManifest] = _Store(
             MANIFESTS,
             cachetools.LRUCache(manifest_bytes, getsizeof=lambda fetched: max(1, fetched.size)),
+            counted=counted,
         )
         self.tags: _Store[model.Digest] = _Store(
-            TAGS, cachetools.TTLCache(facts_size, ttl=tag_ttl, timer=timer)
+            TAGS, cachetools.TTLCache(facts_size, ttl=tag_ttl, timer=timer), counted=counted
         )
         self.negative: _Store[errors.RegistryError] = _Store(
-            NEGATIVE, cachetools.TTLCache(DEFAULT_NEGATIVE_ENTRIES, ttl=negative_ttl, timer=timer)
+            NEGATIVE,
+            cachetools.TTLCache(DEFAULT_NEGATIVE_ENTRIES, ttl=negative_ttl, timer=timer),
+            counted=counted,
         )
         self.tokens: _Store[auth.Token] = _Store(
             TOKENS,
             cachetools.TLRUCache(
                 token_entries, ttu=lambda _key, token, _now: token.expires_at, timer=timer
             ),
+            counted=counted,
         )
-        self.inflight = InFlight()
+        self.inflight = InFlight(counted=counted)
         self._negative_enabled = negative_ttl > 0
         self._tags_enabled = tag_ttl > 0
 
     @classmethod
     def from_settings(
-        cls, config: settings.RegistrySettings, *, timer: Callable[[], float] = time.monotonic
+        cls,
+        config: settings.RegistrySettings,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        counted: bool = True,
     ) -> RegistryCache:
         return cls(
             facts_size=config.facts_cache_size,
             tag_ttl=config.tag_cache_ttl,
             negative_ttl=config.negative_cache_ttl,
             timer=timer,
+            counted=counted,
         )
 
     def now(self) -> float:

@@ -8,7 +8,6 @@ as containerd sends them, so one mirror can serve several upstreams.
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import json
 import re
 import urllib.parse
@@ -141,6 +140,9 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     value = value.strip()
     if value.isascii() and value.isdigit():  # "²".isdigit(), and float("²") raises
         return float(value)
+    # Imported for the rare HTTP date: the email package costs every CLI lookup a few ms.
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a 10-digit year

@@ -25,7 +25,6 @@ from typing import Any
 
 import multidict
 
-from imageward import metrics
 from imageward.registry import manifests, model, transport
 from imageward.registry.transport import short_url as _short
 from imageward.registry.transport import to_sink as _to_sink
@@ -174,16 +173,25 @@ _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 class StreamTransport(transport.Transport):
     """`transport.Transport`'s interface and errors, on asyncio streams (no aiohttp)."""
 
+    # Loading the system trust store costs tens of milliseconds, which a check of images
+    # on plain-HTTP registries (or of none) need not pay; a CA bundle that cannot be read
+    # fails the first HTTPS request instead (TLSError or ConnectError).
+    tls_at_start = False
+
     def __init__(
         self,
         *,
         max_concurrency: int = 64,
         ca_bundle: str | None = None,
         user_agent: str = transport.USER_AGENT,
+        counted: bool = True,
     ) -> None:
+        """`counted=False` records no `imageward_registry_request*` metrics: a process
+        that exports none (`imageward check`) then never imports prometheus_client."""
         super().__init__(
             max_concurrency=max_concurrency, ca_bundle=ca_bundle, user_agent=user_agent
         )
+        self._counted = counted
         self._idle: dict[_Key, list[_Connection]] = {}
         self._open = 0
         self._slots: asyncio.Semaphore | None = None
@@ -266,9 +274,12 @@ class StreamTransport(transport.Transport):
         except OSError as e:
             raise transport.ConnectError(f"{method} {_short(url)}: {type(e).__name__}: {e}") from e
         finally:
-            metrics.observe_registry_request(
-                registry, kind, state["code"], time.perf_counter() - started
-            )
+            if self._counted:
+                from imageward import metrics
+
+                metrics.observe_registry_request(
+                    registry, kind, state["code"], time.perf_counter() - started
+                )
 
     async def _exchange(
         self,

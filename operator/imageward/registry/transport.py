@@ -15,11 +15,10 @@ import dataclasses
 import ssl
 import time
 from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import multidict
 
-from imageward import metrics
 from imageward.registry import manifests, model
 
 if TYPE_CHECKING:
@@ -115,6 +114,11 @@ def build_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
 class Transport:
     """One aiohttp session for all registries; create inside the event loop, `close()` it."""
 
+    #: Whether the trust store is loaded when the transport is made (else at the first
+    #: HTTPS connection). The operator makes its one transport at start, where a CA
+    #: bundle it cannot read should stop it.
+    tls_at_start: ClassVar[bool] = True
+
     def __init__(
         self,
         *,
@@ -123,10 +127,18 @@ class Transport:
         user_agent: str = USER_AGENT,
     ) -> None:
         self._max_concurrency = max_concurrency
-        self._ssl = build_ssl_context(ca_bundle)
+        self._ca_bundle = ca_bundle
+        self._ssl_context = build_ssl_context(ca_bundle) if self.tls_at_start else None
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+
+    @property
+    def _ssl(self) -> ssl.SSLContext:
+        """The TLS context of every HTTPS connection."""
+        if self._ssl_context is None:
+            self._ssl_context = build_ssl_context(self._ca_bundle)
+        return self._ssl_context
 
     def _get_session(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -177,6 +189,8 @@ class Transport:
         """
         import aiohttp
         import yarl
+
+        from imageward import metrics
 
         started = time.perf_counter()
         code: str = "error"

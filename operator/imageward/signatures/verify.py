@@ -20,54 +20,31 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from imageward.registry import model as registry_model
-from imageward.signatures import bundle, keys, legacy, model
+from imageward.signatures import bundle, legacy, model
+
+# Defined in `authorities` (policy loading needs them, not verification) and re-exported:
+# callers name them `verify.KeyAuthority` and the like.
+from imageward.signatures.authorities import Authority as Authority
+from imageward.signatures.authorities import KeyAuthority as KeyAuthority
+from imageward.signatures.authorities import KeylessAuthority as KeylessAuthority
+from imageward.signatures.authorities import NotationAuthority as NotationAuthority
 
 if TYPE_CHECKING:
-    # sigstore costs a third of a second to import: only keyless authorities load it.
+    # cryptography.x509 is loaded by the formats that read certificates (keyless,
+    # Notation), not for key authorities; sigstore costs a third of a second to import:
+    # only keyless authorities load it.
+    from cryptography import x509
+
     from imageward.notation import revocation as notation_revocation
-    from imageward.notation import trust as notation_trust
     from imageward.notation import verify as notation_verify
-    from imageward.signatures import keyless
 
 NO_SIGNATURE = "no signature found"
 NO_NOTATION_SIGNATURE = "no Notation signature found"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeyAuthority:
-    """Signatures made with one private key; only `key` (from the policy) is trusted."""
-
-    kind: ClassVar[Literal["key"]] = "key"
-    name: str
-    key: keys.PublicKey
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeylessAuthority:
-    """Fulcio-certified signatures of one identity, under one offline trusted root."""
-
-    kind: ClassVar[Literal["keyless"]] = "keyless"
-    name: str
-    identity: keyless.Identity
-    trusted_root: keyless.TrustedRoot
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class NotationAuthority:
-    """Notary Project signatures whose chain reaches a trust store, of trusted identities."""
-
-    kind: ClassVar[Literal["notation"]] = "notation"
-    name: str
-    policy: notation_trust.TrustPolicy
-
-
-Authority = KeyAuthority | KeylessAuthority | NotationAuthority
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

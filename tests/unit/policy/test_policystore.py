@@ -56,3 +56,59 @@ def test_distinct_keys_load() -> None:
         )
     )
     assert loaded.usable and len(loaded.authorities) == 2
+
+
+def _policy(rules: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "offline", "generation": 2}, "spec": {"rules": rules}}
+
+
+def _offline_cases() -> list[dict[str, Any]]:
+    pem = build.public_pem(build.generate("p256"))
+    not_a_key = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    secret_ref = {"secretRef": {"namespace": "n", "name": "s"}}
+    return [
+        _policy({"maxLayers": 3}),
+        _policy({"signatures": {"authorities": [{"name": "k", "key": {"pem": pem}}]}}),
+        _policy({"signatures": {"authorities": [{"name": "k", "key": {"pem": "x"}}]}}),
+        _policy({"signatures": {"authorities": [{"name": "k", "key": {"pem": not_a_key}}]}}),
+        _policy({"signatures": {"authorities": [{"name": "k", "key": secret_ref}]}}),
+        _policy(
+            {
+                "signatures": {
+                    "authorities": [
+                        {"name": "k", "keyless": {"issuer": "https://issuer", "subject": "a@b"}}
+                    ]
+                }
+            }
+        ),
+        _policy(
+            {
+                "attestations": [
+                    {
+                        "name": "scanned",
+                        "predicateType": "https://example.com/scan/v1",
+                        "authorities": [{"name": "k", "key": {"pem": pem}}],
+                        "conditions": [{"expression": "true"}],
+                    }
+                ]
+            }
+        ),
+        _policy({"maxCompresedSize": "1Gi"}),
+        {"metadata": {"name": "no-spec"}},
+    ]
+
+
+def test_offline_loading_is_load_policy_without_readers() -> None:
+    # `imageward check` loads policies without an event loop; what it gets must be what
+    # `load_policy` gives with no Secret or ConfigMap reader, usable or not.
+    for document in _offline_cases():
+        offline = policystore.load_policy_offline(document)
+        awaited = asyncio.run(policystore.load_policy(document))
+        assert (offline.usable, offline.reason, offline.match, offline.generation) == (
+            awaited.usable,
+            awaited.reason,
+            awaited.match,
+            awaited.generation,
+        )
+        assert offline.policy == awaited.policy
+        assert offline.authorities == awaited.authorities

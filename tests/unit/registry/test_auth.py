@@ -12,7 +12,7 @@ import urllib.parse
 import pytest
 
 from imageward import errors
-from imageward.registry import auth
+from imageward.registry import auth, configpaths
 
 # WWW-Authenticate headers as real registries send them.
 RECORDED_CHALLENGES = [
@@ -346,7 +346,7 @@ def test_credentials_never_show_secrets() -> None:
 
 
 def test_default_docker_config_paths() -> None:
-    paths = auth.default_docker_config_paths(
+    paths = configpaths.default_docker_config_paths(
         {"HOME": "/home/u", "DOCKER_CONFIG": "/etc/docker-cfg", "XDG_RUNTIME_DIR": "/run/user/1"}
     )
     assert paths == [

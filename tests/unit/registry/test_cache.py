@@ -43,6 +43,36 @@ def test_tags_expire_and_lookups_are_counted() -> None:
     assert metrics.REGISTRY.get_sample_value("imageward_cache_entries", {"cache": "tags"}) == 1
 
 
+async def test_uncounted_caches_work_and_record_nothing() -> None:
+    # `imageward check` exports no metrics: its caches count nothing (and so never need
+    # prometheus_client), but cache as usual.
+    clock = Clock()
+    caches = cache.RegistryCache(tag_ttl=30, timer=clock, counted=False)
+    key = ("ghcr.io", "acme/uncounted", "1.0")
+    before = {
+        (name, result): lookups(name, result)
+        for name in ("tags", "inflight")
+        for result in ("hit", "miss")
+    }
+    entries = metrics.REGISTRY.get_sample_value("imageward_cache_entries", {"cache": "tags"})
+
+    caches.remember_digest(key, DIGEST)
+    assert caches.tags.get(key) == DIGEST
+    assert caches.tags.get(("ghcr.io", "acme/uncounted", "2.0")) is None
+
+    async def work() -> str:
+        return "done"
+
+    flight, joined = caches.inflight.join("key", work)
+    assert not joined and await flight.task == "done"
+
+    assert {k: lookups(*k) for k in before} == before
+    assert (
+        metrics.REGISTRY.get_sample_value("imageward_cache_entries", {"cache": "tags"}) == entries
+    )
+    await caches.close()
+
+
 def test_only_not_found_is_remembered_and_comes_back_fresh() -> None:
     clock = Clock()
     caches = cache.RegistryCache(negative_ttl=5, timer=clock)

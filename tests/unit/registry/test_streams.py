@@ -1,9 +1,15 @@
-"""The pure parts of the CLI's stream transport: answer heads, requests, chunked bodies."""
+"""The CLI's stream transport: answer heads, requests, chunked bodies (pure), and when it
+loads a trust store."""
 
 from __future__ import annotations
 
+import asyncio
+import pathlib
+import ssl
+
 import pytest
 
+from imageward.admission import pki
 from imageward.registry import streams
 
 
@@ -76,3 +82,57 @@ def test_chunked_decoder_refuses_bad_framing(body: bytes) -> None:
     decoder = streams.ChunkedDecoder()
     with pytest.raises(streams.HeadError):
         decoder.feed(body)
+
+
+# -- the TLS context: loaded at the first HTTPS connection, not before ------------------------
+
+
+async def _serve_once(tls: ssl.SSLContext | None) -> tuple[asyncio.Server, int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _get(transport: streams.StreamTransport, url: str) -> bytes:
+    response = await transport.request(
+        "GET", url, headers={}, time_limit=10, max_bytes=1024, kind="manifest", registry="r"
+    )
+    assert response.status == 200
+    return response.body
+
+
+async def test_plain_http_never_loads_a_trust_store() -> None:
+    server, port = await _serve_once(None)
+    transport = streams.StreamTransport()
+    try:
+        assert await _get(transport, f"http://127.0.0.1:{port}/v2/") == b"ok"
+        assert transport._ssl_context is None
+    finally:
+        await transport.close()
+        server.close()
+
+
+async def test_https_loads_the_trust_store_and_ca_bundle_at_the_first_connection(
+    tmp_path: pathlib.Path,
+) -> None:
+    authority = pki.CertificateAuthority.create()
+    serving = authority.issue("localhost", ip_addresses=["127.0.0.1"], server=True)
+    (tmp_path / "ca.crt").write_bytes(authority.cert_pem)
+    (tmp_path / "tls.crt").write_bytes(serving.cert_pem)
+    (tmp_path / "tls.key").write_bytes(serving.key_pem)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server, port = await _serve_once(tls)
+    transport = streams.StreamTransport(ca_bundle=str(tmp_path / "ca.crt"))
+    try:
+        assert transport._ssl_context is None
+        assert await _get(transport, f"https://127.0.0.1:{port}/v2/") == b"ok"
+        assert transport._ssl_context is not None
+    finally:
+        await transport.close()
+        server.close()
