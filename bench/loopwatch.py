@@ -17,7 +17,9 @@ thread wakes 200 times a second and costs the process about 2.5% of a core), a
 callback still running after `SLOW` seconds has the event loop thread's stack sampled
 every `SAMPLE_EVERY` seconds while it runs; its record then carries the most frequent
 innermost frames ("stacks": [[count, "file:line function <- caller ..."], ...]), which
-names the code that held the loop rather than the task that happened to run it.
+names the code that held the loop rather than the task that happened to run it; and a
+full collection over `SLOW` carries the count of objects it left in generation 2 and
+their most common types ("survivors", "kinds").
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def main() -> None:
             running["samples"][stack] += 1
 
     gc_started: dict[int, float] = {}
+    diagnose = os.environ.get("LOOPWATCH_STACKS") == "1"
 
     def time_collections(phase: str, info: dict[str, int]) -> None:
         # Collections run in whichever thread allocates; a pause in the loop's thread is
@@ -128,18 +131,28 @@ def main() -> None:
             return
         took = time.perf_counter() - began
         if took > THRESHOLD:
-            record = {
+            record: dict[str, Any] = {
                 "t": time.monotonic(),
                 "gc": took,
                 "generation": info.get("generation"),
                 "loop_thread": threading.get_ident() == loop_thread,
             }
+            if diagnose and took > SLOW and info.get("generation") == 2:
+                # What the slow full collection walked: every survivor is in generation 2
+                # now (frozen objects are not). Costly, hence only when diagnosing.
+                survivors = gc.get_objects(generation=2)
+                kinds = collections.Counter(
+                    f"{type(o).__module__}.{type(o).__qualname__}" for o in survivors
+                )
+                record["survivors"] = len(survivors)
+                record["kinds"] = kinds.most_common(12)
+                del survivors
             with lock:
                 pending.append(record)
 
     gc.callbacks.append(time_collections)
     threading.Thread(target=flush_forever, name="loopwatch", daemon=True).start()
-    if os.environ.get("LOOPWATCH_STACKS") == "1":
+    if diagnose:
         threading.Thread(target=sample_forever, name="loopwatch-sampler", daemon=True).start()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
