@@ -1,7 +1,11 @@
 """Benchmark of the operator's cost as the cluster grows: does it follow change, or size?
 
     .venv/bin/python bench/scale_bench.py [--nodes 100,300,1000] [--more 2000]
-        [--prepulls 5] [--window 60] [--reviews 1500]
+        [--prepulls 5] [--window 60] [--reviews 1500] [--keep] [--stacks]
+
+`--stacks` is a diagnosis, not a measurement: the operator's loop log (kept with
+`--keep`) then names the code behind each slow callback and what each slow full garbage
+collection walked (bench/loopwatch.py), at a cost of about 2.5% of a core.
 
 The local control plane with N kwok nodes (kube-controller-manager and kube-scheduler
 with --kube-api-qps 500 / --kube-api-burst 1000, as large clusters run them, so the
