@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kubernetes
@@ -156,19 +156,25 @@ def _timestamp(text: str) -> float:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def audited(path: pathlib.Path, start: float, end: float) -> Requests:
-    """The operator's requests received in [start, end) (wall clock), from the audit log."""
-    seen: dict[str, dict[str, Any]] = {}
+def read_json_lines(path: pathlib.Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a log written while it is read (the audit log, loopwatch's):
+    a line not yet complete is skipped, a file not yet there has none."""
     with contextlib.suppress(FileNotFoundError), path.open() as lines:
         for line in lines:
             try:
-                event = json.loads(line)
+                yield json.loads(line)
             except ValueError:
                 continue
-            received = event.get("requestReceivedTimestamp")
-            if not received or not start <= _timestamp(received) < end:
-                continue
-            seen.setdefault(event["auditID"], event)
+
+
+def audited(path: pathlib.Path, start: float, end: float) -> Requests:
+    """The operator's requests received in [start, end) (wall clock), from the audit log."""
+    seen: dict[str, dict[str, Any]] = {}
+    for event in read_json_lines(path):
+        received = event.get("requestReceivedTimestamp")
+        if not received or not start <= _timestamp(received) < end:
+            continue
+        seen.setdefault(event["auditID"], event)
     by_kind: dict[str, int] = {}
     writes = 0
     for event in seen.values():
@@ -307,21 +313,16 @@ def loop_figures(path: pathlib.Path, start: float, end: float) -> LoopFigures:
     callbacks: list[dict[str, Any]] = []
     threads: list[tuple[float, float]] = []
     collections: list[float] = []
-    with contextlib.suppress(FileNotFoundError), path.open() as lines:
-        for line in lines:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if "threads_cpu" in item:
-                threads.append((item["t"], item["threads_cpu"]))
-            elif "gc" in item:
-                if start <= item["t"] < end and item.get("loop_thread"):
-                    collections.append(item["gc"])
-            elif start <= item["t"] < end and not any(
-                mark in item["what"] for mark in _ADMISSION_CALLBACKS
-            ):
-                callbacks.append(item)
+    for item in read_json_lines(path):
+        if "threads_cpu" in item:
+            threads.append((item["t"], item["threads_cpu"]))
+        elif "gc" in item:
+            if start <= item["t"] < end and item.get("loop_thread"):
+                collections.append(item["gc"])
+        elif start <= item["t"] < end and not any(
+            mark in item["what"] for mark in _ADMISSION_CALLBACKS
+        ):
+            callbacks.append(item)
     inside = [cpu for t, cpu in threads if start <= t < end]
     longest = max(callbacks, key=lambda c: c["cpu"], default=None)
     return LoopFigures(

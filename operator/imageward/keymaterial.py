@@ -58,6 +58,13 @@ def build_version(body: Mapping[str, Any] | None) -> str:
     return str((body.get("metadata") or {}).get("resourceVersion") or UNKNOWN)
 
 
+async def read_object(client: kube.Kube, ref: Ref) -> dict[str, Any] | None:
+    """The referenced Secret or ConfigMap (None: it does not exist)."""
+    if ref.kind == SECRET:
+        return await client.read_secret(ref.namespace, ref.name)
+    return await client.read_config_map(ref.namespace, ref.name)
+
+
 Reload = Callable[[Sequence[str], str], Awaitable[None]]
 """Load these policies again (their names), for this trigger (watch, poll)."""
 
@@ -201,10 +208,7 @@ class Follower:
             await asyncio.sleep(self.interval)
             for ref in sorted(self.polled):
                 try:
-                    if ref.kind == SECRET:
-                        body = await self.kube.read_secret(ref.namespace, ref.name)
-                    else:
-                        body = await self.kube.read_config_map(ref.namespace, ref.name)
+                    body = await read_object(self.kube, ref)
                 except kube.KubeError as e:
                     logger.info("reading %s: %s", ref, e)
                     continue

@@ -106,10 +106,7 @@ class Runtime:
 
         async def read(ref: keymaterial.Ref) -> dict[str, Any] | None:
             try:
-                if ref.kind == keymaterial.SECRET:
-                    body = await self.kube.read_secret(ref.namespace, ref.name)
-                else:
-                    body = await self.kube.read_config_map(ref.namespace, ref.name)
+                body = await keymaterial.read_object(self.kube, ref)
             except kube.KubeError:
                 reads[ref] = keymaterial.UNKNOWN
                 raise

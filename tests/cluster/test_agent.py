@@ -289,19 +289,6 @@ def test_pull_after_the_agent_downloads_only_unplanned_layers(
     assert content_labels(containerd_daemon)[next(iter(base))].count(SOURCE_LABEL) == 1
 
 
-def snapshots(daemon: containerd.Containerd) -> dict[str, tuple[str, str]]:
-    """`ctr snapshots ls` (overlayfs) as {key: (parent, kind)}."""
-    rows = daemon.ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout.splitlines()[1:]
-    table = {}
-    for row in rows:
-        fields = row.split()
-        if len(fields) == 3:
-            table[fields[0]] = (fields[1], fields[2])
-        elif len(fields) == 2:
-            table[fields[0]] = ("", fields[1])
-    return table
-
-
 def chain_ids(manifest: images.Manifest) -> tuple[str, ...]:
     return unpack.build_chain_ids(layer.diff_id for layer in manifest.layers)
 
@@ -334,7 +321,7 @@ def test_the_agent_unpacks_the_planned_prefix_and_a_pull_unpacks_only_the_rest(
     chain = chain_ids(image_set.manifests[0])
     assert chain_ids(image_set.manifests[1])[:3] == chain[:3]
     assert sum(item["made"] for item in progress["unpack"]) == 3
-    found = snapshots(containerd_daemon)
+    found = containerd_daemon.snapshots()
     assert found[chain[0]] == ("", "Committed")
     assert found[chain[1]] == (chain[0], "Committed")
     assert found[chain[2]] == (chain[1], "Committed")
@@ -344,7 +331,7 @@ def test_the_agent_unpacks_the_planned_prefix_and_a_pull_unpacks_only_the_rest(
     assert set(chain[:3]) <= await_resources(containerd_daemon, lease_id)
     # They survive a garbage collection: the lease holds them.
     collect_garbage(containerd_daemon)
-    assert set(chain[:3]) <= set(snapshots(containerd_daemon))
+    assert set(chain[:3]) <= set(containerd_daemon.snapshots())
 
     # Again (a resync): nothing is made, nothing is fetched but the config is not either.
     counting.reset_counts()
@@ -356,7 +343,7 @@ def test_the_agent_unpacks_the_planned_prefix_and_a_pull_unpacks_only_the_rest(
     # A pull (containerd's own unpacker) finds them and unpacks only the top layer: the
     # agent's snapshots are the ones it keeps (their labels say who made them).
     containerd_daemon.pull(image_set.references[0])
-    found = snapshots(containerd_daemon)
+    found = containerd_daemon.snapshots()
     assert found[chain[3]] == (chain[2], "Committed")
     info = json.loads(containerd_daemon.ctr("snapshots", "info", chain[2]).stdout)
     assert info["Labels"].get(constants.LABEL_MANAGED_BY) == constants.MANAGER_NAME, info

@@ -104,19 +104,6 @@ def _runnable_images(
     return pushed
 
 
-def _snapshots(node: realnode.RealNode) -> dict[str, tuple[str, str]]:
-    """The node's overlayfs snapshots in k8s.io (the CRI's): {key: (parent, kind)}."""
-    listing = node.containerd.ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout
-    table = {}
-    for row in listing.splitlines()[1:]:
-        fields = row.split()
-        if len(fields) == 3:
-            table[fields[0]] = (fields[1], fields[2])
-        elif len(fields) == 2:
-            table[fields[0]] = ("", fields[1])
-    return table
-
-
 def _snapshot_labels(node: realnode.RealNode, key: str) -> dict[str, str]:
     info = json.loads(node.containerd.ctr("snapshots", "info", key).stdout)
     return dict(info.get("Labels") or {})
@@ -374,7 +361,7 @@ def test_layers_mode_agent_pod_puts_planned_blobs_and_a_later_pod_fetches_the_re
     # below, held by the PrePull's lease; the unplanned top layer is not.
     chain = unpack.build_chain_ids(layer.diff_id for layer in pushed[0][1].layers)
     assert len(chain) == 4
-    found = _snapshots(real_node)
+    found = real_node.containerd.snapshots()
     assert [found.get(c) for c in chain[:3]] == [
         ("", "Committed"),
         (chain[0], "Committed"),
@@ -398,7 +385,7 @@ def test_layers_mode_agent_pod_puts_planned_blobs_and_a_later_pod_fetches_the_re
     assert layer_bytes == own, (layer_bytes, own)
     assert not set(_blob_requests(link)) & shared
     # The kubelet's unpacker kept the agent's snapshots and unpacked only the top layer.
-    found = _snapshots(real_node)
+    found = real_node.containerd.snapshots()
     assert found.get(chain[3]) == (chain[2], "Committed"), found
     assert {c: _snapshot_labels(real_node, c) for c in chain[:3]} == made_by_agent
     print(

@@ -244,3 +244,15 @@ class Containerd:
         """Digests of every blob in the content store of this namespace."""
         output = self.ctr("content", "ls", "-q").stdout
         return {line.strip() for line in output.splitlines() if line.strip()}
+
+    def snapshots(self, snapshotter: str = "overlayfs") -> dict[str, tuple[str, str]]:
+        """`ctr snapshots ls` of this namespace as {key: (parent, kind)} ("" for no parent)."""
+        rows = self.ctr("snapshots", "--snapshotter", snapshotter, "ls").stdout.splitlines()[1:]
+        table = {}
+        for row in rows:
+            fields = row.split()
+            if len(fields) == 3:
+                table[fields[0]] = (fields[1], fields[2])
+            elif len(fields) == 2:
+                table[fields[0]] = ("", fields[1])
+        return table

@@ -116,9 +116,6 @@ class Tracker:
     """The last reconcile's own status fields (observedGeneration, images, plan,
     lastResolved; conditions too when the spec is invalid)."""
 
-    inputs: tuple[tuple[str, int], ...] | None = None
-    """fromWorkloads: the (image, weight) pairs the last reconcile took from workloads."""
-
     inputs_changed: bool = False
     """A workload or namespace changed since: compare, and reconcile if the images did."""
 
@@ -907,7 +904,6 @@ async def _reconcile_into(state: PrePullState, tracker: Tracker, body: Mapping[s
     except model.PrePullError:
         tracker.spec = None
     tracker.findings = findings
-    tracker.inputs = findings.inputs
     tracker.inputs_changed = False
     own = ("observedGeneration", "images", "plan", "lastResolved")
     tracker.resolved = {
@@ -1053,7 +1049,8 @@ async def _step(state: PrePullState, tracker: Tracker, body: Mapping[str, Any]) 
     elif tracker.inputs_changed and tracker.spec is not None:
         tracker.inputs_changed = False
         images, _ = await _workload_images(state, tracker.namespace, tracker.spec)
-        if tuple(images) != tracker.inputs:
+        before = tracker.findings.inputs if tracker.findings is not None else None
+        if tuple(images) != before:
             logger.info(
                 "PrePull %s/%s: the images of its workloads changed; resolving again",
                 tracker.namespace,
