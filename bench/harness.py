@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from imageward.localcluster import controlplane, processes
+from imageward.localcluster import controlplane, peers, processes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
@@ -79,10 +79,9 @@ class Operator:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the operator process so far (from /proc)."""
-        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the operator so far, its admission process included
+        (IMAGEWARD_ADMISSION_PROCESS=own), from /proc."""
+        return peers.process_cpu_seconds(self.pid)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale_bench.py [--nodes 100,300,1000] [--more 2000]
         [--prepulls 5] [--window 60] [--reviews 1500] [--keep] [--stacks]
+        [--admission-process own|shared]
 
 `--stacks` is a diagnosis, not a measurement: the operator's loop log (kept with
 `--keep`) then names the code behind each slow callback and what each slow full garbage
@@ -11,8 +12,9 @@ The local control plane with N kwok nodes (kube-controller-manager and kube-sche
 with --kube-api-qps 500 / --kube-api-burst 1000, as large clusters run them, so the
 DaemonSets' own rollout is not throttled at client-go's default 20 requests/s), an
 anonymous registry, and `imageward run --standalone` under the chart's ServiceAccount and
-RBAC, pinned to CPU 0 with taskset (this script and everything else on CPU 1). The
-apiserver writes an audit log of the operator's ServiceAccount only (Metadata level).
+RBAC, pinned to CPU 0 with taskset (this script and everything else on CPU 1); its
+admission process (`--admission-process own`, the chart's default) shares CPU 0 with it,
+and the operator's CPU and memory figures include it. The apiserver writes an audit log of the operator's ServiceAccount only (Metadata level).
 
 Per N, with a fresh operator:
 
@@ -64,7 +66,7 @@ from tests.unit.chart import chart
 
 from bench import admission_bench, harness
 from imageward import kube
-from imageward.localcluster import controlplane, images, registries
+from imageward.localcluster import controlplane, images, peers, registries
 
 NAMESPACE = PREPULL_NS = "prepulls"  # where the PrePulls and their pods are
 REVIEWED_NS = admission_bench.NAMESPACE  # the namespace of the reviews the bench sends
@@ -192,18 +194,15 @@ def audited(path: pathlib.Path, start: float, end: float) -> Requests:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The process's CPU seconds, its live children's included (the operator's admission
+    process)."""
+    return peers.process_cpu_seconds(pid)
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MiB."""
-    found = {}
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0]) / 1024
-    return found["VmRSS"], found["VmHWM"]
+    """(VmRSS, VmHWM) in MiB, the process's children's included."""
+    rss, peak = peers.process_memory(pid)
+    return rss / 2**20, peak / 2**20
 
 
 # -- admission sampling in a child process ----------------------------------------------------
@@ -505,6 +504,7 @@ def measure_size(
         env={
             "KUBECONFIG": str(identity),
             "IMAGEWARD_AGENT_ENABLED": "false",
+            "IMAGEWARD_ADMISSION_PROCESS": args.admission_process,
             # By default the apiserver does not send the rollout's own pods to the
             # webhook: admission latency then shows what the controllers cost it.
             "IMAGEWARD_EXCLUDED_NAMESPACES": (
@@ -844,12 +844,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="the webhook also reviews the pre-pull pods (2 reviews per pod) during rollouts",
     )
+    parser.add_argument(
+        "--admission-process",
+        choices=("own", "shared"),
+        default="own",
+        help="where the operator serves the webhook (IMAGEWARD_ADMISSION_PROCESS): own, "
+        "beside the controllers' process (the chart's default), or shared, on their loop",
+    )
     args = parser.parse_args(argv)
     sizes = sorted({int(x) for x in args.nodes.split(",") if x} | set(args.more))
     if args.stacks:
         os.environ["LOOPWATCH_STACKS"] = "1"  # the operator inherits this environment
 
     print(harness.load_note(), flush=True)
+    print(f"admission process: {args.admission_process}", flush=True)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-scale-"))
     started = time.monotonic()
     rows: list[Figures] = []

@@ -19,6 +19,7 @@ import kopf
 from imageward import constants, kube, metrics, runtime
 from imageward import settings as imageward_settings
 from imageward.admission import endpoints as admission_endpoints
+from imageward.admission import process as admission_process
 from imageward.admission import serving
 from imageward.policystore import LoadedPolicy
 from imageward.prepull import controller as prepull_controller
@@ -78,19 +79,47 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         memo["tls_task"] = asyncio.create_task(
             serving.keep_current(config, state.kube, cert_dir, material)
         )
-    server = admission_endpoints.Server(
-        state,
-        host=config.admission.host,
-        port=config.admission.port,
-        certfile=certfile,
-        keyfile=keyfile,
-        drain_seconds=config.admission.shutdown_drain,
-    )
+    server: admission_endpoints.Server | admission_process.AdmissionProcess
+    if config.admission.process == "own":
+        # Its own policy watches, loaded before it listens; see admission.worker.
+        server = admission_process.AdmissionProcess(
+            certfile=certfile,
+            keyfile=keyfile,
+            drain_seconds=config.admission.shutdown_drain,
+            verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
+        )
+    else:
+        server = admission_endpoints.Server(
+            state,
+            host=config.admission.host,
+            port=config.admission.port,
+            certfile=certfile,
+            keyfile=keyfile,
+            drain_seconds=config.admission.shutdown_drain,
+        )
     await server.start()
     memo["admission_server"] = server
     if config.metrics_port:
-        metrics.start_http_server(config.metrics_port)
+        others = (
+            server.metrics_text if isinstance(server, admission_process.AdmissionProcess) else None
+        )
+        metrics.start_http_server(config.metrics_port, others=others)
         logger.info("metrics on :%d/metrics", config.metrics_port)
+
+
+@kopf.on.probe(id="admission")
+def admission_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    # The liveness endpoint answers 500 when a probe raises: a webhook process that is
+    # down (its supervisor restarts it within seconds) for three probes in a row has
+    # the kubelet restart the container.
+    server = memo.get("admission_server")
+    if not isinstance(server, admission_process.AdmissionProcess):
+        return {"process": "shared"}
+    if not server.serving():
+        raise kopf.PermanentError(
+            f"the admission process is not serving (restarted {server.restarts} times)"
+        )
+    return {"process": "own", "pid": server.pid, "restarts": server.restarts}
 
 
 @kopf.on.cleanup()

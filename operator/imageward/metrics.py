@@ -6,7 +6,12 @@ extend, never rename. No label ever carries an image reference (unbounded cardin
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
 import prometheus_client
+from prometheus_client.metrics_core import Metric
 
 REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
 
@@ -173,9 +178,92 @@ def observe_admission(resource: str, operation: str, decision: str, seconds: flo
     admission_duration.labels(resource=resource).observe(seconds)
 
 
-def start_http_server(port: int, addr: str = "0.0.0.0") -> None:
-    prometheus_client.start_http_server(port, addr=addr, registry=REGISTRY)
+def start_http_server(
+    port: int, addr: str = "0.0.0.0", *, others: Callable[[], str] | None = None
+) -> None:
+    """Serve `/metrics`; with `others`, also what it returns (OpenMetrics text of the
+    admission process, `admission.process`), merged into the same families."""
+    registry: Any = REGISTRY if others is None else _Merged(REGISTRY, others)
+    prometheus_client.start_http_server(port, addr=addr, registry=registry)
 
 
 def exposition() -> bytes:
     return prometheus_client.generate_latest(REGISTRY)
+
+
+def openmetrics_exposition() -> bytes:
+    """This process's metrics in OpenMetrics text: unlike the 0.0.4 format it keeps
+    `_created` inside its family, so `merge_families` sees the shape `collect()` gives."""
+    from prometheus_client.openmetrics import exposition as openmetrics
+
+    text: bytes = openmetrics.generate_latest(REGISTRY)  # type: ignore[no-untyped-call]
+    return text
+
+
+#: Families both processes count for the same events (each follows the key material of
+#: every policy): the operator's own figure is the pod's.
+COUNTED_ONCE = frozenset({"imageward_policy_reloads"})
+
+
+def merge_families(own: Iterable[Metric], others: Iterable[Metric]) -> list[Metric]:
+    """One pod's metrics from its processes: samples with the same name and labels add
+    up (counters, histograms, gauges of entries or nodes held), except `_created`
+    timestamps, where the earliest stands, and `COUNTED_ONCE`, where `own` stands."""
+    merged = {family.name: _copy(family) for family in own}
+    for family in others:
+        mine = merged.get(family.name)
+        if mine is None:
+            merged[family.name] = _copy(family)
+            continue
+        if family.name in COUNTED_ONCE or family.type != mine.type:
+            continue
+        index = {(s.name, _label_key(s.labels)): i for i, s in enumerate(mine.samples)}
+        for sample in family.samples:
+            at = index.get((sample.name, _label_key(sample.labels)))
+            if at is None:
+                mine.samples.append(sample)
+                continue
+            current = mine.samples[at]
+            if sample.name.endswith("_created"):
+                value = min(current.value, sample.value)
+            else:
+                value = current.value + sample.value
+            mine.samples[at] = current._replace(value=value)
+    return list(merged.values())
+
+
+def parse_openmetrics(text: str) -> list[Metric]:
+    from prometheus_client.openmetrics import parser
+
+    return list(parser.text_string_to_metric_families(text))  # type: ignore[no-untyped-call]
+
+
+def _copy(family: Metric) -> Metric:
+    copied = Metric(family.name, family.documentation, family.type, family.unit)
+    copied.samples = list(family.samples)
+    return copied
+
+
+def _label_key(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+class _Merged:
+    """What the metrics server collects from: this process's registry and the others'
+    text, merged per scrape. Text that does not parse is left out, and said so."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry, others: Callable[[], str]):
+        self.registry = registry
+        self.others = others
+
+    def collect(self) -> list[Metric]:
+        own = list(self.registry.collect())
+        text = self.others()
+        if not text:
+            return own
+        try:
+            parsed = parse_openmetrics(text)
+        except ValueError as e:
+            logging.getLogger(__name__).warning("admission process metrics left out: %s", e)
+            return own
+        return merge_families(own, parsed)

@@ -58,6 +58,10 @@ class RegistrySettings:
     """HTTP requests in flight to all registries at once."""
 
 
+#: Where the webhook may be served (AdmissionSettings.process).
+ADMISSION_PROCESSES = ("own", "shared")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionSettings:
     host: str = "0.0.0.0"
@@ -103,6 +107,12 @@ class AdmissionSettings:
 
     tls_check_interval: float = 3600.0
     """Seconds between checks whether the serving certificate needs renewing."""
+
+    process: str = "own"
+    """Where the webhook is served: "own", a process of its own beside the operator's
+    (`admission.worker`), so the controllers' work, their garbage collections and the
+    GIL never hold a review up; "shared", the operator's event loop (one process less,
+    about 105 MiB less resident memory, for small clusters and debugging)."""
 
     shutdown_drain: float = 0.0
     """Seconds the webhook server keeps answering once the operator is told to stop,
@@ -261,6 +271,12 @@ def _parse_failure_policy(text: str) -> str:
     return text
 
 
+def _parse_admission_process(text: str) -> str:
+    if text not in ADMISSION_PROCESSES:
+        raise ValueError(f"expected one of {', '.join(ADMISSION_PROCESSES)}")
+    return text
+
+
 def _parse_positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -342,6 +358,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "CREATE_WEBHOOK_CONFIGURATIONS": ("admission", "create_configurations", _parse_bool),
     "WEBHOOK_FAILURE_POLICY": ("admission", "failure_policy", _parse_failure_policy),
     "TLS_CHECK_INTERVAL": ("admission", "tls_check_interval", float),
+    "ADMISSION_PROCESS": ("admission", "process", _parse_admission_process),
     "SHUTDOWN_DRAIN": ("admission", "shutdown_drain", _parse_drain_seconds),
     "HELPER_IMAGE": ("prepull", "helper_image", str),
     "PAUSE_IMAGE": ("prepull", "pause_image", str),

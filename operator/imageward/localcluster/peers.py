@@ -390,18 +390,60 @@ class Controller:
         return self.process.log_tail(max_bytes) if self.process is not None else ""
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live process below it (imageward's admission process is its
+    operator's child; a peer's controller is one process)."""
+    parents: dict[int, list[int]] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        parents.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(parents.get(current, ()))
+    return found
+
+
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` so far (/proc/PID/stat fields 14 and 15)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of `pid` and its live descendants so far (/proc/PID/stat
+    fields 14 and 15)."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            fields = pathlib.Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_memory(pid: int) -> tuple[int, int]:
+    """(resident, peak resident) bytes of `pid` and its live descendants (VmRSS, VmHWM
+    summed: the peaks of two processes need not coincide, so the second is an upper
+    bound)."""
+    rss = peak = 0
+    for member in process_tree(pid):
+        try:
+            lines = pathlib.Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                peak += int(line.split()[1]) * 1024
+    return rss, peak
 
 
 def process_peak_rss(pid: int) -> int:
-    """Peak resident set size of `pid` in bytes (VmHWM)."""
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Peak resident set size of `pid` and its descendants in bytes (`process_memory`)."""
+    return process_memory(pid)[1]
 
 
 def _port_free(port: int) -> bool:

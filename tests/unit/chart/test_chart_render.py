@@ -807,6 +807,15 @@ def test_replicas_drain_before_they_stop(default: list[chart.Manifest]) -> None:
     )
 
 
+def test_the_webhook_runs_in_its_own_process_unless_the_values_say_shared(
+    default: list[chart.Manifest],
+) -> None:
+    assert settings.from_env(environ=_operator_environ(default)).admission.process == "own"
+    shared = chart.render({"webhook": {"process": "shared"}})
+    assert settings.from_env(environ=_operator_environ(shared)).admission.process == "shared"
+    assert "/webhook/process" in chart.render_error({"webhook": {"process": "thread"}})
+
+
 def test_settings_from_the_default_chart(default: list[chart.Manifest]) -> None:
     config = settings.from_env(environ=_operator_environ(default))
     names = {m["kind"]: m["metadata"]["name"] for m in default}
