@@ -14,7 +14,8 @@ DaemonSets' own rollout is not throttled at client-go's default 20 requests/s), 
 anonymous registry, and `imageward run --standalone` under the chart's ServiceAccount and
 RBAC, pinned to CPU 0 with taskset (this script and everything else on CPU 1); its
 admission process (`--admission-process own`, the chart's default) shares CPU 0 with it,
-and the operator's CPU and memory figures include it. The apiserver writes an audit log of the operator's ServiceAccount only (Metadata level).
+and the operator's CPU and memory figures include it. The apiserver writes an audit log
+of the operator's ServiceAccount only (Metadata level).
 
 Per N, with a fresh operator:
 
