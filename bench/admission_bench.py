@@ -1,7 +1,7 @@
 """Benchmark of the admission webhook: AdmissionReviews POSTed over HTTPS to `imageward run`.
 
     .venv/bin/python bench/admission_bench.py [--reviews 2000] [--concurrency 16]
-        [--cold-samples 8] [--latency 0.02]
+        [--cold-samples 8] [--latency 0.02] [--admission-process own|shared]
 
 Starts the local control plane (one kwok node), an anonymous registry, the ImagePolicy
 CRD, policies and `imageward run --standalone` pinned to CPU 0 with taskset (everything
@@ -463,7 +463,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         type=pathlib.Path,
-        help="run the operator under pyinstrument, text report to this file",
+        help="run the operator under pyinstrument, text report to this file (its process "
+        "only: profile admission with --admission-process shared)",
+    )
+    parser.add_argument(
+        "--admission-process",
+        choices=("own", "shared"),
+        default="own",
+        help="IMAGEWARD_ADMISSION_PROCESS: the webhook in a process of its own (the "
+        "default; its CPU is counted with the operator's) or on the operator's loop",
     )
     args = parser.parse_args(argv)
 
@@ -545,11 +553,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             insecure_registries=[direct.host, slow.host],
             workdir=workdir,
             profile=args.profile,
+            env={"IMAGEWARD_ADMISSION_PROCESS": args.admission_process},
         ) as operator:
             harness.wait_policies_ready(
                 plane, ["bench-warm", *(f"bench-{w.prefix}" for w in workloads)]
             )
-            print(f"operator pid {operator.pid} pinned to CPU 0; webhook {operator.webhook_url}\n")
+            print(
+                f"operator pid {operator.pid} pinned to CPU 0, webhook in "
+                f"{'its own' if args.admission_process == 'own' else 'the operator'}"
+                f"'s process: {operator.webhook_url}\n"
+            )
 
             # Cold first: sample 0 of the first workload meets a fresh operator.
             print(
