@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale_bench.py [--nodes 100,300,1000] [--more 2000]
         [--prepulls 5] [--window 60] [--reviews 1500] [--keep] [--stacks]
-        [--admission-process own|shared]
+        [--admission-process own|shared] [--control-plane-on-cpu1]
 
 `--stacks` is a diagnosis, not a measurement: the operator's loop log (kept with
 `--keep`) then names the code behind each slow callback and what each slow full garbage
@@ -852,13 +852,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the operator serves the webhook (IMAGEWARD_ADMISSION_PROCESS): own, "
         "beside the controllers' process (the chart's default), or shared, on their loop",
     )
+    parser.add_argument(
+        "--control-plane-on-cpu1",
+        action="store_true",
+        help="start the control plane on CPU 1 as well, so the operator (and its admission "
+        "process) has CPU 0 to itself: what delays a review is then the operator's own "
+        "work; the rollout is slower and the sampler's wall-clock figures noisier",
+    )
     args = parser.parse_args(argv)
     sizes = sorted({int(x) for x in args.nodes.split(",") if x} | set(args.more))
     if args.stacks:
         os.environ["LOOPWATCH_STACKS"] = "1"  # the operator inherits this environment
 
     print(harness.load_note(), flush=True)
-    print(f"admission process: {args.admission_process}", flush=True)
+    print(
+        f"admission process: {args.admission_process}; control plane on "
+        f"{'CPU 1' if args.control_plane_on_cpu1 else 'both CPUs'}",
+        flush=True,
+    )
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-scale-"))
     started = time.monotonic()
     rows: list[Figures] = []
@@ -869,6 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         user = f"system:serviceaccount:{OPERATOR_NS}:imageward"
+        if args.control_plane_on_cpu1 and (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, {1})  # inherited by every control-plane process
         plane = stack.enter_context(
             controlplane.ControlPlane(
                 nodes=0,
