@@ -28,6 +28,9 @@ from imageward.reports import scanner as reports_scanner
 logger = logging.getLogger(__name__)
 
 
+#: What `start` puts in the memo.
+_MEMO_KEYS = ("runtime", "policy_task", "tls_task", "admission_server")
+
 _POLICY = (constants.GROUP, constants.VERSION, constants.IMAGEPOLICY_PLURAL)
 
 
@@ -59,71 +62,85 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.peering.mandatory = False
     settings.watching.server_timeout = 300
 
-    state = runtime.Runtime.build(config)
-    memo["runtime"] = state
-    # Policies first: the webhook must not answer before it knows them (no fail-open
-    # window after a restart).
-    resource_version = await state.load_all_policies()
-    logger.info("loaded %d ImagePolicies", len(state.store.snapshot()))
-    memo["policy_task"] = asyncio.create_task(state.follow_policies(resource_version))
+    try:
+        state = runtime.Runtime.build(config)
+        memo["runtime"] = state
+        # Policies first: the webhook must not answer before it knows them (no fail-open
+        # window after a restart).
+        resource_version = await state.load_all_policies()
+        logger.info("loaded %d ImagePolicies", len(state.store.snapshot()))
+        memo["policy_task"] = asyncio.create_task(state.follow_policies(resource_version))
 
-    material = await serving.obtain_material(config, state.kube)
-    if config.admission.cert_dir:
-        # cert-manager's files, served as they are so that its renewals are picked up.
-        directory = pathlib.Path(config.admission.cert_dir)
-        certfile, keyfile = directory / "tls.crt", directory / "tls.key"
-    else:
-        cert_dir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-tls-"))
-        certfile, keyfile, _cafile = material.write(cert_dir)
-        await serving.apply_configurations(config, state.kube, material.ca_cert_pem)
-        memo["tls_task"] = asyncio.create_task(
-            serving.keep_current(config, state.kube, cert_dir, material)
-        )
-    server: admission_endpoints.Server | admission_process.AdmissionProcess
-    if config.admission.process == "own":
-        # Its own policy watches, loaded before it listens; see admission.worker.
-        server = admission_process.AdmissionProcess(
-            certfile=certfile,
-            keyfile=keyfile,
-            drain_seconds=config.admission.shutdown_drain,
-            verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
-        )
-    else:
-        server = admission_endpoints.Server(
-            state,
-            host=config.admission.host,
-            port=config.admission.port,
-            certfile=certfile,
-            keyfile=keyfile,
-            drain_seconds=config.admission.shutdown_drain,
-        )
-    await server.start()
-    memo["admission_server"] = server
-    if config.metrics_port:
-        others = (
-            server.metrics_text if isinstance(server, admission_process.AdmissionProcess) else None
-        )
-        metrics.start_http_server(config.metrics_port, others=others)
-        logger.info("metrics on :%d/metrics", config.metrics_port)
+        material = await serving.obtain_material(config, state.kube)
+        if config.admission.cert_dir:
+            # cert-manager's files, served as they are so that its renewals are picked up.
+            directory = pathlib.Path(config.admission.cert_dir)
+            certfile, keyfile = directory / "tls.crt", directory / "tls.key"
+        else:
+            cert_dir = pathlib.Path(tempfile.mkdtemp(prefix="imageward-tls-"))
+            certfile, keyfile, _cafile = material.write(cert_dir)
+            await serving.apply_configurations(config, state.kube, material.ca_cert_pem)
+            memo["tls_task"] = asyncio.create_task(
+                serving.keep_current(config, state.kube, cert_dir, material)
+            )
+        server: admission_endpoints.Server | admission_process.AdmissionProcess
+        if config.admission.process == "own":
+            # Its own policy watches, loaded before it listens; see admission.worker.
+            server = admission_process.AdmissionProcess(
+                certfile=certfile,
+                keyfile=keyfile,
+                drain_seconds=config.admission.shutdown_drain,
+                verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
+            )
+        else:
+            server = admission_endpoints.Server(
+                state,
+                host=config.admission.host,
+                port=config.admission.port,
+                certfile=certfile,
+                keyfile=keyfile,
+                drain_seconds=config.admission.shutdown_drain,
+            )
+        await server.start()
+        memo["admission_server"] = server
+        if config.metrics_port:
+            others = (
+                server.metrics if isinstance(server, admission_process.AdmissionProcess) else None
+            )
+            metrics.start_http_server(config.metrics_port, others=others)
+            logger.info("metrics on :%d/metrics", config.metrics_port)
+    except BaseException:
+        # Kopf retries a failed start-up from the top: leave nothing behind for it (no
+        # second policy watch, no certificate renewer, no worker holding the port).
+        await _stop_serving(memo)
+        for key in _MEMO_KEYS:
+            memo.pop(key, None)
+        raise
 
 
 @kopf.on.probe(id="admission")
 def admission_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    # The liveness endpoint answers 500 when a probe raises: a webhook process that is
-    # down (its supervisor restarts it within seconds) for three probes in a row has
-    # the kubelet restart the container.
+    # The liveness endpoint answers 500 when a probe raises. The supervisor starts a
+    # dead worker again within seconds; one that has not served for LIVENESS_GRACE has
+    # the kubelet restart the container (after its failureThreshold).
     server = memo.get("admission_server")
     if not isinstance(server, admission_process.AdmissionProcess):
         return {"process": "shared"}
-    if not server.serving():
+    down = server.down_for()
+    if down > admission_process.LIVENESS_GRACE:
         raise kopf.PermanentError(
-            f"the admission process is not serving (restarted {server.restarts} times)"
+            f"the admission process has not served for {down:.0f}s "
+            f"(started again {server.restarts} times)"
         )
-    return {"process": "own", "pid": server.pid, "restarts": server.restarts}
+    return {"process": "own", "pid": server.pid, "restarts": server.restarts, "down": down}
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    await _stop_serving(memo)
+
+
+async def _stop_serving(memo: kopf.Memo) -> None:
     server = memo.get("admission_server")
     if server is not None:
         await server.stop()

@@ -7,6 +7,7 @@ extend, never rename. No label ever carries an image reference (unbounded cardin
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -178,12 +179,18 @@ def observe_admission(resource: str, operation: str, decision: str, seconds: flo
     admission_duration.labels(resource=resource).observe(seconds)
 
 
+#: What `others` gives the metrics server: (generation, OpenMetrics text), the
+#: generation changing whenever the other process was started again; None when it
+#: cannot answer now.
+OtherMetrics = Callable[[], "tuple[int, str] | None"]
+
+
 def start_http_server(
-    port: int, addr: str = "0.0.0.0", *, others: Callable[[], str] | None = None
+    port: int, addr: str = "0.0.0.0", *, others: OtherMetrics | None = None
 ) -> None:
-    """Serve `/metrics`; with `others`, also what it returns (OpenMetrics text of the
-    admission process, `admission.process`), merged into the same families."""
-    registry: Any = REGISTRY if others is None else _Merged(REGISTRY, others)
+    """Serve `/metrics`; with `others`, also the admission process's metrics
+    (`admission.process`), merged into the same families (`Merged`)."""
+    registry: Any = REGISTRY if others is None else Merged(REGISTRY, others)
     prometheus_client.start_http_server(port, addr=addr, registry=registry)
 
 
@@ -215,7 +222,15 @@ def merge_families(own: Iterable[Metric], others: Iterable[Metric]) -> list[Metr
         if mine is None:
             merged[family.name] = _copy(family)
             continue
-        if family.name in COUNTED_ONCE or family.type != mine.type:
+        if family.name in COUNTED_ONCE:
+            continue
+        if family.type != mine.type:
+            logging.getLogger(__name__).warning(
+                "metric %s is a %s here and a %s in the admission process: left out",
+                family.name,
+                mine.type,
+                family.type,
+            )
             continue
         index = {(s.name, _label_key(s.labels)): i for i, s in enumerate(mine.samples)}
         for sample in family.samples:
@@ -248,22 +263,99 @@ def _label_key(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
 
-class _Merged:
-    """What the metrics server collects from: this process's registry and the others'
-    text, merged per scrape. Text that does not parse is left out, and said so."""
+#: Family types whose samples only grow while their process lives (but `_created`).
+_CUMULATIVE = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 
-    def __init__(self, registry: prometheus_client.CollectorRegistry, others: Callable[[], str]):
+_SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]  # family, sample, labels
+
+
+class Merged:
+    """What the metrics server collects from: this process's registry and the other
+    process's metrics, merged per scrape (`merge_families`).
+
+    The other process's counters must not go down in the pod's sum, or Prometheus takes
+    the drop for a reset and counts everything again as new: what a process counted
+    before it was started again (a new generation) is kept and added to what the new
+    one counts, and a scrape the other process cannot answer shows the last counts it
+    gave. Its gauges are the last answer's only (they describe a process that is gone).
+    """
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry, others: OtherMetrics):
         self.registry = registry
         self.others = others
+        self._lock = threading.Lock()  # the server answers scrapes in threads
+        self._generation: int | None = None
+        self._shapes: dict[str, tuple[str, str, str]] = {}  # family: documentation, type, unit
+        self._current: dict[_SampleKey, float] = {}  # the current generation's counts
+        self._before: dict[_SampleKey, float] = {}  # what earlier generations counted
+        self._created: dict[_SampleKey, float] = {}
+        self._order: dict[_SampleKey, None] = {}  # as first seen: a series' samples together
+        self._gauges: list[Metric] = []
 
     def collect(self) -> list[Metric]:
         own = list(self.registry.collect())
-        text = self.others()
-        if not text:
-            return own
+        answer = self.others()
+        with self._lock:
+            if answer is not None:
+                self._take(*answer)
+            others = self._families()
+        return merge_families(own, others)
+
+    def restricted_registry(self, names: Iterable[str]) -> _Restricted:
+        """prometheus_client's `?name[]=` scrapes."""
+        return _Restricted(self, frozenset(names))
+
+    def _take(self, generation: int, text: str) -> None:
         try:
-            parsed = parse_openmetrics(text)
+            families = parse_openmetrics(text)
         except ValueError as e:
             logging.getLogger(__name__).warning("admission process metrics left out: %s", e)
-            return own
-        return merge_families(own, parsed)
+            return
+        if self._generation is not None and generation != self._generation:
+            for key, value in self._current.items():
+                self._before[key] = self._before.get(key, 0.0) + value
+        self._generation = generation
+        self._current = {}
+        self._gauges = []
+        for family in families:
+            self._shapes[family.name] = (family.documentation, family.type, family.unit)
+            if family.type not in _CUMULATIVE:
+                self._gauges.append(family)
+                continue
+            for sample in family.samples:
+                key = (family.name, sample.name, _label_key(sample.labels))
+                self._order.setdefault(key)
+                if sample.name.endswith("_created"):
+                    self._created[key] = min(self._created.get(key, sample.value), sample.value)
+                else:
+                    self._current[key] = sample.value
+
+    def _families(self) -> list[Metric]:
+        built: dict[str, Metric] = {}
+        for key in self._order:
+            family_name, sample_name, labels = key
+            family = built.get(family_name)
+            if family is None:
+                documentation, type_, unit = self._shapes[family_name]
+                family = built[family_name] = Metric(family_name, documentation, type_, unit)
+            if key in self._created:
+                value = self._created[key]
+            else:
+                value = self._before.get(key, 0.0) + self._current.get(key, 0.0)
+            family.add_sample(sample_name, dict(labels), value)
+        return [*built.values(), *self._gauges]
+
+
+class _Restricted:
+    def __init__(self, merged: Merged, names: frozenset[str]) -> None:
+        self.merged = merged
+        self.names = names
+
+    def collect(self) -> list[Metric]:
+        found = []
+        for family in self.merged.collect():
+            samples = [s for s in family.samples if s.name in self.names]
+            if samples:
+                family.samples = samples
+                found.append(family)
+        return found

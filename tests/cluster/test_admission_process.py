@@ -191,7 +191,7 @@ def test_the_webhook_process_decides_counts_restarts_and_ends_with_the_operator(
         assert len(workers) == 1, f"one admission process expected, found {workers}"
         first = workers[0]
         probe = json.loads(_get(replica.liveness_url))
-        assert probe["admission"] == {"process": "own", "pid": first, "restarts": 0}
+        assert probe["admission"] == {"process": "own", "pid": first, "restarts": 0, "down": 0.0}
 
         answers = [_post(replica.validate_url, _review(namespace, refused_image)) for _ in range(3)]
         assert all(not a["allowed"] for a in answers)
@@ -216,8 +216,9 @@ def test_the_webhook_process_decides_counts_restarts_and_ends_with_the_operator(
         )
         log = replica.process.log_tail(200_000)
         assert f"admission process (pid {first}) exited with code -9" in log
-        # The new worker counts from its start: the one review since.
-        assert _denied_count(_get(replica.metrics_url)) == 1
+        # The new worker counts from its start; the pod's counter goes on from the old
+        # worker's 3 (a drop would be a counter reset to Prometheus).
+        assert _denied_count(_get(replica.metrics_url)) == 4
 
         # The operator killed outright: its worker must not keep the webhook port.
         os.kill(operator_pid, signal.SIGKILL)

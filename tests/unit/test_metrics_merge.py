@@ -132,22 +132,68 @@ def test_the_earliest_created_timestamp_stands_and_reloads_are_counted_once() ->
     assert created == [min(mine_created[0], theirs_created[0])]
 
 
-def test_a_scrape_while_the_admission_process_is_away_shows_the_operator_alone() -> None:
+def _allowed(text: str) -> float:
+    return _samples(text)[
+        ("imageward_admission_requests_total", (("decision", "allowed"), ("resource", "pods")))
+    ]
+
+
+def test_a_scrape_the_admission_process_never_answered_shows_the_operator_alone() -> None:
     mine = _Process()
     mine.requests.labels(resource="pods", decision="allowed").inc(4)
-    alone = metrics._Merged(mine.registry, lambda: "")
-    broken = metrics._Merged(mine.registry, lambda: "imageward_x{ not openmetrics\n")
+    alone = metrics.Merged(mine.registry, lambda: None)
+    broken = metrics.Merged(mine.registry, lambda: (1, "imageward_x{ not openmetrics\n"))
     for merged in (alone, broken):
-        text = prometheus_client.generate_latest(merged).decode()
-        assert (
-            _samples(text)[
-                (
-                    "imageward_admission_requests_total",
-                    (("decision", "allowed"), ("resource", "pods")),
-                )
-            ]
-            == 4
-        )
+        assert _allowed(prometheus_client.generate_latest(merged).decode()) == 4
+
+
+def test_the_pods_counters_never_go_down_when_the_admission_process_restarts() -> None:
+    # A drop would be a counter reset to Prometheus: rate() would count it all again.
+    mine, first, second = _Process(), _Process(), _Process()
+    answers: list[tuple[int, str] | None] = []
+    merged = metrics.Merged(mine.registry, lambda: answers[-1])
+
+    def scrape() -> str:
+        return prometheus_client.generate_latest(merged).decode()
+
+    mine.requests.labels(resource="pods", decision="allowed").inc(1)
+    first.requests.labels(resource="pods", decision="allowed").inc(5)
+    first.duration.labels(resource="pods").observe(0.005)
+    first.entries.labels(cache="facts").set(9)
+    answers.append((1, first.openmetrics()))
+    assert _allowed(scrape()) == 6
+    answers.append(None)  # restarting: it cannot answer this scrape
+    text = scrape()
+    assert _allowed(text) == 6
+    assert (
+        _samples(text)[("imageward_admission_duration_seconds_count", (("resource", "pods"),))] == 1
+    )
+    second.requests.labels(resource="pods", decision="allowed").inc(2)  # counts from 0 again
+    second.entries.labels(cache="facts").set(1)
+    answers.append((2, second.openmetrics()))
+    text = scrape()
+    assert _allowed(text) == 8
+    # The histogram the new process has not observed into yet keeps its earlier count.
+    assert (
+        _samples(text)[("imageward_admission_duration_seconds_count", (("resource", "pods"),))] == 1
+    )
+    # A gauge is what the live process holds now, not a sum over its lives.
+    assert _samples(text)[("imageward_cache_entries", (("cache", "facts"),))] == 1
+    second.requests.labels(resource="pods", decision="allowed").inc(1)
+    answers.append((2, second.openmetrics()))
+    assert _allowed(scrape()) == 9
+
+
+def test_a_scrape_restricted_by_name_sees_both_processes() -> None:
+    mine, theirs = _Process(), _Process()
+    mine.requests.labels(resource="pods", decision="allowed").inc(1)
+    theirs.requests.labels(resource="pods", decision="allowed").inc(2)
+    theirs.entries.labels(cache="facts").set(3)
+    merged = metrics.Merged(mine.registry, lambda: (1, theirs.openmetrics()))
+    restricted = merged.restricted_registry(["imageward_admission_requests_total"])
+    text = prometheus_client.generate_latest(restricted).decode()
+    assert _allowed(text) == 3
+    assert "imageward_cache_entries" not in text
 
 
 def test_the_merged_scrape_is_valid_openmetrics_too() -> None:
@@ -156,7 +202,7 @@ def test_the_merged_scrape_is_valid_openmetrics_too() -> None:
     theirs = _Process()
     mine.duration.labels(resource="pods").observe(0.002)
     theirs.duration.labels(resource="deployments").observe(0.2)
-    merged = metrics._Merged(mine.registry, lambda: theirs.openmetrics())
+    merged = metrics.Merged(mine.registry, lambda: (1, theirs.openmetrics()))
     text = openmetrics_exposition.generate_latest(merged).decode()
     families = {f.name: f for f in openmetrics_parser.text_string_to_metric_families(text)}
     counts = {

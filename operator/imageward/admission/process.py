@@ -28,15 +28,19 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the worker may take to load policies and listen (a cold start reads every
 #: policy's key material; the apiserver may be slow right after a restart).
-START_TIMEOUT = 120.0
+START_TIMEOUT = 100.0
 #: Seconds between restarts of a worker that keeps dying, doubled up to the last.
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 #: A worker that served this long before it died starts again without waiting.
 STABLE_AFTER = 60.0
 #: Seconds a metrics read from the worker may take (the scrape must answer anyway).
 METRICS_TIMEOUT = 2.0
-#: The worker's metrics text, at most (it is a few hundred KiB with many policies).
-MAX_METRICS_BYTES = 16 * 1024 * 1024
+#: The worker's metrics text, at most: tens of KiB with many policies; it is parsed on the
+#: operator's metrics thread, under the operator's GIL.
+MAX_METRICS_BYTES = 2 * 1024 * 1024
+#: Seconds the worker may be down (restarting, backing off) before the liveness probe
+#: fails: longer than a cold start plus the longest backoff.
+LIVENESS_GRACE = 90.0
 #: Seconds beyond the drain the worker gets to exit on stop before it is killed.
 STOP_GRACE = 10.0
 
@@ -68,6 +72,11 @@ def get_control(path: str, route: str, *, timeout: float) -> tuple[int, bytes]:
         connection.close()
 
 
+def _log_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the admission process's supervisor ended: %r", task.exception())
+
+
 class AdmissionProcess:
     """Same `start()`/`stop()` as `endpoints.Server`, so `main` holds either."""
 
@@ -89,10 +98,12 @@ class AdmissionProcess:
         os.chmod(self._directory, 0o700)
         self.control = str(self._directory / "control.sock")
         self.restarts = 0
+        self._generation = 0  # one more for every worker started
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self._serving_since: float | None = None
+        self._down_since: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -102,6 +113,15 @@ class AdmissionProcess:
         """The worker runs and answered its health check since it last started."""
         process = self._process
         return process is not None and process.returncode is None and bool(self._serving_since)
+
+    def down_for(self) -> float:
+        """Seconds since the worker last stopped serving (0 while it serves)."""
+        if self.serving():
+            self._down_since = None
+            return 0.0
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        return time.monotonic() - self._down_since
 
     def _command(self) -> Sequence[str]:
         command = [
@@ -126,11 +146,20 @@ class AdmissionProcess:
             *self._command(), stdin=asyncio.subprocess.PIPE
         )
         self._process = process
+        self._generation += 1
+        try:
+            await self._wait_serving(process)
+        except BaseException:
+            # Cancelled or timed out: a worker left running would hold the webhook port.
+            if process.returncode is None:
+                process.kill()
+                await asyncio.shield(process.wait())
+            raise
+
+    async def _wait_serving(self, process: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while process.returncode is None:
             if time.monotonic() > deadline:
-                process.kill()
-                await process.wait()
                 raise AdmissionProcessError(
                     f"the admission process (pid {process.pid}) did not serve within "
                     f"{START_TIMEOUT:.0f}s"
@@ -156,6 +185,7 @@ class AdmissionProcess:
     async def start(self) -> None:
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise())
+        self._supervisor.add_done_callback(_log_end)
 
     async def _supervise(self) -> None:
         failures = 0
@@ -178,26 +208,31 @@ class AdmissionProcess:
             try:
                 await self._spawn()
                 self.restarts += 1
-            except (AdmissionProcessError, OSError) as e:
+            except asyncio.CancelledError:
+                raise
+            except AdmissionProcessError as e:
                 logger.error("%s", e)
+            except Exception as e:  # whatever it was, the next round tries again
+                logger.exception("could not start the admission process again: %s", e)
 
-    def metrics_text(self) -> str:
-        """The worker's metrics, or "" when it cannot answer now (restarting, busy):
-        a scrape then shows the operator's own, and the worker's counters are back in
-        the next one (they count from the worker's start)."""
+    def metrics(self) -> tuple[int, str] | None:
+        """(generation, the worker's OpenMetrics text), the generation counting its
+        starts; None when it cannot answer now (restarting, busy): `metrics.Merged` then
+        shows what it counted last."""
         if not self.serving():
-            return ""
+            return None
+        generation = self._generation
         try:
             status, body = get_control(self.control, "/metrics", timeout=METRICS_TIMEOUT)
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             logger.warning("could not read the admission process's metrics: %s", e)
-            return ""
+            return None
         if status != 200 or len(body) > MAX_METRICS_BYTES:
             logger.warning(
                 "the admission process's metrics were refused: HTTP %d, %d bytes", status, len(body)
             )
-            return ""
-        return body.decode("utf-8", "replace")
+            return None
+        return generation, body.decode("utf-8", "replace")
 
     async def stop(self) -> None:
         """SIGTERM (the worker drains for `drain_seconds`), killed if it takes too long."""
@@ -213,6 +248,6 @@ class AdmissionProcess:
                 await process.wait()
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor
         shutil.rmtree(self._directory, ignore_errors=True)

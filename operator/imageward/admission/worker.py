@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -75,6 +76,16 @@ async def _parent_gone() -> None:
 async def serve(
     config: settings.Settings, *, certfile: pathlib.Path, keyfile: pathlib.Path, control: str
 ) -> None:
+    # Watched from the start: a worker orphaned while it loads policies must not go on
+    # to bind the webhook port.
+    orphaned = asyncio.ensure_future(_parent_gone())
+    serving = False
+
+    def exit_if_orphaned_early(_: object) -> None:
+        if not serving:
+            os._exit(1)
+
+    orphaned.add_done_callback(exit_if_orphaned_early)
     state = runtime.Runtime.build(config)
     policy_task: asyncio.Task[None] | None = None
     server: endpoints.Server | None = None
@@ -100,12 +111,12 @@ async def serve(
         # as the process, and later full collections need not walk it.
         gc.collect()
         gc.freeze()
+        serving = True
 
         loop = asyncio.get_running_loop()
         terminate = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, terminate.set)
-        orphaned = asyncio.ensure_future(_parent_gone())
         terminating = asyncio.ensure_future(terminate.wait())
         await asyncio.wait([orphaned, terminating], return_when=asyncio.FIRST_COMPLETED)
         terminating.cancel()
