@@ -560,8 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(
                 f"operator pid {operator.pid} pinned to CPU 0, webhook in "
-                f"{'its own' if args.admission_process == 'own' else 'the operator'}"
-                f"'s process: {operator.webhook_url}\n"
+                f"{'a process of its own' if args.admission_process == 'own' else 'its process'}"
+                f": {operator.webhook_url}\n"
             )
 
             # Cold first: sample 0 of the first workload meets a fresh operator.
