@@ -93,13 +93,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
                 verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
             )
         else:
-            server = admission_endpoints.Server(
-                state,
-                host=config.admission.host,
-                port=config.admission.port,
-                certfile=certfile,
-                keyfile=keyfile,
-                drain_seconds=config.admission.shutdown_drain,
+            server = admission_endpoints.Server.for_settings(
+                state, config.admission, certfile=certfile, keyfile=keyfile
             )
         await server.start()
         memo["admission_server"] = server

@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 import subprocess
+import urllib.request
 import uuid
 from typing import Any
 
@@ -204,3 +206,47 @@ def push_notation_referrer(
     index = {"schemaVersion": 2, "mediaType": images.OCI_INDEX, "manifests": entries}
     client.push_manifest(repository, tag, images.canonical_json(index), images.OCI_INDEX)
     return layer.digest
+
+
+def pod_review(namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
+    """The AdmissionReview the apiserver sends for a dry-run create of `pod`."""
+    name = pod["metadata"]["name"]
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": name,
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": True,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def insecure_context() -> ssl.SSLContext:
+    """For POSTs straight to a test webhook, whose certificate is made in memory."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def post_review(url: str, review: dict[str, Any]) -> Any:
+    """POST an AdmissionReview straight to a webhook endpoint; its JSON answer."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(review).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10, context=insecure_context()) as response:
+        return json.load(response)

@@ -8,17 +8,15 @@ import json
 import os
 import pathlib
 import signal
-import ssl
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from imageward.localcluster import controlplane, images, processes, registries
+from imageward.localcluster import controlplane, images, peers, processes, registries
 from tests import utils
 from tests.cluster import helpers
 from tests.conftest import RunningOperator
@@ -26,27 +24,6 @@ from tests.conftest import RunningOperator
 pytestmark = pytest.mark.cluster
 
 _WORKER = "imageward.admission.worker"
-
-
-def _insecure_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def _cmdline(pid: int) -> str:
@@ -62,7 +39,7 @@ def _cmdline(pid: int) -> str:
 
 
 def _workers(pid: int) -> list[int]:
-    return [child for child in _children(pid) if _WORKER in _cmdline(child)]
+    return [child for child in peers.process_tree(pid)[1:] if _WORKER in _cmdline(child)]
 
 
 def _alive(pid: int) -> bool:
@@ -73,40 +50,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _review(namespace: str, image: str) -> dict[str, Any]:
+def _post(url: str, namespace: str, image: str) -> dict[str, Any]:
     pod = helpers.pod("worker", image)
     pod["metadata"]["namespace"] = namespace
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "worker",
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "tester"},
-            "object": pod,
-            "oldObject": None,
-            "dryRun": True,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
-
-
-def _post(url: str, review: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(review).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10, context=_insecure_context()) as response:
-        answer: dict[str, Any] = json.load(response)["response"]
-        return answer
+    review = helpers.pod_review(namespace, pod)
+    answer: dict[str, Any] = helpers.post_review(url, review)["response"]
+    return answer
 
 
 def _get(url: str) -> str:
@@ -193,7 +142,7 @@ def test_the_webhook_process_decides_counts_restarts_and_ends_with_the_operator(
         probe = json.loads(_get(replica.liveness_url))
         assert probe["admission"] == {"process": "own", "pid": first, "restarts": 0, "down": 0.0}
 
-        answers = [_post(replica.validate_url, _review(namespace, refused_image)) for _ in range(3)]
+        answers = [_post(replica.validate_url, namespace, refused_image) for _ in range(3)]
         assert all(not a["allowed"] for a in answers)
         assert "over maxLayers 2" in answers[0]["status"]["message"]
         # Decided in the worker, counted there, shown by the operator's /metrics.
@@ -206,7 +155,7 @@ def test_the_webhook_process_decides_counts_restarts_and_ends_with_the_operator(
             if not found:
                 return None
             try:
-                answer = _post(replica.validate_url, _review(namespace, refused_image))
+                answer = _post(replica.validate_url, namespace, refused_image)
             except OSError:
                 return None
             return found[0] if not answer["allowed"] else None
@@ -241,7 +190,7 @@ def test_shared_mode_serves_from_the_operators_own_loop(
         assert replica.process.pid is not None
         assert _workers(replica.process.pid) == []
         assert json.loads(_get(replica.liveness_url))["admission"] == {"process": "shared"}
-        answer = _post(replica.validate_url, _review(namespace, refused_image))
+        answer = _post(replica.validate_url, namespace, refused_image)
         assert not answer["allowed"] and "over maxLayers 2" in answer["status"]["message"]
         assert _denied_count(_get(replica.metrics_url)) == 1
     finally:

@@ -8,7 +8,6 @@ import json
 import re
 import socket
 import ssl
-import urllib.request
 import uuid
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from imageward.admission import tls
 from imageward.localcluster import controlplane, cosign, images, processes, prometheus, registries
 from tests import utils
+from tests.cluster import helpers
 from tests.conftest import RunningOperator
 from tests.unit.chart import chart
 
@@ -303,7 +303,7 @@ def test_standby_replica_serves_current_policies(
             f"https://127.0.0.1:{port}/",
             timeout=60,
             process=standby,
-            ssl_context=_insecure_context(),
+            ssl_context=helpers.insecure_context(),
         )
         # Created after the standby started: only its own watch can tell it.
         cluster.apply(_policy(name, [f"{registry.host}/standby/**"], {"maxLayers": 2}))
@@ -324,41 +324,9 @@ def test_standby_replica_serves_current_policies(
             cluster.kubectl("delete", "imagepolicy", name, "--ignore-not-found", check=False)
 
 
-def _insecure_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _review(namespace: str, image: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "standby",
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "tester"},
-            "object": json.loads(_pod("standby", namespace, image)),
-            "oldObject": None,
-            "dryRun": True,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
+    return helpers.pod_review(namespace, json.loads(_pod("standby", namespace, image)))
 
 
 def _post_review(url: str, review: dict[str, Any]) -> Any:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(review).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10, context=_insecure_context()) as response:
-        return json.load(response)
+    return helpers.post_review(url, review)

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imageward import errors, runtime
+from imageward import errors, runtime, settings
 from imageward.admission import handler, reviews, webhooks
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,26 @@ class Server:
         self._loaded: tuple[float, float] | None = None
         self._runner: web.AppRunner | None = None
         self._watch: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_settings(
+        cls,
+        state: runtime.Runtime,
+        admission: settings.AdmissionSettings,
+        *,
+        certfile: pathlib.Path,
+        keyfile: pathlib.Path,
+    ) -> Server:
+        """The server `admission` describes (address, port, drain), for both places it
+        runs: the operator's loop and the admission process."""
+        return cls(
+            state,
+            host=admission.host,
+            port=admission.port,
+            certfile=certfile,
+            keyfile=keyfile,
+            drain_seconds=admission.shutdown_drain,
+        )
 
     def _reload(self) -> bool:
         stamp = (self.certfile.stat().st_mtime, self.keyfile.stat().st_mtime)

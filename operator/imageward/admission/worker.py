@@ -95,13 +95,8 @@ async def serve(
         logger.info("admission process: loaded %d ImagePolicies", len(state.store.snapshot()))
         policy_task = asyncio.create_task(state.follow_policies(resource_version))
         await state.exceptions.start(state.kube, max_items=config.scan.cache_max_objects)
-        server = endpoints.Server(
-            state,
-            host=config.admission.host,
-            port=config.admission.port,
-            certfile=certfile,
-            keyfile=keyfile,
-            drain_seconds=config.admission.shutdown_drain,
+        server = endpoints.Server.for_settings(
+            state, config.admission, certfile=certfile, keyfile=keyfile
         )
         await server.start()
         control_runner = web.AppRunner(build_control_app(), access_log=None)
