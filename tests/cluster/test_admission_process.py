@@ -107,6 +107,8 @@ def _start_replica(
     process.start()
     replica = _Replica(process, port, metrics_port, liveness_port)
     processes.wait_for_http(replica.metrics_url, timeout=60, expect_status=200, process=process)
+    # Kopf starts its liveness endpoint in a task of its own, not before the metrics.
+    processes.wait_for_http(replica.liveness_url, timeout=30, expect_status=200, process=process)
     return replica
 
 
