@@ -3,6 +3,8 @@ and verifies images in both of its on-registry formats."""
 
 from __future__ import annotations
 
+import pathlib
+import time
 import uuid
 
 import pytest
@@ -86,3 +88,34 @@ def test_scratch_image_with_the_static_helper_runs_in_containerd(
     # No shell, no libc in the image: only the static helper, which answers and exits.
     result = containerd_daemon.ctr("run", "--rm", reference, container)
     assert result.stdout.strip() == "imageward-helper: ok"
+
+
+def test_the_event_log_times_what_containerd_does(
+    registry_set: registries.Registries,
+    containerd_daemon: containerd.Containerd,
+    tmp_path: pathlib.Path,
+) -> None:
+    registry = registry_set.anonymous
+    repository = f"runtime/{uuid.uuid4().hex[:8]}"
+    registry.client().push(repository, images.small_image("events"), tag="1.0")
+    ref = f"{registry.host}/{repository}:1.0"
+    with containerd.EventLog(containerd_daemon.socket, tmp_path) as log:
+        # `ctr events` subscribes some time after it starts: wait until it sees something.
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + 10
+        while not any(e.body.get("name") == probe for e in log.events("/namespaces/create")):
+            assert time.monotonic() < deadline, "ctr events saw no namespace being created"
+            containerd_daemon.ctr("namespaces", "remove", probe, check=False)
+            containerd_daemon.ctr("namespaces", "create", probe)
+            time.sleep(0.2)
+        containerd_daemon.ctr("namespaces", "remove", probe)
+        before = time.time()
+        containerd_daemon.pull(ref)
+        after = time.time()
+        deadline = time.monotonic() + 10
+        created = []
+        while not created and time.monotonic() < deadline:
+            created = [e for e in log.events("/images/create") if e.body.get("name") == ref]
+            time.sleep(0.1)
+    assert created, f"no /images/create event for {ref}"
+    assert before - 0.05 <= created[0].time <= after + 0.05

@@ -8,18 +8,96 @@ real node (`realnode`) gives a configuration with CRI on (`build_cri_config`).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from imageward.localcluster import processes, tools
 
 
 class ContainerdError(RuntimeError):
     pass
+
+
+# `ctr events` prints each event as Go's time.Time, namespace, topic and JSON body:
+#   2026-12-02 12:40:01.123456789 +0000 UTC k8s.io /tasks/start {"container_id":"…","pid":7}
+_EVENT_LINE = re.compile(
+    r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(?P<fraction>\d{1,9}))? "
+    r"(?P<offset>[+-]\d{4}) \S+ (?P<namespace>\S+) (?P<topic>/\S+) (?P<body>.*)$"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One containerd event: `time` in seconds since the epoch (nanoseconds kept as far as
+    a float holds them), e.g. topic /tasks/start with body {"container_id", "pid"}."""
+
+    time: float
+    namespace: str
+    topic: str
+    body: dict[str, Any]
+
+
+def parse_event_line(line: str) -> Event | None:
+    """An event from one line of `ctr events`; None for anything else (a warning, a body
+    that is not a JSON object)."""
+    match = _EVENT_LINE.match(line.rstrip("\n"))
+    if match is None:
+        return None
+    try:
+        body = json.loads(match["body"])
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    stamp = datetime.datetime.strptime(f"{match['date']} {match['offset']}", "%Y-%m-%d %H:%M:%S %z")
+    fraction = match["fraction"] or "0"
+    seconds = stamp.timestamp() + int(fraction) / 10 ** len(fraction)
+    return Event(seconds, match["namespace"], match["topic"], body)
+
+
+class EventLog:
+    """`ctr events` running in the background, its lines kept in a log file: what the
+    daemon did and when by its own clock (e.g. when a container's task started, which the
+    Kubernetes API only shows to the second)."""
+
+    def __init__(self, socket: pathlib.Path, log_dir: pathlib.Path) -> None:
+        self._process = processes.ManagedProcess(
+            "containerd-events",
+            [str(tools.find("ctr")), "--address", str(socket), "events"],
+            log_dir=log_dir,
+        )
+
+    def __enter__(self) -> EventLog:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._process.stop()
+
+    def events(self, topic: str | None = None) -> Iterator[Event]:
+        """The events seen so far, oldest first (of `topic` only, if given)."""
+        with open(self._process.log_path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                event = parse_event_line(line)
+                if event is not None and (topic is None or event.topic == topic):
+                    yield event
+
+    def task_started(self, container_id: str) -> float | None:
+        """When the last task of `container_id` started (epoch seconds), if seen."""
+        started = None
+        for event in self.events("/tasks/start"):
+            if event.body.get("container_id") == container_id:
+                started = event.time
+        return started
 
 
 _CONFIG = """\
