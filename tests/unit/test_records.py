@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import pathlib
 import pickle
+import re
 from typing import Any
 
 import pytest
@@ -18,8 +20,22 @@ import pytest
 from imageward import records
 
 # Importing a module makes its Records; each module with Records is listed here.
-from imageward.policy import model
+from imageward.policy import evaluate, globs, model, quantities, selectors
+from imageward.registry import model as registry_model
+from imageward.signatures import authorities, keys
+from imageward.signatures import model as signatures_model
 
+MODULES = (
+    evaluate,
+    globs,
+    model,
+    quantities,
+    selectors,
+    registry_model,
+    authorities,
+    keys,
+    signatures_model,
+)
 RECORDS = sorted(records.Record.__subclasses__(), key=lambda c: (c.__module__, c.__qualname__))
 
 
@@ -46,8 +62,15 @@ def _twin(cls: type[records.Record]) -> Any:
     return dataclasses.dataclass(frozen=True, slots=True)(type(cls.__name__, (), namespace))
 
 
-def test_records_are_found() -> None:
-    assert model.ImagePolicy in RECORDS and model.Match in RECORDS
+def test_every_module_with_records_is_listed() -> None:
+    package = pathlib.Path(records.__file__).parent
+    using = {
+        ".".join(("imageward", *path.relative_to(package).with_suffix("").parts))
+        for path in package.rglob("*.py")
+        if re.search(r"^class \w+\(\s*records\.Record\b", path.read_text(), re.MULTILINE)
+    }
+    assert using == {module.__name__ for module in MODULES}
+    assert {cls.__module__ for cls in RECORDS} == using
 
 
 @pytest.mark.parametrize("cls", RECORDS, ids=lambda c: f"{c.__module__}.{c.__qualname__}")

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
-from imageward import constants, errors
+from imageward import constants, errors, records
 from imageward.policy import globs, model, quantities, selectors
 from imageward.registry import model as registry_model
 from imageward.registry import reference as registry_reference
@@ -34,8 +34,13 @@ SHORT_DIGEST_HEX = 12
 Measure = int | str | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Violation:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class Violation(records.Record):
+    """One rule one image broke, under one policy: data, not an exception."""
+
+    __slots__ = ("digest", "image", "limit", "measured", "message", "platform", "policy", "rule")
     policy: str
     """Name of the ImagePolicy."""
 
@@ -51,14 +56,34 @@ class Violation:
     message: str
     """The full human-readable sentence, ready for an admission response or the CLI."""
 
-    measured: Measure = None
+    measured: Measure
     """The measured value: bytes or counts as int, tags/users/hosts/errors as text."""
 
-    limit: Measure = None
+    limit: Measure
     """The policy's limit: bytes or counts as int, otherwise the policy's text."""
 
-    platform: str | None = None
+    platform: str | None
     """`os/arch[/variant]` of the platform image measured, for image indexes."""
+
+    def __init__(
+        self,
+        policy: str,
+        rule: str,
+        image: str,
+        digest: registry_model.Digest | None,
+        message: str,
+        measured: Measure = None,
+        limit: Measure = None,
+        platform: str | None = None,
+    ) -> None:
+        _set(self, "policy", policy)
+        _set(self, "rule", rule)
+        _set(self, "image", image)
+        _set(self, "digest", digest)
+        _set(self, "message", message)
+        _set(self, "measured", measured)
+        _set(self, "limit", limit)
+        _set(self, "platform", platform)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,20 +96,36 @@ class PolicyResult:
     violations: tuple[Violation, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(records.Record):
+    """The verdict on one admission or check: allowed, and the violations behind it."""
+
+    __slots__ = ("allowed", "audits", "violations", "warned", "warnings")
     allowed: bool
-    violations: tuple[Violation, ...] = ()
+    violations: tuple[Violation, ...]
     """Violations that deny (mode Enforce; lookups only under failurePolicy Fail)."""
 
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...]
     """Admission warning texts (mode Warn, and lookups under failurePolicy Ignore)."""
 
-    warned: tuple[Violation, ...] = ()
+    warned: tuple[Violation, ...]
     """The violations behind `warnings`, for metrics and the CLI."""
 
-    audits: tuple[Violation, ...] = ()
+    audits: tuple[Violation, ...]
     """Violations of Audit-mode policies: allowed; the caller posts an Event and a metric."""
+
+    def __init__(
+        self,
+        allowed: bool,
+        violations: tuple[Violation, ...] = (),
+        warnings: tuple[str, ...] = (),
+        warned: tuple[Violation, ...] = (),
+        audits: tuple[Violation, ...] = (),
+    ) -> None:
+        _set(self, "allowed", allowed)
+        _set(self, "violations", violations)
+        _set(self, "warnings", warnings)
+        _set(self, "warned", warned)
+        _set(self, "audits", audits)
 
     @property
     def outcome(self) -> Literal["allow", "deny", "warn"]:

@@ -8,11 +8,10 @@ typo for `500M`) is refused instead of being rounded the way Kubernetes rounds m
 
 from __future__ import annotations
 
-import dataclasses
 import decimal
 import re
 
-from imageward import errors
+from imageward import errors, records
 
 _QUANTITY_RE = re.compile(
     r"(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
@@ -26,6 +25,9 @@ MAX_BYTES = 2**63 - 1
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
 class QuantityError(errors.ImagewardError):
     """Text that is not a byte quantity; parse_policy turns it into a PolicyError."""
 
@@ -35,12 +37,20 @@ class QuantityError(errors.ImagewardError):
         super().__init__(f"{value!r} {reason}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Quantity:
+class Quantity(records.Record):
     """A byte quantity and the text it was written as (messages quote the policy)."""
 
+    __slots__ = ("bytes", "text")
     text: str
     bytes: int
+
+    def __init__(
+        self,
+        text: str,
+        bytes: int,
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "bytes", bytes)
 
     def __str__(self) -> str:
         return self.text

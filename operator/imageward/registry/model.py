@@ -8,9 +8,14 @@ from __future__ import annotations
 import dataclasses
 from typing import NewType
 
+from imageward import records
+
 Digest = NewType("Digest", str)  # "sha256:<64 hex>"
 
 DEFAULT_REGISTRY = "docker.io"
+
+
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,34 +58,74 @@ class ImageReference:
         return dataclasses.replace(self, tag=tag, digest=None, original="")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Platform:
+class Platform(records.Record):
+    """An OCI platform: os, architecture and variant (`linux/arm64/v8`)."""
+
+    __slots__ = ("architecture", "os", "variant")
     os: str
     architecture: str
-    variant: str | None = None
+    variant: str | None
+
+    def __init__(
+        self,
+        os: str,
+        architecture: str,
+        variant: str | None = None,
+    ) -> None:
+        _set(self, "os", os)
+        _set(self, "architecture", architecture)
+        _set(self, "variant", variant)
 
     def __str__(self) -> str:
         text = f"{self.os}/{self.architecture}"
         return f"{text}/{self.variant}" if self.variant else text
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Layer:
+class Layer(records.Record):
+    """One layer of a platform image, as its manifest describes it."""
+
+    __slots__ = ("digest", "media_type", "size")
     digest: Digest
     size: int
     media_type: str
 
+    def __init__(
+        self,
+        digest: Digest,
+        size: int,
+        media_type: str,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "size", size)
+        _set(self, "media_type", media_type)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageConfig:
+
+class ImageConfig(records.Record):
     """The few config fields policies and the planner read."""
 
+    __slots__ = ("architecture", "created", "labels", "os", "user", "variant")
     user: str | None
     os: str | None
     architecture: str | None
     created: str | None
-    labels: tuple[tuple[str, str], ...] = ()
-    variant: str | None = None
+    labels: tuple[tuple[str, str], ...]
+    variant: str | None
+
+    def __init__(
+        self,
+        user: str | None,
+        os: str | None,
+        architecture: str | None,
+        created: str | None,
+        labels: tuple[tuple[str, str], ...] = (),
+        variant: str | None = None,
+    ) -> None:
+        _set(self, "user", user)
+        _set(self, "os", os)
+        _set(self, "architecture", architecture)
+        _set(self, "created", created)
+        _set(self, "labels", labels)
+        _set(self, "variant", variant)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ Ed25519. Hashes:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from typing import Final, Literal
 
@@ -22,6 +21,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from imageward import records
 from imageward.signatures import model
 
 KeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "rsa", "ed25519"]
@@ -36,13 +36,33 @@ _CURVES: Final[dict[str, tuple[KeyAlgorithm, tuple[hashes.HashAlgorithm, ...]]]]
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PublicKey:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class PublicKey(
+    records.Record,
+    hidden=(
+        "spki",
+        "key",
+    ),
+    uncompared=("key",),
+):
     """A parsed public key. Equal keys have equal `spki` (DER SubjectPublicKeyInfo)."""
 
+    __slots__ = ("algorithm", "key", "spki")
     algorithm: KeyAlgorithm
-    spki: bytes = dataclasses.field(repr=False)
-    key: CryptoKey = dataclasses.field(compare=False, repr=False)
+    spki: bytes
+    key: CryptoKey
+
+    def __init__(
+        self,
+        algorithm: KeyAlgorithm,
+        spki: bytes,
+        key: CryptoKey,
+    ) -> None:
+        _set(self, "algorithm", algorithm)
+        _set(self, "spki", spki)
+        _set(self, "key", key)
 
     @property
     def fingerprint(self) -> str:

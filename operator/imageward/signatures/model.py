@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any, Final, Literal
 
-from imageward import errors
+from imageward import errors, records
 
 Format = Literal["bundle", "legacy", "notation"]
 
@@ -50,6 +50,9 @@ PROGRESS: Final[dict[Result, int]] = {
 }
 
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Check:
     """The outcome of one signature against one authority."""
@@ -72,13 +75,21 @@ class Check:
 VERIFIED: Final = Check("verified")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
+class Target(records.Record):
     """The media type and size of the manifest a digest names: a Notation payload names
     all three (cosign payloads name only the digest)."""
 
+    __slots__ = ("media_type", "size")
     media_type: str
     size: int
+
+    def __init__(
+        self,
+        media_type: str,
+        size: int,
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "size", size)
 
 
 class Refused(Exception):
