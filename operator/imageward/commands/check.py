@@ -65,17 +65,13 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
     import pathlib
 
-    import yaml
-
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
             text = pathlib.Path(path).read_text()
-            loaded = _load_yaml_documents(text)
         except OSError as e:
             raise UsageError(f"--policy {path}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise UsageError(f"--policy {path}: not YAML: {e}") from e
+        loaded = _load_yaml_documents(path, text)
         for index, document in enumerate(loaded):
             if not isinstance(document, dict) or document.get("kind") != "ImagePolicy":
                 kind = (
@@ -93,20 +89,33 @@ def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
     return documents
 
 
-def _load_yaml_documents(text: str) -> list[Any]:
-    """The documents of `text` (empty ones left out), parsed by libyaml when PyYAML has
-    it (ten times faster than the Python parser). A document libyaml refuses is parsed
-    again by the Python parser: what it accepts counts, and what it refuses is refused
-    with the message `--policy` errors have always had."""
+def _load_yaml_documents(path: str, text: str) -> list[Any]:
+    """The documents of `text` (empty ones left out).
+
+    Most policy files are in the YAML `yamlsubset` reads (what `yaml.safe_dump` writes,
+    and what people write by hand), which it parses exactly as PyYAML would without
+    importing PyYAML. Any other text is parsed by libyaml when PyYAML has it (ten times
+    faster than the Python parser); a document libyaml refuses is parsed again by the
+    Python parser: what it accepts counts, and what it refuses is refused with the
+    message `--policy` errors have always had.
+    """
+    from imageward import yamlsubset
+
+    simple = yamlsubset.parse_documents(text)
+    if simple is not None:
+        return [d for d in simple if d is not None]
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is not None:
-        try:
-            return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
-        except yaml.YAMLError:
-            pass
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+    try:
+        loader = getattr(yaml, "CSafeLoader", None)
+        if loader is not None:
+            try:
+                return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+            except yaml.YAMLError:
+                pass
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise UsageError(f"--policy {path}: not YAML: {e}") from e
 
 
 def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
