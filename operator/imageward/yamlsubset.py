@@ -155,9 +155,10 @@ class _Parser:
     def documents(self) -> list[Any]:
         documents: list[Any] = []
         explicit = False  # the current document began with `---`
+        ended = False  # a document's root node was just read
         while not self._at_end():
             indent, content = self._peek()
-            if indent == 0 and content == "...":
+            if indent == 0 and content == "..." and ended:
                 self.row += 1
                 if not self._at_end():
                     raise _Unsupported  # more after the stream's last document end
@@ -168,10 +169,10 @@ class _Parser:
                 if explicit:
                     documents.append(None)  # `---` after `---`: an empty document
                 self.row += 1
-                explicit = True
+                explicit, ended = True, False
                 continue
             documents.append(self._node(indent, content, parent=-1))
-            explicit = False
+            explicit, ended = False, True
             if not self._at_end():
                 indent, content = self._peek()
                 if not (indent == 0 and content.startswith(("---", "..."))):

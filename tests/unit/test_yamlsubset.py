@@ -171,6 +171,8 @@ DECLINED = [
     "a: |\n  x",  # no final line break
     "a: b\n--- c\n",
     "a: b\n...\nc: d\n",
+    "...\n",
+    "---\n...\n",
     "a: 'x\n---\n'\n",
     "-\n  a\n",
     "- - a\n",
