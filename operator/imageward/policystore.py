@@ -8,8 +8,6 @@ and its reason, so the images it covers are refused with that reason (fail close
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -212,20 +210,27 @@ def _refuse_duplicates(
     for authority in authorities:
         if isinstance(authority, signatures_authorities.KeyAuthority):
             identity: object = ("key", authority.key.spki)
-            what = f"the same key ({authority.key.fingerprint[:19]}…)"
         elif isinstance(authority, signatures_authorities.NotationAuthority):
             identity = ("notation", authority.policy.digest)
-            what = "the same Notation trust stores and trusted identities"
         else:
             identity = ("keyless", str(authority.identity), authority.trusted_root.digest)
-            what = f"the same keyless identity ({authority.identity}) and trusted root"
         if identity in seen:
             raise errors.PolicyError(
                 policy,
-                f"authorities {seen[identity]} and {authority.name} have {what}: "
-                "one signer would count twice towards the threshold",
+                f"authorities {seen[identity]} and {authority.name} have "
+                f"{_what_is_shared(authority)}: one signer would count twice towards the "
+                "threshold",
             )
         seen[identity] = authority.name
+
+
+def _what_is_shared(authority: signatures_authorities.Authority) -> str:
+    """What two authorities that count as one signer have in common, for the message."""
+    if isinstance(authority, signatures_authorities.KeyAuthority):
+        return f"the same key ({authority.key.fingerprint[:19]}…)"
+    if isinstance(authority, signatures_authorities.NotationAuthority):
+        return "the same Notation trust stores and trusted identities"
+    return f"the same keyless identity ({authority.identity}) and trusted root"
 
 
 async def _certificates(
@@ -343,6 +348,9 @@ def decode_secret_value(secret: Mapping[str, Any] | None, key: str) -> bytes | N
     data = secret.get("data") or {}
     if key not in data:
         return None
+    import base64  # here: `imageward check` loads policies without any Secret
+    import binascii
+
     try:
         return base64.b64decode(data[key], validate=True)
     except (binascii.Error, ValueError):

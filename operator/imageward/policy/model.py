@@ -12,14 +12,16 @@ text stays text (the signatures package parses keys).
 
 from __future__ import annotations
 
-import datetime
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from imageward import constants, errors, records
 from imageward.policy import globs, quantities, selectors
+
+if TYPE_CHECKING:
+    import datetime  # at run time imported by what needs it: most policies have no times
 
 KIND = "ImagePolicy"
 DEFAULT_IMAGES = ("**",)
@@ -301,6 +303,8 @@ class Duration(records.Record):
 
     @property
     def delta(self) -> datetime.timedelta:
+        import datetime
+
         return datetime.timedelta(seconds=self.seconds)
 
 
@@ -941,6 +945,8 @@ def parse_time(value: object) -> datetime.datetime:
 
     YAML gives a date or datetime object for an unquoted value; those are accepted too.
     Raises ValueError."""
+    import datetime
+
     if isinstance(value, datetime.datetime):
         parsed = value
     elif isinstance(value, datetime.date):

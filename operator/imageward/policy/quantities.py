@@ -8,10 +8,13 @@ typo for `500M`) is refused instead of being rounded the way Kubernetes rounds m
 
 from __future__ import annotations
 
-import decimal
 import re
+from typing import TYPE_CHECKING
 
 from imageward import errors, records
+
+if TYPE_CHECKING:
+    import decimal  # at run time imported by the functions: a policy without sizes needs none
 
 _QUANTITY_RE = re.compile(
     r"(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
@@ -57,6 +60,8 @@ class Quantity(records.Record):
 
 
 def _multiplier(text: str, suffix: str) -> decimal.Decimal:
+    import decimal
+
     if suffix in _BINARY:
         return decimal.Decimal(2) ** _BINARY[suffix]
     if suffix in _DECIMAL:
@@ -102,6 +107,8 @@ def parse_quantity(value: object) -> Quantity:
     if match["sign"] == "-":
         raise QuantityError(value, "must not be negative")
     suffix = match["suffix"] or ""
+    import decimal
+
     with decimal.localcontext() as context:
         context.prec = 80
         amount = decimal.Decimal(match["number"]) * _multiplier(value, suffix)

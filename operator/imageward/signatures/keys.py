@@ -14,7 +14,6 @@ Ed25519. Hashes:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Final, Literal
 
 from cryptography import exceptions as crypto_exceptions
@@ -67,6 +66,8 @@ class PublicKey(
     @property
     def fingerprint(self) -> str:
         """sha256 of the SubjectPublicKeyInfo: what `cosign public-key | sha256sum` pins."""
+        import hashlib  # here: loading a policy (every `imageward check`) needs no hashlib
+
         return "sha256:" + hashlib.sha256(self.spki).hexdigest()
 
     def __str__(self) -> str:

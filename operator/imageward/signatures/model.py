@@ -6,11 +6,7 @@ exception, so that admission can say exactly why a signature did not count.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import hashlib
-import json
 from typing import Any, Final, Literal
 
 from imageward import errors, records
@@ -117,6 +113,8 @@ class AuthorityError(errors.ImagewardError):
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # here, not at the top: `imageward check` imports this module every run
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -146,6 +144,9 @@ def decode_base64(text: object, *, what: str) -> bytes:
     """Standard or URL-safe base64, padded or not (protobuf JSON writers differ)."""
     if not isinstance(text, str) or not text:
         raise Refused("malformed", f"{what} is missing or not a base64 string")
+    import base64
+    import binascii
+
     stripped = text.strip().translate(_URLSAFE)
     padded = stripped + "=" * (-len(stripped) % 4)
     try:
@@ -166,6 +167,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json(data: bytes, *, what: str) -> dict[str, Any]:
     """A JSON object with no duplicate keys, or `Refused(malformed)`."""
+    import json
+
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
