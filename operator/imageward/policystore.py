@@ -8,11 +8,10 @@ and its reason, so the images it covers are refused with that reason (fail close
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from imageward import errors
+from imageward import errors, records
 from imageward.policy import globs, model
 from imageward.signatures import authorities as signatures_authorities
 from imageward.signatures import model as signatures_model
@@ -27,16 +26,40 @@ ConfigMapReader = Callable[[model.ConfigMapKeyRef], Awaitable[str | None]]
 _MATCH_EVERYTHING = model.Match(images=(globs.parse_image_pattern("**"),))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LoadedPolicy:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class LoadedPolicy(records.Record):
+    """A policy as the checker uses it: parsed and its authorities resolved, or, when it
+    cannot be used, its match scope and why."""
+
+    __slots__ = ("attestations", "authorities", "error", "generation", "match", "name", "policy")
     name: str
     generation: int
     match: model.Match
     policy: model.ImagePolicy | None  # None: unusable, see `error`
-    error: errors.PolicyError | None = None
-    authorities: tuple[signatures_authorities.Authority, ...] = ()
+    error: errors.PolicyError | None
+    authorities: tuple[signatures_authorities.Authority, ...]
     #: `rules.attestations`, authorities resolved and CEL conditions compiled.
-    attestations: tuple[attestations_evaluate.LoadedEntry, ...] = ()
+    attestations: tuple[attestations_evaluate.LoadedEntry, ...]
+
+    def __init__(
+        self,
+        name: str,
+        generation: int,
+        match: model.Match,
+        policy: model.ImagePolicy | None,
+        error: errors.PolicyError | None = None,
+        authorities: tuple[signatures_authorities.Authority, ...] = (),
+        attestations: tuple[attestations_evaluate.LoadedEntry, ...] = (),
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "generation", generation)
+        _set(self, "match", match)
+        _set(self, "policy", policy)
+        _set(self, "error", error)
+        _set(self, "authorities", authorities)
+        _set(self, "attestations", attestations)
 
     @property
     def usable(self) -> bool:
@@ -90,9 +113,7 @@ async def load_policy(
             ]
         )
     except errors.PolicyError as e:
-        return dataclasses.replace(
-            _unusable(obj, e), match=policy.match, generation=policy.generation
-        )
+        return records.replace(_unusable(obj, e), match=policy.match, generation=policy.generation)
     return LoadedPolicy(
         name=policy.name,
         generation=policy.generation,

@@ -18,8 +18,9 @@ For mypy a Record is a frozen dataclass (`typing.dataclass_transform`): a field 
 read-only, and `__init__` is checked as written. `__init_subclass__` checks that the
 annotations, `__slots__` and the parameters of `__init__` name the same fields (the
 annotations in the order of the parameters), so the three cannot drift apart.
-`dataclasses.fields` and `dataclasses.replace` do not apply (there are no `Field`s), and
-a Record writes its own docstring (a dataclass without one gets its signature).
+`dataclasses.fields` and `dataclasses.replace` do not apply (there are no `Field`s):
+`records.replace` is the latter; and a Record writes its own docstring (a dataclass
+without one gets its signature).
 `tests/unit/test_records.py` compares each Record with the dataclass it stands for.
 """
 
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Iterable
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
+
+_R = TypeVar("_R", bound="Record")
 
 
 class _Factory:
@@ -110,6 +113,13 @@ class Record:
     def __setstate__(self, state: list[Any]) -> None:
         for name, value in zip(self._fields, state, strict=False):
             object.__setattr__(self, name, value)
+
+
+def replace(record: _R, /, **changes: Any) -> _R:
+    """A copy of `record` with `changes`, as `dataclasses.replace` makes one: through
+    `__init__`, so a name that is no field is a TypeError."""
+    fields = {name: getattr(record, name) for name in record._fields}
+    return type(record)(**{**fields, **changes})
 
 
 def _values(record: object, names: tuple[str, ...]) -> tuple[Any, ...]:

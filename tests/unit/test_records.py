@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from imageward import records
-
 # Importing a module makes its Records; each module with Records is listed here.
+from imageward import policystore, records
 from imageward.policy import evaluate, globs, model, quantities, selectors
 from imageward.registry import model as registry_model
 from imageward.signatures import authorities, keys
 from imageward.signatures import model as signatures_model
 
 MODULES = (
+    policystore,
     evaluate,
     globs,
     model,
@@ -122,3 +122,13 @@ def test_a_record_behaves_as_its_dataclass(cls: type[records.Record]) -> None:
 def _values(cls: type[records.Record], seed: int) -> list[object]:
     """Hashable values, distinct per field (and per seed)."""
     return [f"{name}-{seed}" if i % 2 else (i, seed) for i, name in enumerate(cls._fields)]
+
+
+def test_replace_is_dataclasses_replace() -> None:
+    reference = registry_model.ImageReference("docker.io", "library/nginx", tag="1")
+    assert records.replace(reference, tag="2") == registry_model.ImageReference(
+        "docker.io", "library/nginx", tag="2"
+    )
+    assert reference.tag == "1"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tga'"):
+        records.replace(reference, tga="2")

@@ -19,7 +19,6 @@ them. Each message names its rule id.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
@@ -86,14 +85,26 @@ class Violation(records.Record):
         _set(self, "platform", platform)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PolicyResult:
+class PolicyResult(records.Record):
     """The violations one applicable policy found for one image, with how to treat them."""
 
+    __slots__ = ("failure_policy", "mode", "policy", "violations")
     policy: str
     mode: model.Mode
     failure_policy: model.FailurePolicy
-    violations: tuple[Violation, ...] = ()
+    violations: tuple[Violation, ...]
+
+    def __init__(
+        self,
+        policy: str,
+        mode: model.Mode,
+        failure_policy: model.FailurePolicy,
+        violations: tuple[Violation, ...] = (),
+    ) -> None:
+        _set(self, "policy", policy)
+        _set(self, "mode", mode)
+        _set(self, "failure_policy", failure_policy)
+        _set(self, "violations", violations)
 
 
 class Decision(records.Record):

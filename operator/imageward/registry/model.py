@@ -5,7 +5,6 @@ Frozen and slotted; shared by policy evaluation, signature checks and layer plan
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NewType
 
 from imageward import records
@@ -18,8 +17,7 @@ DEFAULT_REGISTRY = "docker.io"
 _set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageReference:
+class ImageReference(records.Record):
     """A parsed image reference, normalised the way containerd and kubelet do.
 
     `registry` is the host[:port] ("docker.io" for Docker Hub), `repository` the path
@@ -27,11 +25,26 @@ class ImageReference:
     defaults are applied (tag "latest" when neither is given).
     """
 
+    __slots__ = ("digest", "original", "registry", "repository", "tag")
     registry: str
     repository: str
-    tag: str | None = None
-    digest: Digest | None = None
-    original: str = ""
+    tag: str | None
+    digest: Digest | None
+    original: str
+
+    def __init__(
+        self,
+        registry: str,
+        repository: str,
+        tag: str | None = None,
+        digest: Digest | None = None,
+        original: str = "",
+    ) -> None:
+        _set(self, "registry", registry)
+        _set(self, "repository", repository)
+        _set(self, "tag", tag)
+        _set(self, "digest", digest)
+        _set(self, "original", original)
 
     @property
     def name(self) -> str:
@@ -51,11 +64,11 @@ class ImageReference:
         return text
 
     def with_digest(self, digest: Digest) -> ImageReference:
-        return dataclasses.replace(self, digest=digest)
+        return records.replace(self, digest=digest)
 
     def with_tag(self, tag: str) -> ImageReference:
         """The same repository at another tag (and no digest): `sha256-<hex>.sig` and the like."""
-        return dataclasses.replace(self, tag=tag, digest=None, original="")
+        return records.replace(self, tag=tag, digest=None, original="")
 
 
 class Platform(records.Record):
@@ -128,10 +141,19 @@ class ImageConfig(records.Record):
         _set(self, "variant", variant)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PlatformImage:
+class PlatformImage(records.Record):
     """One runnable image: a platform manifest, its layers and config."""
 
+    __slots__ = (
+        "config",
+        "config_digest",
+        "config_problem",
+        "digest",
+        "layers",
+        "media_type",
+        "platform",
+        "size",
+    )
     digest: Digest  # digest of the platform manifest
     platform: Platform | None
     media_type: str
@@ -141,9 +163,29 @@ class PlatformImage:
     #: Why the config could not be read, when the registry served one that is missing,
     #: oversized or malformed: the rules that need the config refuse with this reason,
     #: the others (sizes, signatures) still decide.
-    config_problem: str | None = None
+    config_problem: str | None
     #: Bytes of the manifest (what a descriptor of it says; Notation payloads name it).
-    size: int | None = None
+    size: int | None
+
+    def __init__(
+        self,
+        digest: Digest,
+        platform: Platform | None,
+        media_type: str,
+        layers: tuple[Layer, ...],
+        config_digest: Digest,
+        config: ImageConfig,
+        config_problem: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "platform", platform)
+        _set(self, "media_type", media_type)
+        _set(self, "layers", layers)
+        _set(self, "config_digest", config_digest)
+        _set(self, "config", config)
+        _set(self, "config_problem", config_problem)
+        _set(self, "size", size)
 
     @property
     def compressed_size(self) -> int:
@@ -154,8 +196,7 @@ class PlatformImage:
         return max(self.layers, key=lambda layer: layer.size, default=None)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageFacts:
+class ImageFacts(records.Record):
     """Everything known about one reference: the digest it resolves to and its images.
 
     `digest` is the digest the reference resolved to (an index or a single manifest).
@@ -164,10 +205,27 @@ class ImageFacts:
     containerd chooses: see `registry.platforms`).
     """
 
+    __slots__ = ("digest", "images", "is_index", "media_type", "reference", "size")
     reference: ImageReference
     digest: Digest
     media_type: str
     is_index: bool
     images: tuple[PlatformImage, ...]
     #: Bytes of the manifest or index `digest` names.
-    size: int | None = None
+    size: int | None
+
+    def __init__(
+        self,
+        reference: ImageReference,
+        digest: Digest,
+        media_type: str,
+        is_index: bool,
+        images: tuple[PlatformImage, ...],
+        size: int | None = None,
+    ) -> None:
+        _set(self, "reference", reference)
+        _set(self, "digest", digest)
+        _set(self, "media_type", media_type)
+        _set(self, "is_index", is_index)
+        _set(self, "images", images)
+        _set(self, "size", size)

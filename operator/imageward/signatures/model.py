@@ -6,7 +6,6 @@ exception, so that admission can say exactly why a signature did not count.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Final, Literal
 
 from imageward import errors, records
@@ -49,15 +48,25 @@ PROGRESS: Final[dict[Result, int]] = {
 _set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Check:
+class Check(records.Record):
     """The outcome of one signature against one authority."""
 
+    __slots__ = ("reason", "result", "signer")
     result: Result
-    reason: str = ""  # empty when verified; otherwise a sentence for the refusal message
+    reason: str  # empty when verified; otherwise a sentence for the refusal message
     #: Who signed, when verified: "key sha256:<spki>" or "keyless <issuer> <subject>".
     #: A threshold counts distinct signers, not authority entries that share one.
-    signer: str = ""
+    signer: str
+
+    def __init__(
+        self,
+        result: Result,
+        reason: str = "",
+        signer: str = "",
+    ) -> None:
+        _set(self, "result", result)
+        _set(self, "reason", reason)
+        _set(self, "signer", signer)
 
     @property
     def verified(self) -> bool:
