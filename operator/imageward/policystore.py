@@ -227,6 +227,9 @@ def _refuse_duplicates(
 ) -> None:
     """Two authority entries with the same key (or the same keyless identity and root)
     would let one signature count twice towards a threshold: the policy is unusable."""
+    authorities = tuple(authorities)
+    if len(authorities) < 2:
+        return  # (and a lone key's SubjectPublicKeyInfo need not be encoded)
     seen: dict[object, str] = {}
     for authority in authorities:
         if isinstance(authority, signatures_authorities.KeyAuthority):

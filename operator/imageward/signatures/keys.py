@@ -14,11 +14,12 @@ Ed25519. Hashes:
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cryptography import exceptions as crypto_exceptions
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from imageward import records
 from imageward.signatures import model
@@ -46,7 +47,12 @@ class PublicKey(
     ),
     uncompared=("key",),
 ):
-    """A parsed public key. Equal keys have equal `spki` (DER SubjectPublicKeyInfo)."""
+    """A parsed public key. Equal keys have equal `spki` (DER SubjectPublicKeyInfo).
+
+    A key `from_crypto_key` makes encodes its `spki` when it is first read: the encoder
+    is in cryptography's serialization package (with its SSH and cipher modules), which
+    a run that loads a policy with one key and verifies nothing never needs.
+    """
 
     __slots__ = ("algorithm", "key", "spki")
     algorithm: KeyAlgorithm
@@ -62,6 +68,23 @@ class PublicKey(
         _set(self, "algorithm", algorithm)
         _set(self, "spki", spki)
         _set(self, "key", key)
+
+    @classmethod
+    def _encoded_when_read(cls, algorithm: KeyAlgorithm, key: CryptoKey) -> PublicKey:
+        public = cls.__new__(cls)
+        _set(public, "algorithm", algorithm)
+        _set(public, "key", key)
+        return public
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would allow any attribute otherwise
+
+        def __getattr__(self, name):
+            # Only for a slot never set: the `spki` of a key made by _encoded_when_read.
+            if name != "spki":
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            spki = _encode_spki(self.key)
+            _set(self, "spki", spki)
+            return spki
 
     @property
     def fingerprint(self) -> str:
@@ -90,7 +113,7 @@ def parse_public_key(pem: str | bytes, *, authority: str) -> PublicKey:
     if "-----BEGIN" not in text:
         raise model.AuthorityError(authority, "not a PEM public key (no -----BEGIN line)")
     try:
-        loaded = serialization.load_pem_public_key(data.strip())
+        loaded = _load_pem_public_key()(data.strip())
     except crypto_exceptions.UnsupportedAlgorithm as e:
         raise model.AuthorityError(authority, f"unsupported key type: {e}") from e
     except ValueError as e:
@@ -100,6 +123,8 @@ def parse_public_key(pem: str | bytes, *, authority: str) -> PublicKey:
 
 def load_der_public_key(der: bytes, *, authority: str) -> PublicKey:
     """A DER SubjectPublicKeyInfo, as trusted_root.json carries log keys."""
+    from cryptography.hazmat.primitives import serialization
+
     try:
         loaded = serialization.load_der_public_key(der)
     except crypto_exceptions.UnsupportedAlgorithm as e:
@@ -134,14 +159,37 @@ def from_crypto_key(loaded: object, *, authority: str) -> PublicKey:
             authority,
             f"unsupported key type {type(loaded).__name__} (use ECDSA, RSA or Ed25519)",
         )
-    spki = key.public_bytes(
+    return PublicKey._encoded_when_read(algorithm, key)
+
+
+def _encode_spki(key: CryptoKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return PublicKey(algorithm=algorithm, spki=spki, key=key)
+
+
+def _load_pem_public_key() -> Callable[[bytes], Any]:
+    """cryptography's `serialization.load_pem_public_key`, without importing the
+    serialization package: that function *is* `rust_openssl.keys.load_pem_public_key`
+    (tests/unit/signatures/test_keys.py checks that they are the same object), so every
+    key gets the same verdict. Should a cryptography release move it, the package's."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        loader: Callable[[bytes], Any] = rust_openssl.keys.load_pem_public_key
+    except (ImportError, AttributeError):  # pragma: no cover (another cryptography)
+        from cryptography.hazmat.primitives import serialization
+
+        loader = serialization.load_pem_public_key
+    return loader
 
 
 def verify_signature(key: PublicKey, signature: bytes, data: bytes) -> bool:
     """Whether `signature` signs `data` with `key`, with the hashes cosign uses."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     public = key.key
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):

@@ -122,6 +122,9 @@ def test_an_image_no_policy_matches_is_allowed_without_the_checker(
     # what only other policies or lookups need is imported by the code that needs it.
     assert "imageward.signatures.keys" in modules
     assert _loaded(modules, ("yaml", "hashlib", "decimal", "datetime", "base64")) == []
+    # Nor dataclasses (the classes on the way are records.Record), nor cryptography's
+    # serialization package: one key is loaded, its SubjectPublicKeyInfo never encoded.
+    assert _loaded(modules, ("dataclasses", "cryptography.hazmat.primitives.serialization")) == []
 
 
 def test_json_output_without_a_match_needs_no_checker_either(tmp_path: pathlib.Path) -> None:

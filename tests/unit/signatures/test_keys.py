@@ -106,3 +106,29 @@ def test_small_rsa_key() -> None:
 def test_certificate_is_not_a_key(sigstore: fakesigstore.FakeSigstore) -> None:
     reason = _error(sigstore.root.public_bytes(serialization.Encoding.PEM))
     assert "certificate, not a public key" in reason
+
+
+def test_the_pem_loader_is_cryptographys() -> None:
+    # keys imports the loader from cryptography's Rust bindings, sparing the
+    # serialization package: it must be the very function serialization exports.
+    from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+    assert keys._load_pem_public_key() is serialization.load_pem_public_key
+    assert rust_openssl.keys.load_pem_public_key is serialization.load_pem_public_key
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "p521", "rsa", "ed25519"])
+def test_spki_is_encoded_when_first_read(
+    private_keys: dict[str, build.PrivateKey], kind: str
+) -> None:
+    public = private_keys[kind].public_key()
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    parsed = keys.parse_public_key(build.public_pem(private_keys[kind]), authority="a")
+    eager = keys.PublicKey(algorithm=parsed.algorithm, spki=der, key=parsed.key)
+    assert parsed == eager and hash(parsed) == hash(eager) and repr(parsed) == repr(eager)
+    assert parsed.spki == der and parsed.fingerprint == eager.fingerprint
+    assert parsed.__getstate__() == eager.__getstate__()
+    with pytest.raises(AttributeError, match="'PublicKey' object has no attribute 'spkj'"):
+        parsed.spkj  # type: ignore[attr-defined]  # noqa: B018
