@@ -248,6 +248,32 @@ CASES: dict[str, Case] = {
         NOMATCH,
     ),
     "no-such-file": ({}, ["--policy", "missing.yaml"], NOMATCH),
+    "policy-path-spellings": (
+        {"p.yaml": _dump(_policy())},
+        ["--policy", "./p.yaml/", "--policy", ".//p.yaml"],
+        NOMATCH,
+    ),
+    "policy-is-a-directory": ({}, ["--policy", "."], NOMATCH),
+    "docker-config-missing": (
+        {"p.yaml": _dump(_policy())},
+        ["--docker-config", "missing.json"],
+        NOMATCH,
+    ),
+    "docker-config-a-directory": (
+        {"p.yaml": _dump(_policy())},
+        ["--docker-config", "."],
+        NOMATCH,
+    ),
+    "docker-config-not-json": (
+        {"p.yaml": _dump(_policy()), "config.json": "{nope"},
+        ["--docker-config", "./config.json/"],
+        NOMATCH,
+    ),
+    "docker-config-given": (
+        {"p.yaml": _dump(_policy()), "config.json": '{"auths": {}}'},
+        ["--docker-config", "config.json"],
+        NOMATCH,
+    ),
     # ImagePolicies the schema refuses: unusable, exit 2.
     "schema-typo": ({"p.yaml": _dump(_policy(maxCompresedSize="1Gi"))}, [], NOMATCH),
     "schema-bad-pattern": ({"p.yaml": _dump(_policy(images=["ghcr.io/[x"]))}, [], NOMATCH),
@@ -356,7 +382,7 @@ def _argv(tmp_path: pathlib.Path, case: Case) -> list[str]:
     files, extra, images = case
     for name, text in files.items():
         (tmp_path / name).write_bytes(text.encode("utf-8", "surrogateescape"))
-    policies = [arg for name in files for arg in ("--policy", name)]
+    policies = [arg for name in files if name.endswith(".yaml") for arg in ("--policy", name)]
     return ["check", *policies, *extra, *images]
 
 
