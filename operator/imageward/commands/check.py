@@ -63,12 +63,16 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
-    import pathlib
+    import io
+
+    from imageward.registry import configpaths
 
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
-            text = pathlib.Path(path).read_text()
+            # pathlib.Path(path).read_text(), without importing pathlib.
+            with open(configpaths.build_path_text(path), encoding=io.text_encoding(None)) as file:
+                text = file.read()
         except OSError as e:
             raise UsageError(f"--policy {path}: {e.strerror}") from e
         loaded = _load_yaml_documents(path, text)
@@ -119,17 +123,19 @@ def _load_yaml_documents(path: str, text: str) -> list[Any]:
 
 
 def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
-    import pathlib
-
     from imageward.registry import configpaths
 
-    candidates = [pathlib.Path(path)] if path else configpaths.default_docker_config_paths()
+    # As pathlib.Path would name and read them; pathlib itself is not needed.
+    candidates = (
+        [configpaths.build_path_text(path)] if path else configpaths.default_docker_config_files()
+    )
     for candidate in candidates:
-        if candidate.is_file():
+        if configpaths.is_file(candidate):
             from imageward.registry import auth as registry_auth
 
             try:
-                data = candidate.read_bytes()
+                with open(candidate, "rb") as file:
+                    data = file.read()
                 return [registry_auth.parse_docker_config(data, source=str(candidate))]
             except OSError as e:
                 raise UsageError(f"--docker-config {candidate}: {e.strerror}") from e

@@ -125,6 +125,8 @@ def test_an_image_no_policy_matches_is_allowed_without_the_checker(
     # Nor dataclasses (the classes on the way are records.Record), nor cryptography's
     # serialization package: one key is loaded, its SubjectPublicKeyInfo never encoded.
     assert _loaded(modules, ("dataclasses", "cryptography.hazmat.primitives.serialization")) == []
+    # Nor pathlib (with urllib.parse and ipaddress): configpaths names files as it would.
+    assert _loaded(modules, ("pathlib", "urllib.parse", "ipaddress")) == []
 
 
 def test_json_output_without_a_match_needs_no_checker_either(tmp_path: pathlib.Path) -> None:
