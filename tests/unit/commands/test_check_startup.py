@@ -127,6 +127,8 @@ def test_an_image_no_policy_matches_is_allowed_without_the_checker(
     assert _loaded(modules, ("dataclasses", "cryptography.hazmat.primitives.serialization")) == []
     # Nor pathlib (with urllib.parse and ipaddress): configpaths names files as it would.
     assert _loaded(modules, ("pathlib", "urllib.parse", "ipaddress")) == []
+    # Nor shutil (with bz2 and lzma), which argparse imports for the terminal's width.
+    assert _loaded(modules, ("shutil", "bz2", "lzma")) == []
 
 
 def test_json_output_without_a_match_needs_no_checker_either(tmp_path: pathlib.Path) -> None:
