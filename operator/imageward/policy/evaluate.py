@@ -359,7 +359,7 @@ def _platform_of(image: registry_model.PlatformImage) -> registry_model.Platform
     return None
 
 
-_GO_INT = re.compile(r"[+-]?[0-9]+")
+_GO_INT = r"[+-]?[0-9]+"  # compiled when first used (re caches it), not at import
 
 
 def parse_uid(user: str | None) -> int | None:
@@ -373,7 +373,7 @@ def parse_uid(user: str | None) -> int | None:
     name = (user or "").partition(":")[0]
     if name.strip() == "":
         return 0  # no user (blank counts as none: it never names a non-root account)
-    if not _GO_INT.fullmatch(name):
+    if not re.fullmatch(_GO_INT, name):
         return None
     value = int(name)
     if not -(2**63) <= value < 2**63:

@@ -61,7 +61,9 @@ _AUTHORITY_NAME_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN_RE = re.compile(
     r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
 )
-_CONFIG_KEY_RE = re.compile(r"[-._A-Za-z0-9]+")
+# Patterns only some policies need are compiled when first used (re caches them), not
+# when `imageward check` imports this module.
+_CONFIG_KEY = r"[-._A-Za-z0-9]+"
 
 
 _E = TypeVar("_E", bound=enum.Enum)
@@ -654,7 +656,7 @@ def _dns_name(obj: Mapping[str, Any], key: str, path: str) -> str:
 
 def _config_key(obj: Mapping[str, Any], key: str, path: str, default: str) -> str:
     value = _string(obj, key, path) or default
-    if len(value) > 253 or not _CONFIG_KEY_RE.fullmatch(value):
+    if len(value) > 253 or not re.fullmatch(_CONFIG_KEY, value):
         raise _Invalid(_join(path, key), f"{value!r} is not a valid Secret/ConfigMap key")
     return value
 
@@ -898,7 +900,7 @@ def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
     return Signatures(authorities=authorities, threshold=_threshold(obj, path, authorities))
 
 
-_DURATION_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h)")
+_DURATION = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h)"
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -913,12 +915,12 @@ _DURATION_UNITS = {
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration ("168h", "1h30m", "90s"), as `time.ParseDuration` reads
     it (without a sign: an age limit is positive). Raises ValueError."""
-    if not text or _DURATION_RE.sub("", text) != "":
+    if not text or re.sub(_DURATION, "", text) != "":
         raise ValueError(
             f"{text!r} is not a duration such as 168h, 30m or 1h30m (no days: 7d is 168h)"
         )
     total = 0.0
-    for part in _DURATION_RE.findall(text):
+    for part in re.findall(_DURATION, text):
         number = re.match(r"[0-9.]+", part)
         assert number is not None
         total += float(number.group()) * _DURATION_UNITS[part[number.end() :]]

@@ -16,7 +16,8 @@ from imageward import errors, records
 if TYPE_CHECKING:
     import decimal  # at run time imported by the functions: a policy without sizes needs none
 
-_QUANTITY_RE = re.compile(
+# Compiled when first used (re caches it): a policy without sizes never needs it.
+_QUANTITY = (
     r"(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?"
 )
@@ -96,7 +97,7 @@ def parse_quantity(value: object) -> Quantity:
         raise QuantityError(value, "is not a quantity (expected e.g. 500Mi, 1Gi, 1500)")
     if len(value) > _MAX_TEXT:
         raise QuantityError(value, "is too long for a quantity")
-    match = _QUANTITY_RE.fullmatch(value)
+    match = re.fullmatch(_QUANTITY, value)
     if match is None:
         hint = ""
         if re.fullmatch(r"[0-9.]+\s*(?:[KMGTPE]i?B|[kKmMgGtT][bB]?|[KMGTPE]I)", value):
