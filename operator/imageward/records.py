@@ -26,8 +26,9 @@ without one gets its signature).
 
 from __future__ import annotations
 
+import operator
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, TypeVar
 
 _R = TypeVar("_R", bound="Record")
@@ -52,6 +53,8 @@ class Record:
     #: The fields `repr` shows and the fields `==` and `hash` compare.
     _shown: ClassVar[tuple[str, ...]] = ()
     _compared: ClassVar[tuple[str, ...]] = ()
+    #: The tuple `==` and `hash` compare (operator.attrgetter: as fast as the dataclass's).
+    _key: ClassVar[Callable[[Any], tuple[Any, ...]]]
     __match_args__: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(
@@ -78,6 +81,7 @@ class Record:
         cls._fields = fields
         cls._shown = tuple(name for name in fields if name not in hidden)
         cls._compared = tuple(name for name in fields if name not in uncompared)
+        cls._key = staticmethod(_key_of(cls._compared))
         cls.__match_args__ = positional  # type: ignore[misc]  # mypy: set by the dataclass
 
     def __repr__(self) -> str:
@@ -85,12 +89,13 @@ class Record:
         return f"{self.__class__.__qualname__}({shown})"
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _values(self, self._compared) == _values(other, self._compared)
+        cls = self.__class__
+        if other.__class__ is cls:
+            return cls._key(self) == cls._key(other)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(_values(self, self._compared))
+        return hash(self.__class__._key(self))
 
     # Hidden from mypy, which would otherwise allow assigning any attribute; it reports
     # assignments to fields itself (frozen_default). A dataclass lets a subclass's own
@@ -122,5 +127,12 @@ def replace(record: _R, /, **changes: Any) -> _R:
     return type(record)(**{**fields, **changes})
 
 
-def _values(record: object, names: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple([getattr(record, name) for name in names])
+def _key_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function from a record to the tuple of its `names` (attrgetter gives a tuple
+    only for two names or more)."""
+    if len(names) >= 2:
+        return operator.attrgetter(*names)
+    if names:
+        (name,) = names
+        return lambda record: (getattr(record, name),)
+    return lambda record: ()
