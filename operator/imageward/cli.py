@@ -36,6 +36,40 @@ _MODULE_COMMANDS = {
 }
 
 
+def _terminal_columns() -> int:
+    """`shutil.get_terminal_size().columns`, as argparse asks it for the help width,
+    without importing shutil (and its bz2, lzma and zlib): argparse makes a formatter
+    for every argument it adds, so `imageward check` would import it on every run."""
+    import os
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        columns = size.columns or 80
+    return columns
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, its default width found without shutil."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 def _named_command(argv: Sequence[str]) -> str | None:
     """The subcommand `argv` names: its first word not starting with `-` (the top-level
     options take no values)."""
@@ -51,6 +85,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imageward",
         description="Keep container images verifiable, small and fast to start.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"imageward {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -58,7 +93,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.set_defaults(sets_up_logging=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="run the operator (admission webhooks, controllers, metrics)")
+    run = sub.add_parser(
+        "run",
+        help="run the operator (admission webhooks, controllers, metrics)",
+        formatter_class=_HelpFormatter,
+    )
     run.add_argument(
         "--standalone", action="store_true", help="no peering (a single replica, or tests)"
     )
@@ -70,6 +109,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     dev = sub.add_parser(
         "dev",
         help="start a local control plane, registry, demo images and the operator",
+        formatter_class=_HelpFormatter,
     )
     dev.add_argument("--nodes", type=int, default=3, help="kwok nodes to simulate (default 3)")
     dev.add_argument(
@@ -89,7 +129,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     named = None if argv is None else _named_command(argv)
     for name, help_text in _MODULE_COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text)
+        command_parser = sub.add_parser(name, help=help_text, formatter_class=_HelpFormatter)
         if argv is None or name == named:
             module = importlib.import_module(f"imageward.commands.{name}")
             module.add_arguments(command_parser)

@@ -20,12 +20,11 @@ then costs one registry round trip instead of two.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import cachetools
 
-from imageward import errors, settings
+from imageward import errors, records, settings
 from imageward.registry import auth, client, manifests, model, platforms
 from imageward.registry import reference as registry_reference
 from imageward.signatures import bundle as signatures_bundle
@@ -353,7 +352,7 @@ class RegistryImageSource:
 
         async def one(descriptor: manifests.Descriptor) -> tuple[bytes, dict[str, bytes]] | None:
             ref = reference.with_digest(descriptor.digest)
-            ref = dataclasses.replace(ref, tag=None)
+            ref = records.replace(ref, tag=None)
             try:
                 fetched = await self._fetch_manifest(ref, credentials, problems)
             except errors.NotFoundError as e:

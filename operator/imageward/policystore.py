@@ -8,13 +8,10 @@ and its reason, so the images it covers are refused with that reason (fail close
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from imageward import errors
+from imageward import errors, records
 from imageward.policy import globs, model
 from imageward.signatures import authorities as signatures_authorities
 from imageward.signatures import model as signatures_model
@@ -29,16 +26,40 @@ ConfigMapReader = Callable[[model.ConfigMapKeyRef], Awaitable[str | None]]
 _MATCH_EVERYTHING = model.Match(images=(globs.parse_image_pattern("**"),))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LoadedPolicy:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class LoadedPolicy(records.Record):
+    """A policy as the checker uses it: parsed and its authorities resolved, or, when it
+    cannot be used, its match scope and why."""
+
+    __slots__ = ("attestations", "authorities", "error", "generation", "match", "name", "policy")
     name: str
     generation: int
     match: model.Match
     policy: model.ImagePolicy | None  # None: unusable, see `error`
-    error: errors.PolicyError | None = None
-    authorities: tuple[signatures_authorities.Authority, ...] = ()
+    error: errors.PolicyError | None
+    authorities: tuple[signatures_authorities.Authority, ...]
     #: `rules.attestations`, authorities resolved and CEL conditions compiled.
-    attestations: tuple[attestations_evaluate.LoadedEntry, ...] = ()
+    attestations: tuple[attestations_evaluate.LoadedEntry, ...]
+
+    def __init__(
+        self,
+        name: str,
+        generation: int,
+        match: model.Match,
+        policy: model.ImagePolicy | None,
+        error: errors.PolicyError | None = None,
+        authorities: tuple[signatures_authorities.Authority, ...] = (),
+        attestations: tuple[attestations_evaluate.LoadedEntry, ...] = (),
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "generation", generation)
+        _set(self, "match", match)
+        _set(self, "policy", policy)
+        _set(self, "error", error)
+        _set(self, "authorities", authorities)
+        _set(self, "attestations", attestations)
 
     @property
     def usable(self) -> bool:
@@ -92,9 +113,7 @@ async def load_policy(
             ]
         )
     except errors.PolicyError as e:
-        return dataclasses.replace(
-            _unusable(obj, e), match=policy.match, generation=policy.generation
-        )
+        return records.replace(_unusable(obj, e), match=policy.match, generation=policy.generation)
     return LoadedPolicy(
         name=policy.name,
         generation=policy.generation,
@@ -208,24 +227,34 @@ def _refuse_duplicates(
 ) -> None:
     """Two authority entries with the same key (or the same keyless identity and root)
     would let one signature count twice towards a threshold: the policy is unusable."""
+    authorities = tuple(authorities)
+    if len(authorities) < 2:
+        return  # (and a lone key's SubjectPublicKeyInfo need not be encoded)
     seen: dict[object, str] = {}
     for authority in authorities:
         if isinstance(authority, signatures_authorities.KeyAuthority):
             identity: object = ("key", authority.key.spki)
-            what = f"the same key ({authority.key.fingerprint[:19]}…)"
         elif isinstance(authority, signatures_authorities.NotationAuthority):
             identity = ("notation", authority.policy.digest)
-            what = "the same Notation trust stores and trusted identities"
         else:
             identity = ("keyless", str(authority.identity), authority.trusted_root.digest)
-            what = f"the same keyless identity ({authority.identity}) and trusted root"
         if identity in seen:
             raise errors.PolicyError(
                 policy,
-                f"authorities {seen[identity]} and {authority.name} have {what}: "
-                "one signer would count twice towards the threshold",
+                f"authorities {seen[identity]} and {authority.name} have "
+                f"{_what_is_shared(authority)}: one signer would count twice towards the "
+                "threshold",
             )
         seen[identity] = authority.name
+
+
+def _what_is_shared(authority: signatures_authorities.Authority) -> str:
+    """What two authorities that count as one signer have in common, for the message."""
+    if isinstance(authority, signatures_authorities.KeyAuthority):
+        return f"the same key ({authority.key.fingerprint[:19]}…)"
+    if isinstance(authority, signatures_authorities.NotationAuthority):
+        return "the same Notation trust stores and trusted identities"
+    return f"the same keyless identity ({authority.identity}) and trusted root"
 
 
 async def _certificates(
@@ -343,6 +372,9 @@ def decode_secret_value(secret: Mapping[str, Any] | None, key: str) -> bytes | N
     data = secret.get("data") or {}
     if key not in data:
         return None
+    import base64  # here: `imageward check` loads policies without any Secret
+    import binascii
+
     try:
         return base64.b64decode(data[key], validate=True)
     except (binascii.Error, ValueError):

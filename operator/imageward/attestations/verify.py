@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from imageward import records
 from imageward.attestations import envelopes
 from imageward.registry import model as registry_model
 from imageward.signatures import bundle, keys, model
@@ -126,7 +127,7 @@ def _check(
             envelope.payload_type, envelope.payload, digest, predicate_type
         )
         if check.verified:
-            check = dataclasses.replace(check, signer=f"key {authority.key.fingerprint}")
+            check = records.replace(check, signer=f"key {authority.key.fingerprint}")
         return check, statement
     if candidate.bundle is None:
         return (

@@ -63,19 +63,19 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
-    import pathlib
+    import io
 
-    import yaml
+    from imageward.registry import configpaths
 
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
-            text = pathlib.Path(path).read_text()
-            loaded = _load_yaml_documents(text)
+            # pathlib.Path(path).read_text(), without importing pathlib.
+            with open(configpaths.build_path_text(path), encoding=io.text_encoding(None)) as file:
+                text = file.read()
         except OSError as e:
             raise UsageError(f"--policy {path}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise UsageError(f"--policy {path}: not YAML: {e}") from e
+        loaded = _load_yaml_documents(path, text)
         for index, document in enumerate(loaded):
             if not isinstance(document, dict) or document.get("kind") != "ImagePolicy":
                 kind = (
@@ -93,34 +93,49 @@ def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
     return documents
 
 
-def _load_yaml_documents(text: str) -> list[Any]:
-    """The documents of `text` (empty ones left out), parsed by libyaml when PyYAML has
-    it (ten times faster than the Python parser). A document libyaml refuses is parsed
-    again by the Python parser: what it accepts counts, and what it refuses is refused
-    with the message `--policy` errors have always had."""
+def _load_yaml_documents(path: str, text: str) -> list[Any]:
+    """The documents of `text` (empty ones left out).
+
+    Most policy files are in the YAML `yamlsubset` reads (what `yaml.safe_dump` writes,
+    and what people write by hand), which it parses exactly as PyYAML would without
+    importing PyYAML. Any other text is parsed by libyaml when PyYAML has it (ten times
+    faster than the Python parser); a document libyaml refuses is parsed again by the
+    Python parser: what it accepts counts, and what it refuses is refused with the
+    message `--policy` errors have always had.
+    """
+    from imageward import yamlsubset
+
+    simple = yamlsubset.parse_documents(text)
+    if simple is not None:
+        return [d for d in simple if d is not None]
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is not None:
-        try:
-            return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
-        except yaml.YAMLError:
-            pass
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+    try:
+        loader = getattr(yaml, "CSafeLoader", None)
+        if loader is not None:
+            try:
+                return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+            except yaml.YAMLError:
+                pass
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise UsageError(f"--policy {path}: not YAML: {e}") from e
 
 
 def read_docker_config(path: str | None) -> list[registry_auth.DockerConfig]:
-    import pathlib
-
     from imageward.registry import configpaths
 
-    candidates = [pathlib.Path(path)] if path else configpaths.default_docker_config_paths()
+    # As pathlib.Path would name and read them; pathlib itself is not needed.
+    candidates = (
+        [configpaths.build_path_text(path)] if path else configpaths.default_docker_config_files()
+    )
     for candidate in candidates:
-        if candidate.is_file():
+        if configpaths.is_file(candidate):
             from imageward.registry import auth as registry_auth
 
             try:
-                data = candidate.read_bytes()
+                with open(candidate, "rb") as file:
+                    data = file.read()
                 return [registry_auth.parse_docker_config(data, source=str(candidate))]
             except OSError as e:
                 raise UsageError(f"--docker-config {candidate}: {e.strerror}") from e

@@ -23,6 +23,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
+from imageward import records
 from imageward.exceptions import model
 from imageward.policy import evaluate, globs, selectors
 from imageward.registry import model as registry_model
@@ -145,7 +146,7 @@ def apply_exceptions(
             if waived:
                 remaining = [v for v in remaining if not ref.covers(v.rule)]
                 uses.append(_use(exception, result.policy, image, "applied", waived))
-        out.append(dataclasses.replace(result, violations=tuple(remaining)))
+        out.append(records.replace(result, violations=tuple(remaining)))
     return out, uses
 
 

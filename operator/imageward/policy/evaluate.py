@@ -19,12 +19,11 @@ them. Each message names its rule id.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
-from imageward import constants, errors
+from imageward import constants, errors, records
 from imageward.policy import globs, model, quantities, selectors
 from imageward.registry import model as registry_model
 from imageward.registry import reference as registry_reference
@@ -34,8 +33,13 @@ SHORT_DIGEST_HEX = 12
 Measure = int | str | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Violation:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class Violation(records.Record):
+    """One rule one image broke, under one policy: data, not an exception."""
+
+    __slots__ = ("digest", "image", "limit", "measured", "message", "platform", "policy", "rule")
     policy: str
     """Name of the ImagePolicy."""
 
@@ -51,40 +55,88 @@ class Violation:
     message: str
     """The full human-readable sentence, ready for an admission response or the CLI."""
 
-    measured: Measure = None
+    measured: Measure
     """The measured value: bytes or counts as int, tags/users/hosts/errors as text."""
 
-    limit: Measure = None
+    limit: Measure
     """The policy's limit: bytes or counts as int, otherwise the policy's text."""
 
-    platform: str | None = None
+    platform: str | None
     """`os/arch[/variant]` of the platform image measured, for image indexes."""
 
+    def __init__(
+        self,
+        policy: str,
+        rule: str,
+        image: str,
+        digest: registry_model.Digest | None,
+        message: str,
+        measured: Measure = None,
+        limit: Measure = None,
+        platform: str | None = None,
+    ) -> None:
+        _set(self, "policy", policy)
+        _set(self, "rule", rule)
+        _set(self, "image", image)
+        _set(self, "digest", digest)
+        _set(self, "message", message)
+        _set(self, "measured", measured)
+        _set(self, "limit", limit)
+        _set(self, "platform", platform)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PolicyResult:
+
+class PolicyResult(records.Record):
     """The violations one applicable policy found for one image, with how to treat them."""
 
+    __slots__ = ("failure_policy", "mode", "policy", "violations")
     policy: str
     mode: model.Mode
     failure_policy: model.FailurePolicy
-    violations: tuple[Violation, ...] = ()
+    violations: tuple[Violation, ...]
+
+    def __init__(
+        self,
+        policy: str,
+        mode: model.Mode,
+        failure_policy: model.FailurePolicy,
+        violations: tuple[Violation, ...] = (),
+    ) -> None:
+        _set(self, "policy", policy)
+        _set(self, "mode", mode)
+        _set(self, "failure_policy", failure_policy)
+        _set(self, "violations", violations)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(records.Record):
+    """The verdict on one admission or check: allowed, and the violations behind it."""
+
+    __slots__ = ("allowed", "audits", "violations", "warned", "warnings")
     allowed: bool
-    violations: tuple[Violation, ...] = ()
+    violations: tuple[Violation, ...]
     """Violations that deny (mode Enforce; lookups only under failurePolicy Fail)."""
 
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...]
     """Admission warning texts (mode Warn, and lookups under failurePolicy Ignore)."""
 
-    warned: tuple[Violation, ...] = ()
+    warned: tuple[Violation, ...]
     """The violations behind `warnings`, for metrics and the CLI."""
 
-    audits: tuple[Violation, ...] = ()
+    audits: tuple[Violation, ...]
     """Violations of Audit-mode policies: allowed; the caller posts an Event and a metric."""
+
+    def __init__(
+        self,
+        allowed: bool,
+        violations: tuple[Violation, ...] = (),
+        warnings: tuple[str, ...] = (),
+        warned: tuple[Violation, ...] = (),
+        audits: tuple[Violation, ...] = (),
+    ) -> None:
+        _set(self, "allowed", allowed)
+        _set(self, "violations", violations)
+        _set(self, "warnings", warnings)
+        _set(self, "warned", warned)
+        _set(self, "audits", audits)
 
     @property
     def outcome(self) -> Literal["allow", "deny", "warn"]:
@@ -307,7 +359,7 @@ def _platform_of(image: registry_model.PlatformImage) -> registry_model.Platform
     return None
 
 
-_GO_INT = re.compile(r"[+-]?[0-9]+")
+_GO_INT = r"[+-]?[0-9]+"  # compiled when first used (re caches it), not at import
 
 
 def parse_uid(user: str | None) -> int | None:
@@ -321,7 +373,7 @@ def parse_uid(user: str | None) -> int | None:
     name = (user or "").partition(":")[0]
     if name.strip() == "":
         return 0  # no user (blank counts as none: it never names a non-root account)
-    if not _GO_INT.fullmatch(name):
+    if not re.fullmatch(_GO_INT, name):
         return None
     value = int(name)
     if not -(2**63) <= value < 2**63:

@@ -30,14 +30,16 @@ unsure, exclude only when sure.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
-from imageward import errors
+from imageward import errors, records
 from imageward.registry import model as registry_model
 from imageward.registry import reference as registry_reference
 
 MAX_PATTERN_LENGTH = 512
+
+
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
 class PatternError(errors.ImagewardError):
@@ -49,8 +51,10 @@ class PatternError(errors.ImagewardError):
         super().__init__(f"invalid pattern {pattern!r}: {reason}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImagePattern:
+class ImagePattern(records.Record):
+    """A `match.images` glob, compiled: the name part anchored, tag and digest apart."""
+
+    __slots__ = ("digest", "name", "normalised", "tag", "text")
     text: str
     """The pattern as written in the policy."""
 
@@ -60,21 +64,57 @@ class ImagePattern:
     name: re.Pattern[str]
     """Anchored regex over `<host>/<repository>`."""
 
-    tag: re.Pattern[str] | None = None
-    digest: registry_model.Digest | None = None
+    tag: re.Pattern[str] | None
+    digest: registry_model.Digest | None
+
+    def __init__(
+        self,
+        text: str,
+        normalised: str,
+        name: re.Pattern[str],
+        tag: re.Pattern[str] | None = None,
+        digest: registry_model.Digest | None = None,
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "normalised", normalised)
+        _set(self, "name", name)
+        _set(self, "tag", tag)
+        _set(self, "digest", digest)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TagPattern:
+class TagPattern(records.Record):
+    """A `forbiddenTags` glob, compiled."""
+
+    __slots__ = ("regex", "text")
     text: str
     regex: re.Pattern[str]
 
+    def __init__(
+        self,
+        text: str,
+        regex: re.Pattern[str],
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "regex", regex)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class HostPattern:
+
+class HostPattern(records.Record):
+    """An `allowedRegistries` entry: a registry host glob, normalised as hosts are."""
+
+    __slots__ = ("normalised", "regex", "text")
     text: str
     normalised: str
     regex: re.Pattern[str]
+
+    def __init__(
+        self,
+        text: str,
+        normalised: str,
+        regex: re.Pattern[str],
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "normalised", normalised)
+        _set(self, "regex", regex)
 
 
 def _build_segment_regex(segment: str) -> str:

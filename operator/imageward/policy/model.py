@@ -12,15 +12,16 @@ text stays text (the signatures package parses keys).
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from imageward import constants, errors
+from imageward import constants, errors, records
 from imageward.policy import globs, quantities, selectors
+
+if TYPE_CHECKING:
+    import datetime  # at run time imported by what needs it: most policies have no times
 
 KIND = "ImagePolicy"
 DEFAULT_IMAGES = ("**",)
@@ -60,10 +61,14 @@ _AUTHORITY_NAME_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN_RE = re.compile(
     r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
 )
-_CONFIG_KEY_RE = re.compile(r"[-._A-Za-z0-9]+")
+# Patterns only some policies need are compiled when first used (re caches them), not
+# when `imageward check` imports this module.
+_CONFIG_KEY = r"[-._A-Za-z0-9]+"
 
 
 _E = TypeVar("_E", bound=enum.Enum)
+
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
 class Mode(enum.Enum):
@@ -77,38 +82,83 @@ class FailurePolicy(enum.Enum):
     IGNORE = "Ignore"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Match:
+class Match(records.Record):
+    """Which images a policy covers (`spec.match`), and in which namespaces and pods."""
+
+    __slots__ = ("exclude_images", "images", "namespace_selector", "pod_selector")
     images: tuple[globs.ImagePattern, ...]
-    exclude_images: tuple[globs.ImagePattern, ...] = ()
-    namespace_selector: selectors.LabelSelector = selectors.EMPTY
-    pod_selector: selectors.LabelSelector = selectors.EMPTY
+    exclude_images: tuple[globs.ImagePattern, ...]
+    namespace_selector: selectors.LabelSelector
+    pod_selector: selectors.LabelSelector
+
+    def __init__(
+        self,
+        images: tuple[globs.ImagePattern, ...],
+        exclude_images: tuple[globs.ImagePattern, ...] = (),
+        namespace_selector: selectors.LabelSelector = selectors.EMPTY,
+        pod_selector: selectors.LabelSelector = selectors.EMPTY,
+    ) -> None:
+        _set(self, "images", images)
+        _set(self, "exclude_images", exclude_images)
+        _set(self, "namespace_selector", namespace_selector)
+        _set(self, "pod_selector", pod_selector)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SecretKeyRef:
+class SecretKeyRef(records.Record):
+    """A key of a Secret, read when the policy is loaded."""
+
+    __slots__ = ("key", "name", "namespace")
     namespace: str
     name: str
-    key: str = DEFAULT_SECRET_KEY
+    key: str
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        key: str = DEFAULT_SECRET_KEY,
+    ) -> None:
+        _set(self, "namespace", namespace)
+        _set(self, "name", name)
+        _set(self, "key", key)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ConfigMapKeyRef:
+class ConfigMapKeyRef(records.Record):
+    """A key of a ConfigMap, read when the policy is loaded."""
+
+    __slots__ = ("key", "name", "namespace")
     namespace: str
     name: str
-    key: str = DEFAULT_TRUSTED_ROOT_KEY
+    key: str
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        key: str = DEFAULT_TRUSTED_ROOT_KEY,
+    ) -> None:
+        _set(self, "namespace", namespace)
+        _set(self, "name", name)
+        _set(self, "key", key)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeyAuthority:
+class KeyAuthority(records.Record):
     """Exactly one of `pem` (raw text, unparsed) and `secret_ref` is set."""
 
-    pem: str | None = None
-    secret_ref: SecretKeyRef | None = None
+    __slots__ = ("pem", "secret_ref")
+    pem: str | None
+    secret_ref: SecretKeyRef | None
+
+    def __init__(
+        self,
+        pem: str | None = None,
+        secret_ref: SecretKeyRef | None = None,
+    ) -> None:
+        _set(self, "pem", pem)
+        _set(self, "secret_ref", secret_ref)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeylessAuthority:
+class KeylessAuthority(records.Record):
     """Fulcio identity; exactly one of each exact/regexp pair is set.
 
     The regexps were compiled once with Python's `re` to validate them; verifiers should
@@ -116,140 +166,352 @@ class KeylessAuthority:
     unanchored search lets `https://evil.example/?https://github.com/acme/` through.
     """
 
-    issuer: str | None = None
-    issuer_regexp: str | None = None
-    subject: str | None = None
-    subject_regexp: str | None = None
-    trusted_root: ConfigMapKeyRef | None = None
+    __slots__ = ("issuer", "issuer_regexp", "subject", "subject_regexp", "trusted_root")
+    issuer: str | None
+    issuer_regexp: str | None
+    subject: str | None
+    subject_regexp: str | None
+    trusted_root: ConfigMapKeyRef | None
+
+    def __init__(
+        self,
+        issuer: str | None = None,
+        issuer_regexp: str | None = None,
+        subject: str | None = None,
+        subject_regexp: str | None = None,
+        trusted_root: ConfigMapKeyRef | None = None,
+    ) -> None:
+        _set(self, "issuer", issuer)
+        _set(self, "issuer_regexp", issuer_regexp)
+        _set(self, "subject", subject)
+        _set(self, "subject_regexp", subject_regexp)
+        _set(self, "trusted_root", trusted_root)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CertificateSource:
+class CertificateSource(records.Record):
     """PEM certificates: exactly one of `pem` (raw text), `secret_ref`, `config_map_ref`."""
 
-    pem: str | None = None
-    secret_ref: SecretKeyRef | None = None
-    config_map_ref: ConfigMapKeyRef | None = None
+    __slots__ = ("config_map_ref", "pem", "secret_ref")
+    pem: str | None
+    secret_ref: SecretKeyRef | None
+    config_map_ref: ConfigMapKeyRef | None
+
+    def __init__(
+        self,
+        pem: str | None = None,
+        secret_ref: SecretKeyRef | None = None,
+        config_map_ref: ConfigMapKeyRef | None = None,
+    ) -> None:
+        _set(self, "pem", pem)
+        _set(self, "secret_ref", secret_ref)
+        _set(self, "config_map_ref", config_map_ref)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NotationAuthority:
+class NotationAuthority(records.Record):
     """A Notary Project trust-policy statement (see `imageward.notation.trust`).
 
     At least one of `trust_store` (CA roots, signing scheme notary.x509) and
     `signing_authority_trust_store` (notary.x509.signingAuthority) is set.
     """
 
+    __slots__ = (
+        "override",
+        "signing_authority_trust_store",
+        "timestamp_trust_store",
+        "trust_store",
+        "trusted_identities",
+        "verification_level",
+        "verify_timestamp",
+    )
     trusted_identities: tuple[str, ...]
-    trust_store: CertificateSource | None = None
-    signing_authority_trust_store: CertificateSource | None = None
-    timestamp_trust_store: CertificateSource | None = None
-    verification_level: str = "strict"
-    override: tuple[tuple[str, str], ...] = ()
-    verify_timestamp: str = "always"
+    trust_store: CertificateSource | None
+    signing_authority_trust_store: CertificateSource | None
+    timestamp_trust_store: CertificateSource | None
+    verification_level: str
+    override: tuple[tuple[str, str], ...]
+    verify_timestamp: str
+
+    def __init__(
+        self,
+        trusted_identities: tuple[str, ...],
+        trust_store: CertificateSource | None = None,
+        signing_authority_trust_store: CertificateSource | None = None,
+        timestamp_trust_store: CertificateSource | None = None,
+        verification_level: str = "strict",
+        override: tuple[tuple[str, str], ...] = (),
+        verify_timestamp: str = "always",
+    ) -> None:
+        _set(self, "trusted_identities", trusted_identities)
+        _set(self, "trust_store", trust_store)
+        _set(self, "signing_authority_trust_store", signing_authority_trust_store)
+        _set(self, "timestamp_trust_store", timestamp_trust_store)
+        _set(self, "verification_level", verification_level)
+        _set(self, "override", override)
+        _set(self, "verify_timestamp", verify_timestamp)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Authority:
+class Authority(records.Record):
     """Exactly one of `key`, `keyless` and `notation` is set."""
 
+    __slots__ = ("key", "keyless", "name", "notation")
     name: str
-    key: KeyAuthority | None = None
-    keyless: KeylessAuthority | None = None
-    notation: NotationAuthority | None = None
+    key: KeyAuthority | None
+    keyless: KeylessAuthority | None
+    notation: NotationAuthority | None
+
+    def __init__(
+        self,
+        name: str,
+        key: KeyAuthority | None = None,
+        keyless: KeylessAuthority | None = None,
+        notation: NotationAuthority | None = None,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "key", key)
+        _set(self, "keyless", keyless)
+        _set(self, "notation", notation)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Signatures:
+class Signatures(records.Record):
+    """`rules.signatures`: `threshold` distinct signers among `authorities`."""
+
+    __slots__ = ("authorities", "threshold")
     authorities: tuple[Authority, ...]
-    threshold: int = 1
+    threshold: int
+
+    def __init__(
+        self,
+        authorities: tuple[Authority, ...],
+        threshold: int = 1,
+    ) -> None:
+        _set(self, "authorities", authorities)
+        _set(self, "threshold", threshold)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Duration:
+class Duration(records.Record):
     """A Go duration as the policy wrote it ("168h", "1h30m"), and its length."""
 
+    __slots__ = ("seconds", "text")
     text: str
     seconds: float
 
+    def __init__(
+        self,
+        text: str,
+        seconds: float,
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "seconds", seconds)
+
     @property
     def delta(self) -> datetime.timedelta:
+        import datetime
+
         return datetime.timedelta(seconds=self.seconds)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Ignore:
+class Ignore(records.Record):
     """A finding a vulnerability rule tolerates, until `until` (forever when None)."""
 
+    __slots__ = ("id", "reason", "until")
     id: str
-    until: datetime.datetime | None = None
-    reason: str = ""
+    until: datetime.datetime | None
+    reason: str
+
+    def __init__(
+        self,
+        id: str,
+        until: datetime.datetime | None = None,
+        reason: str = "",
+    ) -> None:
+        _set(self, "id", id)
+        _set(self, "until", until)
+        _set(self, "reason", reason)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Vulnerabilities:
+class Vulnerabilities(records.Record):
     """Built-in rules over the cosign vulnerability predicate (Trivy's report layout)."""
 
-    forbidden_severities: tuple[str, ...] = ()
-    max_scan_age: Duration | None = None
-    ignore: tuple[Ignore, ...] = ()
+    __slots__ = ("forbidden_severities", "ignore", "max_scan_age")
+    forbidden_severities: tuple[str, ...]
+    max_scan_age: Duration | None
+    ignore: tuple[Ignore, ...]
+
+    def __init__(
+        self,
+        forbidden_severities: tuple[str, ...] = (),
+        max_scan_age: Duration | None = None,
+        ignore: tuple[Ignore, ...] = (),
+    ) -> None:
+        _set(self, "forbidden_severities", forbidden_severities)
+        _set(self, "max_scan_age", max_scan_age)
+        _set(self, "ignore", ignore)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Condition:
+class Condition(records.Record):
     """A CEL expression over `statement`, `predicate` and `now` (text; compiled at load)."""
 
+    __slots__ = ("expression", "message")
     expression: str
-    message: str = ""
+    message: str
+
+    def __init__(
+        self,
+        expression: str,
+        message: str = "",
+    ) -> None:
+        _set(self, "expression", expression)
+        _set(self, "message", message)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Attestation:
+class Attestation(records.Record):
     """One `rules.attestations[]` entry: a signed in-toto statement of `predicate_type`
     the image must carry (or, when not `required`, that is checked when present)."""
 
+    __slots__ = (
+        "authorities",
+        "conditions",
+        "max_age",
+        "name",
+        "predicate_type",
+        "required",
+        "threshold",
+        "vulnerabilities",
+    )
     name: str
     predicate_type: str
     authorities: tuple[Authority, ...]
-    required: bool = True
-    threshold: int = 1
-    vulnerabilities: Vulnerabilities | None = None
-    max_age: Duration | None = None
-    conditions: tuple[Condition, ...] = ()
+    required: bool
+    threshold: int
+    vulnerabilities: Vulnerabilities | None
+    max_age: Duration | None
+    conditions: tuple[Condition, ...]
+
+    def __init__(
+        self,
+        name: str,
+        predicate_type: str,
+        authorities: tuple[Authority, ...],
+        required: bool = True,
+        threshold: int = 1,
+        vulnerabilities: Vulnerabilities | None = None,
+        max_age: Duration | None = None,
+        conditions: tuple[Condition, ...] = (),
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "predicate_type", predicate_type)
+        _set(self, "authorities", authorities)
+        _set(self, "required", required)
+        _set(self, "threshold", threshold)
+        _set(self, "vulnerabilities", vulnerabilities)
+        _set(self, "max_age", max_age)
+        _set(self, "conditions", conditions)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rules:
-    allowed_registries: tuple[globs.HostPattern, ...] | None = None
+class Rules(records.Record):
+    """`spec.rules`: each rule left unset (None, empty or False) is not checked."""
+
+    __slots__ = (
+        "allowed_registries",
+        "attestations",
+        "forbid_root_user",
+        "forbidden_tags",
+        "max_compressed_size",
+        "max_layer_size",
+        "max_layers",
+        "require_digest",
+        "require_numeric_user",
+        "signatures",
+    )
+    allowed_registries: tuple[globs.HostPattern, ...] | None
     """None: any registry. Never empty (an empty list is refused as a mistake)."""
 
-    forbidden_tags: tuple[globs.TagPattern, ...] = ()
-    require_digest: bool = False
-    max_compressed_size: quantities.Quantity | None = None
-    max_layers: int | None = None
-    max_layer_size: quantities.Quantity | None = None
-    forbid_root_user: bool = False
-    require_numeric_user: bool = False
+    forbidden_tags: tuple[globs.TagPattern, ...]
+    require_digest: bool
+    max_compressed_size: quantities.Quantity | None
+    max_layers: int | None
+    max_layer_size: quantities.Quantity | None
+    forbid_root_user: bool
+    require_numeric_user: bool
     """With forbidRootUser: a named user (not a uid) is refused too, as kubelet's
     `runAsNonRoot` does: a name cannot be shown to be non-root without the image's
     /etc/passwd (a user "app" may well be uid 0 there)."""
-    signatures: Signatures | None = None
-    attestations: tuple[Attestation, ...] = ()
+
+    signatures: Signatures | None
+    attestations: tuple[Attestation, ...]
+
+    def __init__(
+        self,
+        allowed_registries: tuple[globs.HostPattern, ...] | None = None,
+        forbidden_tags: tuple[globs.TagPattern, ...] = (),
+        require_digest: bool = False,
+        max_compressed_size: quantities.Quantity | None = None,
+        max_layers: int | None = None,
+        max_layer_size: quantities.Quantity | None = None,
+        forbid_root_user: bool = False,
+        require_numeric_user: bool = False,
+        signatures: Signatures | None = None,
+        attestations: tuple[Attestation, ...] = (),
+    ) -> None:
+        _set(self, "allowed_registries", allowed_registries)
+        _set(self, "forbidden_tags", forbidden_tags)
+        _set(self, "require_digest", require_digest)
+        _set(self, "max_compressed_size", max_compressed_size)
+        _set(self, "max_layers", max_layers)
+        _set(self, "max_layer_size", max_layer_size)
+        _set(self, "forbid_root_user", forbid_root_user)
+        _set(self, "require_numeric_user", require_numeric_user)
+        _set(self, "signatures", signatures)
+        _set(self, "attestations", attestations)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImagePolicy:
+_NO_RULES = Rules()
+
+
+class ImagePolicy(records.Record):
+    """A whole ImagePolicy, validated: its name, generation and `spec`."""
+
+    __slots__ = (
+        "allow_exceptions",
+        "failure_policy",
+        "generation",
+        "match",
+        "mode",
+        "name",
+        "pin_digest",
+        "rules",
+    )
     name: str
     generation: int
-    mode: Mode = Mode.ENFORCE
-    failure_policy: FailurePolicy = FailurePolicy.FAIL
-    match: Match = dataclasses.field(
-        default_factory=lambda: Match(images=tuple(map(globs.parse_image_pattern, DEFAULT_IMAGES)))
-    )
-    rules: Rules = Rules()
-    pin_digest: bool = False
-    allow_exceptions: bool = True
+    mode: Mode
+    failure_policy: FailurePolicy
+    match: Match
+    rules: Rules
+    pin_digest: bool
+    allow_exceptions: bool
     """Whether ImagePolicyExceptions may waive this policy's rules (in their namespace)."""
+
+    def __init__(
+        self,
+        name: str,
+        generation: int,
+        mode: Mode = Mode.ENFORCE,
+        failure_policy: FailurePolicy = FailurePolicy.FAIL,
+        match: Match = records.FACTORY,
+        rules: Rules = _NO_RULES,
+        pin_digest: bool = False,
+        allow_exceptions: bool = True,
+    ) -> None:
+        if match is records.FACTORY:  # a new Match for each policy, as a default_factory
+            match = Match(images=tuple(map(globs.parse_image_pattern, DEFAULT_IMAGES)))
+        _set(self, "name", name)
+        _set(self, "generation", generation)
+        _set(self, "mode", mode)
+        _set(self, "failure_policy", failure_policy)
+        _set(self, "match", match)
+        _set(self, "rules", rules)
+        _set(self, "pin_digest", pin_digest)
+        _set(self, "allow_exceptions", allow_exceptions)
 
 
 class _Invalid(Exception):
@@ -394,7 +656,7 @@ def _dns_name(obj: Mapping[str, Any], key: str, path: str) -> str:
 
 def _config_key(obj: Mapping[str, Any], key: str, path: str, default: str) -> str:
     value = _string(obj, key, path) or default
-    if len(value) > 253 or not _CONFIG_KEY_RE.fullmatch(value):
+    if len(value) > 253 or not re.fullmatch(_CONFIG_KEY, value):
         raise _Invalid(_join(path, key), f"{value!r} is not a valid Secret/ConfigMap key")
     return value
 
@@ -638,7 +900,7 @@ def _parse_signatures(obj: Mapping[str, Any], path: str) -> Signatures:
     return Signatures(authorities=authorities, threshold=_threshold(obj, path, authorities))
 
 
-_DURATION_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h)")
+_DURATION = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h)"
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -653,12 +915,12 @@ _DURATION_UNITS = {
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration ("168h", "1h30m", "90s"), as `time.ParseDuration` reads
     it (without a sign: an age limit is positive). Raises ValueError."""
-    if not text or _DURATION_RE.sub("", text) != "":
+    if not text or re.sub(_DURATION, "", text) != "":
         raise ValueError(
             f"{text!r} is not a duration such as 168h, 30m or 1h30m (no days: 7d is 168h)"
         )
     total = 0.0
-    for part in _DURATION_RE.findall(text):
+    for part in re.findall(_DURATION, text):
         number = re.match(r"[0-9.]+", part)
         assert number is not None
         total += float(number.group()) * _DURATION_UNITS[part[number.end() :]]
@@ -685,6 +947,8 @@ def parse_time(value: object) -> datetime.datetime:
 
     YAML gives a date or datetime object for an unquoted value; those are accepted too.
     Raises ValueError."""
+    import datetime
+
     if isinstance(value, datetime.datetime):
         parsed = value
     elif isinstance(value, datetime.date):

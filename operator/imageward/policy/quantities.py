@@ -8,13 +8,16 @@ typo for `500M`) is refused instead of being rounded the way Kubernetes rounds m
 
 from __future__ import annotations
 
-import dataclasses
-import decimal
 import re
+from typing import TYPE_CHECKING
 
-from imageward import errors
+from imageward import errors, records
 
-_QUANTITY_RE = re.compile(
+if TYPE_CHECKING:
+    import decimal  # at run time imported by the functions: a policy without sizes needs none
+
+# Compiled when first used (re caches it): a policy without sizes never needs it.
+_QUANTITY = (
     r"(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?"
 )
@@ -26,6 +29,9 @@ MAX_BYTES = 2**63 - 1
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
 class QuantityError(errors.ImagewardError):
     """Text that is not a byte quantity; parse_policy turns it into a PolicyError."""
 
@@ -35,18 +41,28 @@ class QuantityError(errors.ImagewardError):
         super().__init__(f"{value!r} {reason}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Quantity:
+class Quantity(records.Record):
     """A byte quantity and the text it was written as (messages quote the policy)."""
 
+    __slots__ = ("bytes", "text")
     text: str
     bytes: int
+
+    def __init__(
+        self,
+        text: str,
+        bytes: int,
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "bytes", bytes)
 
     def __str__(self) -> str:
         return self.text
 
 
 def _multiplier(text: str, suffix: str) -> decimal.Decimal:
+    import decimal
+
     if suffix in _BINARY:
         return decimal.Decimal(2) ** _BINARY[suffix]
     if suffix in _DECIMAL:
@@ -81,7 +97,7 @@ def parse_quantity(value: object) -> Quantity:
         raise QuantityError(value, "is not a quantity (expected e.g. 500Mi, 1Gi, 1500)")
     if len(value) > _MAX_TEXT:
         raise QuantityError(value, "is too long for a quantity")
-    match = _QUANTITY_RE.fullmatch(value)
+    match = re.fullmatch(_QUANTITY, value)
     if match is None:
         hint = ""
         if re.fullmatch(r"[0-9.]+\s*(?:[KMGTPE]i?B|[kKmMgGtT][bB]?|[KMGTPE]I)", value):
@@ -92,6 +108,8 @@ def parse_quantity(value: object) -> Quantity:
     if match["sign"] == "-":
         raise QuantityError(value, "must not be negative")
     suffix = match["suffix"] or ""
+    import decimal
+
     with decimal.localcontext() as context:
         context.prec = 80
         amount = decimal.Decimal(match["number"]) * _multiplier(value, suffix)

@@ -6,13 +6,12 @@ selector matches everything, `NotIn` and `DoesNotExist` match when the key is ab
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from imageward import errors
+from imageward import errors, records
 
 # apimachinery validation: qualified names and label values.
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -21,6 +20,9 @@ _DNS_SUBDOMAIN_RE = re.compile(
 )
 _MAX_NAME = 63
 _MAX_PREFIX = 253
+
+
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
 class SelectorError(errors.ImagewardError):
@@ -39,18 +41,36 @@ class Operator(enum.Enum):
     DOES_NOT_EXIST = "DoesNotExist"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Requirement:
+class Requirement(records.Record):
+    """One label selector requirement: a key, an operator and its values."""
+
+    __slots__ = ("key", "operator", "values")
     key: str
     operator: Operator
-    values: frozenset[str] = frozenset()
+    values: frozenset[str]
+
+    def __init__(
+        self,
+        key: str,
+        operator: Operator,
+        values: frozenset[str] = frozenset(),
+    ) -> None:
+        _set(self, "key", key)
+        _set(self, "operator", operator)
+        _set(self, "values", values)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LabelSelector:
+class LabelSelector(records.Record):
     """matchLabels entries become `In` requirements with one value, as apimachinery does."""
 
-    requirements: tuple[Requirement, ...] = ()
+    __slots__ = ("requirements",)
+    requirements: tuple[Requirement, ...]
+
+    def __init__(
+        self,
+        requirements: tuple[Requirement, ...] = (),
+    ) -> None:
+        _set(self, "requirements", requirements)
 
     @property
     def is_empty(self) -> bool:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from imageward import errors, settings
+from imageward import errors, records, settings
 from imageward.registry import (
     auth,
     cache,
@@ -393,7 +393,7 @@ class RegistryClient:
         facts = self.cache.facts.get((scope, ref.repository, digest, choice))
         if facts is None:
             return None
-        return facts if facts.reference == ref else dataclasses.replace(facts, reference=ref)
+        return facts if facts.reference == ref else records.replace(facts, reference=ref)
 
     # ------------------------------------------------------------------------ lookups
 
@@ -542,7 +542,7 @@ class RegistryClient:
         if problem is None:
             self.cache.images.put(key, image)
             return image
-        return dataclasses.replace(image, config_problem=problem)
+        return records.replace(image, config_problem=problem)
 
     async def _get_config(self, call: _Call, descriptor: manifests.Descriptor) -> model.ImageConfig:
         limit = self.settings.max_config_bytes

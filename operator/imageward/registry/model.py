@@ -5,16 +5,19 @@ Frozen and slotted; shared by policy evaluation, signature checks and layer plan
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NewType
+
+from imageward import records
 
 Digest = NewType("Digest", str)  # "sha256:<64 hex>"
 
 DEFAULT_REGISTRY = "docker.io"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageReference:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class ImageReference(records.Record):
     """A parsed image reference, normalised the way containerd and kubelet do.
 
     `registry` is the host[:port] ("docker.io" for Docker Hub), `repository` the path
@@ -22,11 +25,26 @@ class ImageReference:
     defaults are applied (tag "latest" when neither is given).
     """
 
+    __slots__ = ("digest", "original", "registry", "repository", "tag")
     registry: str
     repository: str
-    tag: str | None = None
-    digest: Digest | None = None
-    original: str = ""
+    tag: str | None
+    digest: Digest | None
+    original: str
+
+    def __init__(
+        self,
+        registry: str,
+        repository: str,
+        tag: str | None = None,
+        digest: Digest | None = None,
+        original: str = "",
+    ) -> None:
+        _set(self, "registry", registry)
+        _set(self, "repository", repository)
+        _set(self, "tag", tag)
+        _set(self, "digest", digest)
+        _set(self, "original", original)
 
     @property
     def name(self) -> str:
@@ -46,47 +64,96 @@ class ImageReference:
         return text
 
     def with_digest(self, digest: Digest) -> ImageReference:
-        return dataclasses.replace(self, digest=digest)
+        return records.replace(self, digest=digest)
 
     def with_tag(self, tag: str) -> ImageReference:
         """The same repository at another tag (and no digest): `sha256-<hex>.sig` and the like."""
-        return dataclasses.replace(self, tag=tag, digest=None, original="")
+        return records.replace(self, tag=tag, digest=None, original="")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Platform:
+class Platform(records.Record):
+    """An OCI platform: os, architecture and variant (`linux/arm64/v8`)."""
+
+    __slots__ = ("architecture", "os", "variant")
     os: str
     architecture: str
-    variant: str | None = None
+    variant: str | None
+
+    def __init__(
+        self,
+        os: str,
+        architecture: str,
+        variant: str | None = None,
+    ) -> None:
+        _set(self, "os", os)
+        _set(self, "architecture", architecture)
+        _set(self, "variant", variant)
 
     def __str__(self) -> str:
         text = f"{self.os}/{self.architecture}"
         return f"{text}/{self.variant}" if self.variant else text
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Layer:
+class Layer(records.Record):
+    """One layer of a platform image, as its manifest describes it."""
+
+    __slots__ = ("digest", "media_type", "size")
     digest: Digest
     size: int
     media_type: str
 
+    def __init__(
+        self,
+        digest: Digest,
+        size: int,
+        media_type: str,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "size", size)
+        _set(self, "media_type", media_type)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageConfig:
+
+class ImageConfig(records.Record):
     """The few config fields policies and the planner read."""
 
+    __slots__ = ("architecture", "created", "labels", "os", "user", "variant")
     user: str | None
     os: str | None
     architecture: str | None
     created: str | None
-    labels: tuple[tuple[str, str], ...] = ()
-    variant: str | None = None
+    labels: tuple[tuple[str, str], ...]
+    variant: str | None
+
+    def __init__(
+        self,
+        user: str | None,
+        os: str | None,
+        architecture: str | None,
+        created: str | None,
+        labels: tuple[tuple[str, str], ...] = (),
+        variant: str | None = None,
+    ) -> None:
+        _set(self, "user", user)
+        _set(self, "os", os)
+        _set(self, "architecture", architecture)
+        _set(self, "created", created)
+        _set(self, "labels", labels)
+        _set(self, "variant", variant)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PlatformImage:
+class PlatformImage(records.Record):
     """One runnable image: a platform manifest, its layers and config."""
 
+    __slots__ = (
+        "config",
+        "config_digest",
+        "config_problem",
+        "digest",
+        "layers",
+        "media_type",
+        "platform",
+        "size",
+    )
     digest: Digest  # digest of the platform manifest
     platform: Platform | None
     media_type: str
@@ -96,9 +163,29 @@ class PlatformImage:
     #: Why the config could not be read, when the registry served one that is missing,
     #: oversized or malformed: the rules that need the config refuse with this reason,
     #: the others (sizes, signatures) still decide.
-    config_problem: str | None = None
+    config_problem: str | None
     #: Bytes of the manifest (what a descriptor of it says; Notation payloads name it).
-    size: int | None = None
+    size: int | None
+
+    def __init__(
+        self,
+        digest: Digest,
+        platform: Platform | None,
+        media_type: str,
+        layers: tuple[Layer, ...],
+        config_digest: Digest,
+        config: ImageConfig,
+        config_problem: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "platform", platform)
+        _set(self, "media_type", media_type)
+        _set(self, "layers", layers)
+        _set(self, "config_digest", config_digest)
+        _set(self, "config", config)
+        _set(self, "config_problem", config_problem)
+        _set(self, "size", size)
 
     @property
     def compressed_size(self) -> int:
@@ -109,8 +196,7 @@ class PlatformImage:
         return max(self.layers, key=lambda layer: layer.size, default=None)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageFacts:
+class ImageFacts(records.Record):
     """Everything known about one reference: the digest it resolves to and its images.
 
     `digest` is the digest the reference resolved to (an index or a single manifest).
@@ -119,10 +205,27 @@ class ImageFacts:
     containerd chooses: see `registry.platforms`).
     """
 
+    __slots__ = ("digest", "images", "is_index", "media_type", "reference", "size")
     reference: ImageReference
     digest: Digest
     media_type: str
     is_index: bool
     images: tuple[PlatformImage, ...]
     #: Bytes of the manifest or index `digest` names.
-    size: int | None = None
+    size: int | None
+
+    def __init__(
+        self,
+        reference: ImageReference,
+        digest: Digest,
+        media_type: str,
+        is_index: bool,
+        images: tuple[PlatformImage, ...],
+        size: int | None = None,
+    ) -> None:
+        _set(self, "reference", reference)
+        _set(self, "digest", digest)
+        _set(self, "media_type", media_type)
+        _set(self, "is_index", is_index)
+        _set(self, "images", images)
+        _set(self, "size", size)

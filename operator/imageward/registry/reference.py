@@ -11,11 +11,14 @@ Normalisation: a first path component is a host only when it contains `.` or `:`
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
+from typing import TYPE_CHECKING
 
 from imageward import errors
 from imageward.registry import model
+
+if TYPE_CHECKING:
+    import ipaddress  # at run time imported where an IP literal is read: names need none
 
 DOCKER_HUB = model.DEFAULT_REGISTRY
 
@@ -47,6 +50,8 @@ def _parse_inet_aton(name: str) -> ipaddress.IPv4Address | None:
     parts = name.split(".")
     if not 1 <= len(parts) <= 4 or not all(_INET_ATON_PART.fullmatch(p) for p in parts):
         return None
+    import ipaddress
+
     values = [
         int(p, 16) if p[:2].lower() == "0x" else int(p, 8 if p.startswith("0") else 10)
         for p in parts
@@ -76,6 +81,8 @@ def build_canonical_host(host: str) -> str:
         address, bracket, rest = host[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else None
         if bracket and (rest == "" or port):
+            import ipaddress
+
             try:
                 name = f"[{ipaddress.IPv6Address(address).compressed}]"
             except ValueError:

@@ -7,8 +7,9 @@ verifies nothing when no policy matches its images.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, ClassVar, Literal
+
+from imageward import records
 
 if TYPE_CHECKING:
     # sigstore costs a third of a second to import: only keyless authorities load it.
@@ -16,32 +17,61 @@ if TYPE_CHECKING:
     from imageward.signatures import keyless, keys
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeyAuthority:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class KeyAuthority(records.Record):
     """Signatures made with one private key; only `key` (from the policy) is trusted."""
 
     kind: ClassVar[Literal["key"]] = "key"
+    __slots__ = ("key", "name")
     name: str
     key: keys.PublicKey
 
+    def __init__(
+        self,
+        name: str,
+        key: keys.PublicKey,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "key", key)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeylessAuthority:
+
+class KeylessAuthority(records.Record):
     """Fulcio-certified signatures of one identity, under one offline trusted root."""
 
     kind: ClassVar[Literal["keyless"]] = "keyless"
+    __slots__ = ("identity", "name", "trusted_root")
     name: str
     identity: keyless.Identity
     trusted_root: keyless.TrustedRoot
 
+    def __init__(
+        self,
+        name: str,
+        identity: keyless.Identity,
+        trusted_root: keyless.TrustedRoot,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "identity", identity)
+        _set(self, "trusted_root", trusted_root)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class NotationAuthority:
+
+class NotationAuthority(records.Record):
     """Notary Project signatures whose chain reaches a trust store, of trusted identities."""
 
     kind: ClassVar[Literal["notation"]] = "notation"
+    __slots__ = ("name", "policy")
     name: str
     policy: notation_trust.TrustPolicy
+
+    def __init__(
+        self,
+        name: str,
+        policy: notation_trust.TrustPolicy,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "policy", policy)
 
 
 Authority = KeyAuthority | KeylessAuthority | NotationAuthority

@@ -51,6 +51,7 @@ from sigstore import models as sg_models
 from sigstore.verify import verifier as sg_verifier
 from sigstore_models.trustroot import v1 as trustroot_v1
 
+from imageward import records
 from imageward.registry import model as registry_model
 from imageward.signatures import bundle, keys, legacy, model
 
@@ -423,7 +424,7 @@ def build_signer(cert: x509.Certificate) -> str:
 
 
 def _signed_by(check: model.Check, cert: x509.Certificate) -> model.Check:
-    return dataclasses.replace(check, signer=build_signer(cert)) if check.verified else check
+    return records.replace(check, signer=build_signer(cert)) if check.verified else check
 
 
 def _signed_by_certificate(envelope: bundle.DsseEnvelope, cert: x509.Certificate) -> bool:

@@ -6,14 +6,9 @@ exception, so that admission can say exactly why a signature did not count.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-import hashlib
-import json
 from typing import Any, Final, Literal
 
-from imageward import errors
+from imageward import errors, records
 
 Format = Literal["bundle", "legacy", "notation"]
 
@@ -50,15 +45,28 @@ PROGRESS: Final[dict[Result, int]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Check:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class Check(records.Record):
     """The outcome of one signature against one authority."""
 
+    __slots__ = ("reason", "result", "signer")
     result: Result
-    reason: str = ""  # empty when verified; otherwise a sentence for the refusal message
+    reason: str  # empty when verified; otherwise a sentence for the refusal message
     #: Who signed, when verified: "key sha256:<spki>" or "keyless <issuer> <subject>".
     #: A threshold counts distinct signers, not authority entries that share one.
-    signer: str = ""
+    signer: str
+
+    def __init__(
+        self,
+        result: Result,
+        reason: str = "",
+        signer: str = "",
+    ) -> None:
+        _set(self, "result", result)
+        _set(self, "reason", reason)
+        _set(self, "signer", signer)
 
     @property
     def verified(self) -> bool:
@@ -72,13 +80,21 @@ class Check:
 VERIFIED: Final = Check("verified")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
+class Target(records.Record):
     """The media type and size of the manifest a digest names: a Notation payload names
     all three (cosign payloads name only the digest)."""
 
+    __slots__ = ("media_type", "size")
     media_type: str
     size: int
+
+    def __init__(
+        self,
+        media_type: str,
+        size: int,
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "size", size)
 
 
 class Refused(Exception):
@@ -106,6 +122,8 @@ class AuthorityError(errors.ImagewardError):
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # here, not at the top: `imageward check` imports this module every run
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -135,6 +153,9 @@ def decode_base64(text: object, *, what: str) -> bytes:
     """Standard or URL-safe base64, padded or not (protobuf JSON writers differ)."""
     if not isinstance(text, str) or not text:
         raise Refused("malformed", f"{what} is missing or not a base64 string")
+    import base64
+    import binascii
+
     stripped = text.strip().translate(_URLSAFE)
     padded = stripped + "=" * (-len(stripped) % 4)
     try:
@@ -155,6 +176,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json(data: bytes, *, what: str) -> dict[str, Any]:
     """A JSON object with no duplicate keys, or `Refused(malformed)`."""
+    import json
+
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:

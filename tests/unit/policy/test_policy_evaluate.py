@@ -401,10 +401,10 @@ def test_require_numeric_user_refuses_names_as_runasnonroot_does() -> None:
 
 
 def test_unreadable_config_refuses_only_the_user_rule() -> None:
-    import dataclasses
+    from imageward import records
 
     reference = ref(WEB)
-    broken = dataclasses.replace(
+    broken = records.replace(
         image([1]), config_problem="is 9437184 bytes (per its descriptor), over the limit"
     )
     p = policy({"forbidRootUser": True, "maxLayers": 5}, failurePolicy="Ignore")

@@ -106,3 +106,113 @@ def test_small_rsa_key() -> None:
 def test_certificate_is_not_a_key(sigstore: fakesigstore.FakeSigstore) -> None:
     reason = _error(sigstore.root.public_bytes(serialization.Encoding.PEM))
     assert "certificate, not a public key" in reason
+
+
+def test_the_pem_loader_is_cryptographys() -> None:
+    # keys imports the loader from cryptography's Rust bindings, sparing the
+    # serialization package: it must be the very function serialization exports.
+    from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+    assert keys._load_pem_public_key() is serialization.load_pem_public_key
+    assert rust_openssl.keys.load_pem_public_key is serialization.load_pem_public_key
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "p521", "rsa", "ed25519"])
+def test_spki_is_encoded_when_first_read(
+    private_keys: dict[str, build.PrivateKey], kind: str
+) -> None:
+    public = private_keys[kind].public_key()
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    parsed = keys.parse_public_key(build.public_pem(private_keys[kind]), authority="a")
+    eager = keys.PublicKey(algorithm=parsed.algorithm, spki=der, key=parsed.key)
+    assert parsed == eager and hash(parsed) == hash(eager) and repr(parsed) == repr(eager)
+    assert parsed.spki == der and parsed.fingerprint == eager.fingerprint
+    assert parsed.__getstate__() == eager.__getstate__()
+    with pytest.raises(AttributeError, match="'PublicKey' object has no attribute 'spkj'"):
+        parsed.spkj  # type: ignore[attr-defined]  # noqa: B018
+
+
+def _verdict(pem: str | bytes, *, fast: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+    """What parse_public_key makes of `pem`: (algorithm, spki, public numbers) or the
+    refusal; with `fast=False` cryptography alone decides."""
+    with monkeypatch.context() as patch:
+        if not fast:
+            patch.setattr(keys, "_p256_spki", lambda data: None)
+        try:
+            key = keys.parse_public_key(pem, authority="a")
+        except model.AuthorityError as e:
+            return ("refused", str(e))
+    numbers = key.key.public_numbers() if hasattr(key.key, "public_numbers") else None
+    return (key.algorithm, key.spki, repr(numbers))
+
+
+def _pem(der: bytes) -> bytes:
+    import base64
+
+    body = base64.b64encode(der)
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN PUBLIC KEY-----\n" + b"\n".join(lines) + b"\n-----END PUBLIC KEY-----\n"
+
+
+def test_cosigns_p256_keys_are_known_usable_without_cryptography(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for _ in range(50):
+        private = ec.generate_private_key(ec.SECP256R1())
+        pem = build.public_pem(private)
+        assert keys._p256_spki(pem.encode().strip()) is not None
+        assert _verdict(pem, fast=True, monkeypatch=monkeypatch) == _verdict(
+            pem, fast=False, monkeypatch=monkeypatch
+        )
+        message = b"payload"
+        signature = private.sign(message, ec.ECDSA(hashes.SHA256()))
+        assert keys.verify_signature(keys.parse_public_key(pem, authority="a"), signature, message)
+
+
+def test_a_p256_key_cosign_would_not_write_is_left_to_cryptography(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import random
+
+    rng = random.Random(20261202)
+    p = keys._P256_P
+    der = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert keys._p256_spki(_pem(der).strip()) == der
+    variants: list[bytes] = []
+    for _ in range(300):  # points off the curve (or not points), in cosign's layout
+        mutated = bytearray(der)
+        mutated[rng.randrange(26, 91)] ^= 1 << rng.randrange(8)
+        variants.append(_pem(bytes(mutated)))
+    x = int.from_bytes(der[27:59], "big")
+    y = int.from_bytes(der[59:91], "big")
+    for x2, y2 in [(x, p - y), (x + p, y), (x, y + p), (0, 0), (x, 0)]:
+        if x2 < 2**256 and y2 < 2**256:  # coordinates as big as p or more, the mirror point
+            variants.append(_pem(der[:27] + x2.to_bytes(32, "big") + y2.to_bytes(32, "big")))
+    pem = _pem(der)
+    variants += [
+        pem.replace(b"\n", b"\r\n"),
+        pem.replace(b"-----\n", b"-----\n\n", 1),
+        pem.replace(b"PUBLIC KEY", b"EC PUBLIC KEY"),
+        b" " + pem,
+        pem + pem,
+        pem[:-1] + b"\n-----BEGIN PUBLIC KEY-----\n",
+        _pem(der[:26] + b"\x02" + der[27:59]),  # compressed: cryptography's to judge
+        pem.replace(b"\n", b"", 1),
+        pem.replace(pem[27:29], pem[27:29].lower()),
+    ]
+    accepted = []
+    for variant in variants:
+        if keys._p256_spki(variant.strip()) is not None:
+            accepted.append(variant)
+        assert _verdict(variant, fast=True, monkeypatch=monkeypatch) == _verdict(
+            variant, fast=False, monkeypatch=monkeypatch
+        ), variant
+    # Only the mirror point (x, p - y), itself a key on the curve, and the key with a
+    # space before it (parse_public_key strips it, for cryptography too).
+    assert sorted(accepted) == sorted([variants[300], b" " + pem])
