@@ -62,6 +62,8 @@ class Record:
     ) -> None:
         super().__init_subclass__(**kwargs)
         namespace = cls.__dict__
+        if "__init__" not in namespace or "__slots__" not in namespace:
+            raise TypeError(f"{cls.__qualname__}: a Record writes its own __init__ and __slots__")
         init = namespace["__init__"]
         init.__annotations__["return"] = None  # not 'None': as the dataclass's __init__
         code = init.__code__

@@ -74,6 +74,10 @@ _ESCAPES = {
     "\\": "\\",
 }
 _ALLOWED = re.compile(r"[\n -~]*")
+#: libyaml and PyYAML refuse a mapping key that ends over 1024 characters after its start
+#: (a "simple key"); declining every longer line keeps that refusal theirs, and keeps the
+#: flow-collection reader's work per line (it slices what is left of the line) small.
+_MAX_LINE = 1024
 
 
 class _Unsupported(Exception):
@@ -83,7 +87,7 @@ class _Unsupported(Exception):
 def parse_documents(text: str) -> list[Any] | None:
     """The documents of `text`, as PyYAML's safe loader makes them, or None when the text
     is not in the subset (then only PyYAML can say what it is)."""
-    if not _ALLOWED.fullmatch(text):
+    if not _ALLOWED.fullmatch(text) or any(len(line) > _MAX_LINE for line in text.split("\n")):
         return None
     try:
         return _Parser(text).documents()
@@ -177,6 +181,8 @@ class _Parser:
                 indent, content = self._peek()
                 if not (indent == 0 and content.startswith(("---", "..."))):
                     raise _Unsupported  # more after the document's root node
+        if explicit:
+            documents.append(None)  # the stream ends after a `---`: an empty document
         return documents
 
     # Block nodes -----------------------------------------------------------------

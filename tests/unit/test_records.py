@@ -132,3 +132,17 @@ def test_replace_is_dataclasses_replace() -> None:
     assert reference.tag == "1"
     with pytest.raises(TypeError, match="unexpected keyword argument 'tga'"):
         records.replace(reference, tga="2")
+
+
+def test_a_record_without_its_own_init_is_refused_by_name() -> None:
+    class Base(records.Record):
+        __slots__ = ("a",)
+        a: int
+
+        def __init__(self, a: int) -> None:
+            object.__setattr__(self, "a", a)
+
+    with pytest.raises(TypeError, match=r"Child: a Record writes its own __init__"):
+
+        class Child(Base):
+            pass

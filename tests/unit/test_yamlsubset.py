@@ -125,6 +125,10 @@ ACCEPTED = [
     "a:    \n  b: 1\n",
     "a : b\n",
     "'k': v\n\"j\": w\n",
+    "---\n",  # an empty document
+    "a: 1\n---\n",
+    "---\n---\n",
+    "a: " + "x" * 1000 + "\n",
 ]
 
 
@@ -180,6 +184,10 @@ DECLINED = [
     "a: `b`\n",
     "@a: b\n",
     "a: 1" + "0" * 30 + "\n",
+    "k" * 1025 + ": v\n",  # libyaml refuses a key this long
+    "a: {" + "k" * 1025 + ": v}\n",
+    "- " + "k" * 1025 + ": v\n",
+    "a: [" + '"x", ' * 300 + "]\n",  # a line over 1024 characters
 ]
 
 
