@@ -103,7 +103,7 @@ def _load_yaml_documents(path: str, text: str) -> list[Any]:
     Python parser: what it accepts counts, and what it refuses is refused with the
     message `--policy` errors have always had.
     """
-    from imageward import yamlsubset
+    from imageward.policy import yamlsubset
 
     simple = yamlsubset.parse_documents(text)
     if simple is not None:

@@ -16,7 +16,7 @@ Anything else (anchors, aliases, tags, directives, folded or multi-line plain sc
 tabs, carriage returns, non-ASCII text, duplicate keys, every error) gives None: the
 caller then parses the text with PyYAML, which says what it says about it. So for any
 text this returns either exactly what `yaml.load_all(text, yaml.CSafeLoader)` returns,
-or None; `tests/unit/test_yamlsubset.py` compares the two on a corpus and on mutations.
+or None; `tests/unit/policy/test_yamlsubset.py` compares the two on a corpus and on mutations.
 """
 
 from __future__ import annotations

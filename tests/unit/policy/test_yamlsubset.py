@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from imageward import yamlsubset
 from imageward.localcluster import peers
+from imageward.policy import yamlsubset
 from tests.unit.commands import test_check_outputs
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "examples" / "policies").glob("*.yaml"))
 
 
