@@ -243,15 +243,16 @@ class Bench:
         seconds = running_at - started
         layer_bytes, other = self.link_bytes(image)
         app = container_id.removeprefix("containerd://")
-        task_started = self.events.task_started(app)
-        container_seconds = None if task_started is None else task_started - created_at
-        # The sandbox is the first task to start after the create that is not the app's
-        # (nothing else starts on the node meanwhile: the agent's pod is already up).
-        sandbox_starts = [
-            event.time
+        # Task starts since the create: the app's, and the sandbox's, the first that is not
+        # the app's (nothing else starts on the node meanwhile: the agent's pod is up).
+        starts = [
+            (event.time, event.body.get("container_id"))
             for event in self.events.events("/tasks/start")
-            if event.time >= created_at and event.body.get("container_id") != app
+            if event.time >= created_at
         ]
+        app_starts = [at for at, started in starts if started == app]
+        sandbox_starts = [at for at, started in starts if started != app]
+        container_seconds = app_starts[-1] - created_at if app_starts else None
         sandbox_seconds = sandbox_starts[0] - created_at if sandbox_starts else None
         return Start(
             seconds,

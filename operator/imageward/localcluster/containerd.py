@@ -91,14 +91,6 @@ class EventLog:
                 if event is not None and (topic is None or event.topic == topic):
                     yield event
 
-    def task_started(self, container_id: str) -> float | None:
-        """When the last task of `container_id` started (epoch seconds), if seen."""
-        started = None
-        for event in self.events("/tasks/start"):
-            if event.body.get("container_id") == container_id:
-                started = event.time
-        return started
-
 
 _CONFIG = """\
 version = 2
