@@ -17,7 +17,7 @@ import datetime
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cachetools
 
@@ -136,6 +136,25 @@ _SignatureSet = signatures_verify.SignatureSet | _Failure
 #: Whether this check counts in the evaluation and verification metrics (admission and
 #: `imageward check` do; background scans have metrics of their own).
 _COUNTING: contextvars.ContextVar[bool] = contextvars.ContextVar("imageward_counting", default=True)
+#: The counter children a check counted in, for whoever gives its outcome again
+#: (`admission.decisions`): a list shared by the check's tasks, or None.
+_TALLY: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "imageward_tally", default=None
+)
+#: Labelled counter children by (metric, label values): `.labels()` validates and locks
+#: on every call, and a warm review counts a dozen times.
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _count(metric: Any, *values: str) -> None:
+    key = (id(metric), values)  # the metrics are module-level objects, never freed
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    child.inc()
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.append(child)
 
 
 def _needs_images(policy: model.ImagePolicy) -> bool:
@@ -153,16 +172,20 @@ async def check_images(
     *,
     source: ImageSource,
     deadline: float,
+    tally: list[Any] | None = None,
 ) -> Outcome:
-    """Check every distinct image concurrently; `deadline` is in seconds from now."""
+    """Check every distinct image concurrently; `deadline` is in seconds from now.
+    `tally`, when given, receives each counter child the check counted in."""
     distinct = list(dict.fromkeys(images))
     until = time.monotonic() + deadline
     counting = _COUNTING.set(context.count_metrics)
+    tallying = _TALLY.set(tally)
     try:
         outcomes = await asyncio.gather(
             *(_check_image(image, policies, context, source, until) for image in distinct)
         )
     finally:
+        _TALLY.reset(tallying)
         _COUNTING.reset(counting)
     by_image = dict(zip(distinct, outcomes, strict=True))
     ordered = tuple(by_image[image] for image in distinct)
@@ -681,9 +704,7 @@ def _attestation_violations(
         if _COUNTING.get():
             from imageward import metrics
 
-            metrics.attestation_verifications.labels(
-                policy=policy.name, attestation=entry.name, result=judged.result
-            ).inc()
+            _count(metrics.attestation_verifications, policy.name, entry.name, judged.result)
         reports.append(AttestationReport(policy.name, entry.name, judged.result, judged.message))
         if judged.result == "error":
             violations.append(
@@ -743,12 +764,13 @@ def _count_attempts(
     from imageward import metrics
 
     for attempt in result.attempts:
-        metrics.signature_verifications.labels(
-            policy=policy.name,
-            authority=attempt.authority,
-            format=attempt.format,
-            result=attempt.result,
-        ).inc()
+        _count(
+            metrics.signature_verifications,
+            policy.name,
+            attempt.authority,
+            attempt.format,
+            attempt.result,
+        )
 
 
 def _count_evaluations(policy: model.ImagePolicy, violations: Sequence[evaluate.Violation]) -> None:
@@ -762,11 +784,9 @@ def _count_evaluations(policy: model.ImagePolicy, violations: Sequence[evaluate.
             result = "error" if rule == constants.RULE_LOOKUP else "fail"
         else:
             result = "pass"
-        metrics.policy_evaluations.labels(policy=policy.name, rule=rule, result=result).inc()
+        _count(metrics.policy_evaluations, policy.name, rule, result)
     if constants.RULE_LOOKUP in failed:
-        metrics.policy_evaluations.labels(
-            policy=policy.name, rule=constants.RULE_LOOKUP, result="error"
-        ).inc()
+        _count(metrics.policy_evaluations, policy.name, constants.RULE_LOOKUP, "error")
 
 
 def _rules_of(policy: model.ImagePolicy) -> list[str]:

@@ -174,9 +174,24 @@ def observe_cache_lookup(cache: str, *, hit: bool, entries: int) -> None:
     cache_entries.labels(cache=cache).set(entries)
 
 
+#: The admission metrics' labelled children, bound once per label values: `.labels()`
+#: validates and locks on every call. At most 256 kept (a client other than the
+#: apiserver could name any resource).
+_ADMISSION_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
 def observe_admission(resource: str, operation: str, decision: str, seconds: float) -> None:
-    admission_requests.labels(resource=resource, operation=operation, decision=decision).inc()
-    admission_duration.labels(resource=resource).observe(seconds)
+    key = (resource, operation, decision)
+    children = _ADMISSION_CHILDREN.get(key)
+    if children is None:
+        children = (
+            admission_requests.labels(resource=resource, operation=operation, decision=decision),
+            admission_duration.labels(resource=resource),
+        )
+        if len(_ADMISSION_CHILDREN) < 256:
+            _ADMISSION_CHILDREN[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 #: What `others` gives the metrics server: (generation, OpenMetrics text), the
