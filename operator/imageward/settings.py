@@ -114,6 +114,11 @@ class AdmissionSettings:
     GIL never hold a review up; "shared", the operator's event loop (one process less,
     about 105 MiB less resident memory, for small clusters and debugging)."""
 
+    decision_cache_ttl: float = 1.0
+    """Seconds a review's outcome is given again to reviews asking the same question (a
+    rollout's pods): `admission.decisions`. Never longer than the tag, signature and
+    "not found" TTLs allow (0 there switches it off too); 0 checks every review."""
+
     shutdown_drain: float = 0.0
     """Seconds the webhook server keeps answering once the operator is told to stop,
     each connection closed after its next answer: behind a Service the apiserver learns
@@ -346,6 +351,7 @@ _ENV_TABLE: Mapping[str, tuple[str, str, Callable[[str], Any]]] = {
     "WEBHOOK_PORT": ("admission", "port", int),
     "WEBHOOK_TIMEOUT": ("admission", "webhook_timeout", int),
     "ADMISSION_DEADLINE": ("admission", "deadline", float),
+    "DECISION_CACHE_TTL": ("admission", "decision_cache_ttl", float),
     "EXCLUDED_NAMESPACES": ("admission", "excluded_namespaces", _parse_list),
     "DOCKER_CONFIG": ("", "docker_config", str),
     "DOCKER_CONFIG_REGISTRIES": ("", "docker_config_registries", _parse_list),

@@ -1,0 +1,207 @@
+"""Decisions of the last moment, given again to reviews that ask the same question.
+
+A rollout sends the webhook the same pod template many times within a second (a
+ReplicaSet creating its pods, each create reviewed by both endpoints). Checking each
+from the caches still costs most of a warm review's CPU: per image, matching every
+policy, a timeout, the cache look-ups, the rules and the metrics. The memo keeps the
+`checker.Outcome` of a check for `ttl` seconds, keyed by everything the check read:
+
+- from the pod: its distinct images, namespace, labels, the platform it is pinned to,
+  its ServiceAccount and imagePullSecrets;
+- from the cluster: the namespace's labels (by value), the registry credentials, the
+  policy snapshot and the namespace's exceptions (by identity: each is the same object
+  until it changes, and a changed one is a new object, so a policy edit, a key rotation,
+  a new exception or a rotated pull secret is never answered from the memo).
+
+What it never keeps, because the same question may get another answer a moment later:
+an outcome with a lookup failure (an outage is retried on the next review, as it would
+be without the memo); outcomes a policy whose verdicts move with the clock took part in
+(attestation age, Notation certificate validity); outcomes that used an exception (each
+use is an Event of its own); and anything when the registry
+caches it sits on are switched off (a tag, signature or "not found" TTL of 0). A tag
+moved in the registry is therefore seen at most `ttl` later than the tag cache alone
+would see it.
+
+A hit replays the evaluation and verification counters the check counted, so the
+metrics a dashboard shows do not depend on whether a review was answered from here.
+Hits and misses count as `imageward_cache_lookups_total{cache="decisions"}`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from imageward import checker, constants
+from imageward.admission import workloads
+from imageward.signatures import verify as signatures_verify
+
+#: The metric name of this cache (`imageward_cache_lookups_total{cache=…}`).
+NAME = "decisions"
+#: Distinct questions kept: a few hundred pod templates roll out at once at most; each
+#: entry holds one outcome (a few KiB at most, its messages capped where they are made).
+MAX_ENTRIES = 2048
+
+
+class _Entry:
+    __slots__ = ("credentials", "exceptions", "expires", "outcome", "snapshot", "tally")
+
+    def __init__(
+        self,
+        expires: float,
+        outcome: checker.Outcome,
+        tally: tuple[Any, ...],
+        snapshot: tuple[Any, ...],
+        credentials: tuple[Any, ...],
+        exceptions: tuple[Any, ...],
+    ) -> None:
+        self.expires = expires
+        self.outcome = outcome
+        self.tally = tally
+        self.snapshot = snapshot
+        self.credentials = credentials
+        self.exceptions = exceptions
+
+
+def build_key(view: workloads.PodView, namespace_labels: dict[str, str]) -> Hashable:
+    """What a check reads from the pod and its namespace, by value."""
+    return (
+        view.images,
+        view.namespace,
+        view.labels,
+        view.node_os,
+        view.node_arch,
+        view.service_account,
+        view.image_pull_secrets,
+        tuple(sorted(namespace_labels.items())),
+    )
+
+
+def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _moving_with_the_clock(snapshot: Sequence[Any]) -> frozenset[str]:
+    """The policies whose verdicts can change with time alone (attestation age, Notation
+    certificate validity): an outcome they took part in is never kept."""
+    return frozenset(
+        loaded.name
+        for loaded in snapshot
+        if loaded.attestations
+        or any(isinstance(a, signatures_verify.NotationAuthority) for a in loaded.authorities)
+    )
+
+
+def _undecided(outcome: checker.Outcome) -> bool:
+    """Whether a lookup failed for some image (then the next review must try again)."""
+    return any(
+        violation.rule == constants.RULE_LOOKUP
+        for image in outcome.images
+        for result in image.results
+        for violation in result.violations
+    )
+
+
+class DecisionMemo:
+    """The memo of one process. Not thread-safe: used from the webhook's event loop."""
+
+    def __init__(self, ttl: float, *, counted: bool = True) -> None:
+        """`ttl`: seconds an outcome is given again; 0 (or less) keeps nothing."""
+        self.ttl = ttl
+        self._entries: dict[Hashable, _Entry] = {}
+        self._clocked: tuple[tuple[Any, ...], frozenset[str]] | None = None
+        if counted:
+            from imageward import metrics
+
+            self._hits: Any = metrics.cache_lookups.labels(cache=NAME, result="hit")
+            self._misses: Any = metrics.cache_lookups.labels(cache=NAME, result="miss")
+            self._size: Any = metrics.cache_entries.labels(cache=NAME)
+        else:
+            self._hits = self._misses = self._size = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _timeless(self, outcome: checker.Outcome, snapshot: tuple[Any, ...]) -> bool:
+        clocked = self._clocked
+        if clocked is None or clocked[0] is not snapshot:
+            clocked = self._clocked = (snapshot, _moving_with_the_clock(snapshot))
+        names = clocked[1]
+        return not names or not any(
+            result.policy in names for image in outcome.images for result in image.results
+        )
+
+    def recall(
+        self,
+        key: Hashable,
+        *,
+        snapshot: tuple[Any, ...],
+        credentials: Sequence[Any],
+        exceptions: tuple[Any, ...],
+    ) -> checker.Outcome | None:
+        """The outcome kept for this question, if it is still the same question; its
+        counters counted again."""
+        entry = self._entries.get(key)
+        if (
+            entry is None
+            or entry.expires <= time.monotonic()
+            or entry.snapshot is not snapshot
+            or entry.exceptions is not exceptions
+            or not _same(entry.credentials, credentials)
+        ):
+            if entry is not None:
+                del self._entries[key]
+            if self._misses is not None:
+                self._misses.inc()
+            return None
+        if self._hits is not None:
+            self._hits.inc()
+        for child, times in entry.tally:
+            child.inc(times)
+        return entry.outcome
+
+    def keep(
+        self,
+        key: Hashable,
+        outcome: checker.Outcome,
+        *,
+        tally: Sequence[Any],
+        snapshot: tuple[Any, ...],
+        credentials: Sequence[Any],
+        exceptions: tuple[Any, ...],
+        started: float,
+    ) -> None:
+        """Keep `outcome` until `ttl` after `started` (when the check began reading the
+        caches), unless it is one the memo must not give again."""
+        if not self.enabled or _undecided(outcome) or not self._timeless(outcome, snapshot):
+            return
+        if any(image.exceptions for image in outcome.images):
+            return  # each use of an exception is an Event and a count of its own
+        if len(self._entries) >= MAX_ENTRIES:
+            self._evict(time.monotonic())
+        counted: dict[Any, int] = {}
+        for child in tally:  # the same few counters, once per image
+            counted[child] = counted.get(child, 0) + 1
+        self._entries[key] = _Entry(
+            started + self.ttl,
+            outcome,
+            tuple(counted.items()),
+            snapshot,
+            tuple(credentials),
+            exceptions,
+        )
+        if self._size is not None:
+            self._size.set(len(self._entries))
+
+    def _evict(self, now: float) -> None:
+        """Drop what expired; if that is not enough, the oldest half (insertion order)."""
+        for key in [k for k, e in self._entries.items() if e.expires <= now]:
+            del self._entries[key]
+        if len(self._entries) >= MAX_ENTRIES:
+            for key in list(self._entries)[: MAX_ENTRIES // 2]:
+                del self._entries[key]
