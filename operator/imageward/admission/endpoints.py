@@ -1,7 +1,9 @@
 """The HTTPS server the apiserver calls: `/imageward-validate` and `/imageward-pin-digest`.
 
 Served directly rather than through Kopf's generic admission machinery (which cost a
-third of a warm review's CPU): one aiohttp application, the body checked by
+third of a warm review's CPU), and on asyncio's TLS transport with the strict HTTP/1.1
+reader of `http11` rather than aiohttp's server (whose request, router and response
+objects cost more CPU than a warm review's decision): the body checked by
 `reviews.parse_review` (anything malformed is a 400 naming the field, never a 500),
 the decision from `handler`, the AdmissionReview response written here. Kopf still
 runs the controllers in the same process; peering pauses those, never this server, so
@@ -19,23 +21,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import pathlib
 import ssl
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from aiohttp import web
+from typing import Any, cast
 
 from imageward import errors, runtime, settings
-from imageward.admission import handler, reviews, webhooks
+from imageward.admission import handler, http11, reviews, webhooks
 
 logger = logging.getLogger(__name__)
 
 #: The apiserver sends the whole object (and the old one): a few hundred KiB at most.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 CERT_CHECK_INTERVAL = 5.0  # seconds between looks at the certificate files
+#: Seconds a kept-alive connection may sit idle (Go's client keeps them 90 s; aiohttp
+#: closed them after 75), and a started request may take to arrive in full.
+KEEPALIVE_TIMEOUT = 75.0
+REQUEST_TIMEOUT = 30.0
+#: Seconds `stop()` waits for reviews in flight once it stops listening.
+SHUTDOWN_TIMEOUT = 10.0
+BACKLOG = 1024
 
 Decide = Callable[[runtime.Runtime, reviews.AdmissionRequest], Awaitable[handler.Answer]]
 
@@ -43,65 +52,139 @@ ROUTES: dict[str, Decide] = {
     f"/{webhooks.VALIDATE_ID}": handler.validate,
     f"/{webhooks.PIN_DIGEST_ID}": handler.pin,
 }
+HEALTH_PATH = "/healthz"
 
 
-def build_app(
-    state: runtime.Runtime, *, draining: Callable[[], bool] = lambda: False
-) -> web.Application:
-    """The webhook application. While `draining()`, every answer says `Connection: close`:
-    the apiserver sends its next review on a new connection (to a replica that stays)
-    instead of on one this server is about to shut."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    allow: str | None = None  # the Allow header of a 405
 
-    @web.middleware
-    async def close_when_draining(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        response = await handler(request)
-        if draining():
-            response.force_close()
-        return response
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[close_when_draining])
+async def respond(state: runtime.Runtime, request: http11.Request) -> Reply:
+    """The answer to one request: a review's AdmissionReview response; 400 naming what
+    is malformed (never a 500 for bad input); 404 and 405 for what is not served."""
+    decide = ROUTES.get(request.path)
+    if decide is None:
+        if request.path != HEALTH_PATH:
+            return _error(404, f"nothing is served at {request.path[:200]}")
+        if request.method != "GET":
+            return Reply(405, b"", allow="GET")
+        return Reply(200, b"ok", "text/plain; charset=utf-8")
+    if request.method != "POST":
+        return Reply(405, b"", allow="POST")
+    try:
+        body: Any = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        return _error(400, f"body is not JSON: {e}")
+    try:
+        review = reviews.parse_review(body)
+    except errors.MalformedReviewError as e:
+        return _error(400, str(e))
+    answer = await decide(state, review)
+    response = {
+        "apiVersion": body["apiVersion"],
+        "kind": "AdmissionReview",
+        "response": answer.to_response(review["uid"]),
+    }
+    return Reply(200, json.dumps(response, separators=(",", ":")).encode())
 
-    def endpoint(decide: Decide) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def serve(request: web.Request) -> web.Response:
-            raw = await request.read()
-            try:
-                body: Any = json.loads(raw)
-            except (ValueError, UnicodeDecodeError, RecursionError) as e:
-                return _bad_request(f"body is not JSON: {e}")
-            try:
-                review = reviews.parse_review(body)
-            except errors.MalformedReviewError as e:
-                return _bad_request(str(e))
-            answer = await decide(state, review)
-            return web.json_response(
-                {
-                    "apiVersion": body["apiVersion"],
-                    "kind": "AdmissionReview",
-                    "response": answer.to_response(review["uid"]),
-                },
-                dumps=_dumps,
+
+def _error(status: int, message: str) -> Reply:
+    return Reply(status, json.dumps({"error": message}).encode())
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: its requests one after the other (a pipelined request
+    waits for the answer before it), each answer written as soon as it is decided."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.reader = http11.RequestReader(MAX_BODY_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.last_active = time.monotonic()
+        self.request_started = self.last_active
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A review in flight finishes (it may share registry look-ups with others);
+        # its answer has nowhere to go and is dropped.
+        self.server.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self.reader.idle:
+            self.request_started = self.last_active
+        self.reader.feed(data)
+        if self.task is None:
+            self._next()
+        elif self.reader.buffered > MAX_BODY_BYTES + http11.MAX_HEAD_BYTES and self.transport:
+            self.transport.pause_reading()  # a client sending ahead of its answers waits
+            self.paused = True
+
+    @property
+    def idle(self) -> bool:
+        return self.task is None and self.reader.idle
+
+    def _next(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            request = self.reader.next_request()
+        except http11.ProtocolError as e:
+            payload = json.dumps({"error": e.message}).encode()
+            transport.write(http11.build_response(e.status, payload, close=True))
+            transport.close()
+            return
+        if request is None:
+            if self.reader.wants_continue():
+                transport.write(http11.CONTINUE)
+            return
+        self.task = asyncio.get_running_loop().create_task(self._serve(request))
+
+    async def _serve(self, request: http11.Request) -> None:
+        try:
+            reply = await respond(self.server.state, request)
+        except Exception:
+            logger.exception("the webhook failed on %s %s", request.method, request.path[:200])
+            reply = _error(500, "internal error (logged by the webhook)")
+        self.last_active = time.monotonic()
+        self.task = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        close = not request.keep_alive or self.server.draining or self.server.stopping
+        extra = (("Allow", reply.allow),) if reply.allow else ()
+        transport.write(
+            http11.build_response(
+                reply.status, reply.body, content_type=reply.content_type, close=close, extra=extra
             )
+        )
+        if close:
+            transport.close()
+            return
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        self._next()
 
-        return serve
-
-    for path, decide in ROUTES.items():
-        app.router.add_post(path, endpoint(decide))
-    app.router.add_get("/healthz", _healthz)
-    return app
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _bad_request(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
+    def close(self, *, abort: bool = False) -> None:
+        """Close after what is written (TLS close_notify first); `abort`: at once, for a
+        client gone quiet (a TLS close would wait for its answer up to 30 s)."""
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 class Server:
@@ -128,8 +211,10 @@ class Server:
         self.keyfile = keyfile
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._loaded: tuple[float, float] | None = None
-        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.connections: set[_Connection] = set()
 
     @classmethod
     def for_settings(
@@ -161,17 +246,35 @@ class Server:
 
     async def start(self) -> None:
         self._reload()
-        app = build_app(self.state, draining=lambda: self.draining)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.context)
-        await site.start()
-        self._watch = asyncio.create_task(self._watch_certificates())
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: _Connection(self),
+            self.host,
+            self.port,
+            ssl=self.context,
+            backlog=BACKLOG,
+            reuse_address=True,
+        )
+        self._watch = asyncio.create_task(self._watch_connections())
         logger.info("admission webhook on https://%s:%d", self.host, self.port)
 
-    async def _watch_certificates(self) -> None:
+    def _sweep(self, now: float) -> None:
+        """Close connections idle too long, or whose request stalls (slow clients would
+        otherwise hold sockets and buffers for ever)."""
+        for connection in list(self.connections):
+            if connection.task is not None:
+                continue
+            if connection.reader.idle:
+                stale = now - connection.last_active > KEEPALIVE_TIMEOUT
+            else:  # measured from its first byte: a trickle does not keep it alive
+                stale = now - connection.request_started > REQUEST_TIMEOUT
+            if stale:
+                connection.close(abort=True)
+
+    async def _watch_connections(self) -> None:
         while True:
             await asyncio.sleep(CERT_CHECK_INTERVAL)
+            self._sweep(time.monotonic())
             try:
                 if self._reload():
                     logger.info("serving certificate reloaded from %s", self.certfile)
@@ -179,8 +282,9 @@ class Server:
                 logger.warning("could not reload the serving certificate: %s", e)
 
     async def stop(self) -> None:
-        """Drain (see `drain_seconds`), then stop listening and close every connection."""
-        if self.drain_seconds > 0 and self._runner is not None and not self.draining:
+        """Drain (see `drain_seconds`), then stop listening, let the reviews in flight
+        finish (up to SHUTDOWN_TIMEOUT) and close every connection."""
+        if self.drain_seconds > 0 and self._listener is not None and not self.draining:
             # A replica being deleted is still an endpoint for the apiserver a moment
             # longer, and the apiserver reuses the keep-alive connections it has: cutting
             # one under a review it just sent fails that review (EOF, not retried) under
@@ -193,5 +297,15 @@ class Server:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is None:
+            return
+        self._listener.close()
+        self.stopping = True  # answers still in flight close their connections
+        for connection in [c for c in self.connections if c.idle]:
+            connection.close()
+        pending = [c.task for c in self.connections if c.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT)
+        for connection in list(self.connections):
+            connection.close()
+        self._listener = None

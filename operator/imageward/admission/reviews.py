@@ -94,7 +94,7 @@ def _mapping(value: object, path: str, *, required: bool) -> Mapping[str, Any] |
         if required:
             raise errors.MalformedReviewError(path, "required")
         return None
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # dict: no ABC check
         raise errors.MalformedReviewError(path, f"must be an object, not {build_json_type(value)}")
     return value
 

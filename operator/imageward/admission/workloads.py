@@ -152,8 +152,8 @@ class _Reader:
         return errors.MalformedObjectError(self.kind, build_field_path(path), reason)
 
     def mapping(self, value: object, path: FieldPath) -> Mapping[str, Any] | None:
-        if value is None:
-            return None
+        if value is None or type(value) is dict:  # JSON's own: no ABC check per field
+            return value
         if not isinstance(value, Mapping):
             raise self.fail(path, f"must be an object, not {reviews.build_json_type(value)}")
         return value
@@ -204,6 +204,7 @@ def _parse_containers(
     found: list[ContainerImage] = []
     if spec is None:
         return ()
+    spec_pointer = build_json_pointer(spec_path)
     for kind in CONTAINER_KINDS:
         list_path = (*spec_path, kind)
         for index, item in reader.items(spec.get(kind), list_path):
@@ -225,7 +226,9 @@ def _parse_containers(
                     index=index,
                     name=name,
                     image=image,
-                    pointer=build_json_pointer((*item_path, "image")),
+                    # build_json_pointer((*item_path, "image")): the kind and the index
+                    # need no escaping.
+                    pointer=f"{spec_pointer}/{kind}/{index}/image",
                 )
             )
     return tuple(found)

@@ -12,6 +12,7 @@ import asyncio
 import http.client
 import pathlib
 import ssl
+import time
 from typing import cast
 
 from imageward import runtime
@@ -86,3 +87,112 @@ async def test_without_a_drain_stop_is_at_once(tmp_path: pathlib.Path) -> None:
     await server.stop()
     assert loop.time() - started < 0.5
     assert not server.draining
+
+
+def _exchange(port: int, context: ssl.SSLContext, data: bytes, *, timeout: float = 5) -> bytes:
+    """Send raw bytes on a new TLS connection; everything the server sends until it
+    closes (or goes quiet for a second)."""
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls_socket,
+    ):
+        tls_socket.sendall(data)
+        tls_socket.settimeout(1.0)
+        received = b""
+        while True:
+            try:
+                chunk = tls_socket.recv(65536)
+            except TimeoutError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+
+
+async def test_what_is_not_a_review_gets_a_status_that_says_so(tmp_path: pathlib.Path) -> None:
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        port = server.port
+
+        def ask(method: str, path: str, body: bytes = b"") -> tuple[int, str | None, bytes]:
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+            try:
+                connection.request(method, path, body=body or None)
+                response = connection.getresponse()
+                return response.status, response.getheader("Allow"), response.read()
+            finally:
+                connection.close()
+
+        assert await asyncio.to_thread(ask, "GET", "/nothing") == (
+            404,
+            None,
+            b'{"error": "nothing is served at /nothing"}',
+        )
+        status, allow, _ = await asyncio.to_thread(ask, "GET", "/imageward-validate")
+        assert (status, allow) == (405, "POST")
+        status, allow, _ = await asyncio.to_thread(ask, "POST", "/healthz", b"{}")
+        assert (status, allow) == (405, "GET")
+        status, _, answer = await asyncio.to_thread(ask, "POST", "/imageward-validate", b"{no")
+        assert status == 400 and b"body is not JSON" in answer
+        status, _, answer = await asyncio.to_thread(ask, "POST", "/imageward-validate", b"[]")
+        assert status == 400 and b"AdmissionReview" in answer
+    finally:
+        await server.stop()
+
+
+async def test_a_hostile_request_is_answered_and_its_connection_closed(
+    tmp_path: pathlib.Path,
+) -> None:
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        smuggled = (
+            b"POST /imageward-validate HTTP/1.1\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n"
+        )
+        answer = await asyncio.to_thread(_exchange, server.port, context, smuggled)
+        assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+        assert b"Connection: close" in answer and answer.count(b"HTTP/1.1") == 1
+        oversized = b"POST /imageward-validate HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (
+            endpoints.MAX_BODY_BYTES + 1
+        )
+        answer = await asyncio.to_thread(_exchange, server.port, context, oversized)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+    finally:
+        await server.stop()
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path: pathlib.Path) -> None:
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        two = b"GET /healthz HTTP/1.1\r\n\r\nGET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n"
+        answer = await asyncio.to_thread(_exchange, server.port, context, two)
+        first, _, second = answer.partition(b"ok")
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert second.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    finally:
+        await server.stop()
+
+
+async def test_idle_and_stalled_connections_are_closed(tmp_path: pathlib.Path) -> None:
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        idle = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=5)
+        assert await asyncio.to_thread(_get, idle) == (200, None)
+        stalled = http.client.HTTPSConnection("127.0.0.1", server.port, context=context)
+        await asyncio.to_thread(stalled.connect)
+        await asyncio.to_thread(stalled.send, b"POST /imageward-validate HTTP/1.1\r\n")
+        await asyncio.sleep(0.2)
+        assert len(server.connections) == 2
+        now = time.monotonic()
+        server._sweep(now + endpoints.REQUEST_TIMEOUT + 1)  # the stalled request only
+        await asyncio.sleep(0.2)
+        assert len(server.connections) == 1
+        server._sweep(now + endpoints.KEEPALIVE_TIMEOUT + 1)
+        await asyncio.sleep(0.2)
+        assert not server.connections
+        idle.close()
+        stalled.close()
+    finally:
+        await server.stop()
