@@ -35,10 +35,12 @@ peer-tools: tools
 
 venv: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml
+# Pinned by hack/constraints.txt (the lint and test toolchain included): a clean clone
+# installs what was last green, not whatever was released since.
+$(BIN)/.installed: pyproject.toml hack/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --constraint hack/constraints.txt -e '.[test]'
 	touch $@
 
 image: packages

@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import datetime
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import grpc
 import grpc.aio
@@ -346,23 +346,37 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
 _POOL = _build_pool()
 
 
-def _class(full_name: str) -> type[message.Message]:
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(full_name))
+class MessageClass(Protocol):
+    """A message class built at run time from a descriptor in ``_POOL``.
+
+    Its fields are keyword arguments of the constructor, which the protobuf stubs cannot
+    know (since types-protobuf 7.35.1.20261122 ``Message()`` takes no arguments at all),
+    so the classes are typed by what this module does with them instead.
+    """
+
+    def __call__(self, **fields: Any) -> message.Message: ...
+
+    def FromString(self, serialized: bytes) -> message.Message: ...
 
 
-def _content(name: str) -> type[message.Message]:
+def _class(full_name: str) -> MessageClass:
+    built = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(full_name))
+    return cast(MessageClass, built)
+
+
+def _content(name: str) -> MessageClass:
     return _class(f"{_CONTENT_PACKAGE}.{name}")
 
 
-def _leases(name: str) -> type[message.Message]:
+def _leases(name: str) -> MessageClass:
     return _class(f"{_LEASES_PACKAGE}.{name}")
 
 
-def _snapshots(name: str) -> type[message.Message]:
+def _snapshots(name: str) -> MessageClass:
     return _class(f"{_SNAPSHOTS_PACKAGE}.{name}")
 
 
-def _diff(name: str) -> type[message.Message]:
+def _diff(name: str) -> MessageClass:
     return _class(f"{_DIFF_PACKAGE}.{name}")
 
 
@@ -535,7 +549,7 @@ class Client:
         service: str,
         method: str,
         request: message.Message,
-        response: type[message.Message],
+        response: MessageClass,
         *,
         lease: str | None = None,
         what: str = "",
