@@ -35,11 +35,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 COPY pyproject.toml /src/pyproject.toml
+# The versions the test suite ran with (hack/constraints.txt pins the development venv too).
+COPY hack/constraints.txt /build/constraints.txt
 COPY hack/trim-venv.py /build/trim-venv.py
 RUN python -c 'import tomllib; print(*tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
        > /build/requirements.txt \
     && python -m venv --without-pip /opt/imageward \
     && python -m pip --python /opt/imageward/bin/python install --requirement /build/requirements.txt \
+         --constraint /build/constraints.txt \
     && /opt/imageward/bin/python -I /build/trim-venv.py trim /opt/imageward /build/requirements.txt /build/trimmed.json \
     && find /opt/imageward -name '*.so*' -type f -exec strip --strip-unneeded {} + \
     && du -sh /opt/imageward

@@ -55,7 +55,7 @@ done
 # The build context is what .dockerignore admits; keep this list in step with it
 # (tests/unit/test_build_image.py checks that they agree).
 context_files() {
-  printf '%s\n' Dockerfile .dockerignore pyproject.toml LICENSE hack/trim-venv.py \
+  printf '%s\n' Dockerfile .dockerignore pyproject.toml LICENSE hack/trim-venv.py hack/constraints.txt \
     hack/static-helper/imageward-helper.c
   find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' \
     | LC_ALL=C sort

@@ -56,6 +56,7 @@ def touch(path: pathlib.Path) -> None:
 def test_the_context_is_the_package_its_metadata_and_the_build_helpers() -> None:
     assert sorted(allow_list()) == [
         "LICENSE",
+        "hack/constraints.txt",
         "hack/static-helper/imageward-helper.c",
         "hack/trim-venv.py",
         "operator",
@@ -78,6 +79,7 @@ def test_the_key_is_stable(checkout: pathlib.Path) -> None:
         "LICENSE",
         "hack/static-helper/imageward-helper.c",
         "hack/trim-venv.py",
+        "hack/constraints.txt",
         "operator/imageward/cli.py",
         "operator/imageward/new_module.py",
     ],
