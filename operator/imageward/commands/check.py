@@ -8,16 +8,20 @@ denied, 2 usage errors and unusable policies. `--output json` adds, under each i
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
 
 from imageward import commands, constants, errors
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
 # What a run needs is imported by the function that needs it, not here: `check --help`
-# (and the other commands, which import this module for its helpers) need none of it.
+# (and the other commands, which import this module for its helpers) need none of it;
+# nor does a run need argparse (`cli` parses the common spellings of `check` itself).
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, TextIO
+
     from imageward import checker, imagesource, policystore, settings
     from imageward.policy import evaluate
     from imageward.registry import auth as registry_auth
