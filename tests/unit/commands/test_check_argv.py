@@ -123,7 +123,7 @@ def test_random_argvs_agree_or_are_declined() -> None:
     for _ in range(4000):
         argv = rng.choices(WORDS, k=rng.randrange(0, 9))
         if rng.random() < 0.8:
-            argv = [*rng.choices(["-v", "--verbose"], k=rng.randrange(0, 2)), "check", *argv]
+            argv = [*rng.choices(["-v", "--verbose"], k=rng.randrange(0, 3)), "check", *argv]
         answered += _agree(argv)
     # Enough of them answered that the comparison means something.
     assert answered > 200
