@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import functools
 import sys
-from collections.abc import Sequence
 
 from imageward import __version__, commands
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    # At run time imported by build_parser: `check` in its common spellings (nearly
+    # every run) is parsed by `_parse_check`, without argparse and its gettext.
+    import argparse
+    import types
+    from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -55,19 +62,25 @@ def _terminal_columns() -> int:
     return columns
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, its default width found without shutil."""
+@functools.cache
+def _help_formatter() -> type[argparse.HelpFormatter]:
+    """argparse's formatter, its default width found without shutil (the class is made
+    at first use, as argparse is imported)."""
+    import argparse
 
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+    class HelpFormatter(argparse.HelpFormatter):
+        def __init__(
+            self,
+            prog: str,
+            indent_increment: int = 2,
+            max_help_position: int = 24,
+            width: int | None = None,
+        ) -> None:
+            if width is None:
+                width = _terminal_columns() - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    return HelpFormatter
 
 
 def _named_command(argv: Sequence[str]) -> str | None:
@@ -82,10 +95,14 @@ def _named_command(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `argv`, only the arguments of the command it names are
     added (and only that command's module imported). Help and errors are the same."""
+    import argparse
+    import importlib
+
+    formatter = _help_formatter()
     parser = argparse.ArgumentParser(
         prog="imageward",
         description="Keep container images verifiable, small and fast to start.",
-        formatter_class=_HelpFormatter,
+        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"imageward {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -96,7 +113,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run the operator (admission webhooks, controllers, metrics)",
-        formatter_class=_HelpFormatter,
+        formatter_class=formatter,
     )
     run.add_argument(
         "--standalone", action="store_true", help="no peering (a single replica, or tests)"
@@ -109,7 +126,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     dev = sub.add_parser(
         "dev",
         help="start a local control plane, registry, demo images and the operator",
-        formatter_class=_HelpFormatter,
+        formatter_class=formatter,
     )
     dev.add_argument("--nodes", type=int, default=3, help="kwok nodes to simulate (default 3)")
     dev.add_argument(
@@ -129,7 +146,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     named = None if argv is None else _named_command(argv)
     for name, help_text in _MODULE_COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, formatter_class=_HelpFormatter)
+        command_parser = sub.add_parser(name, help=help_text, formatter_class=formatter)
         if argv is None or name == named:
             module = importlib.import_module(f"imageward.commands.{name}")
             module.add_arguments(command_parser)
@@ -139,11 +156,40 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_check(argv: Sequence[str]) -> types.SimpleNamespace | None:
+    """The attributes `build_parser(argv).parse_args(argv)` gives a `check` whose
+    arguments are spelled the common way (`check.parse_arguments`), top-level options
+    only `-v` or `--verbose`; None for any other argv (argparse parses it, with its help
+    and errors). `tests/unit/commands/test_check_argv.py` runs both over the same argv."""
+    verbose = False
+    index = 0
+    while index < len(argv) and argv[index] in ("-v", "--verbose"):
+        verbose = True
+        index += 1
+    if index == len(argv) or argv[index] != "check":
+        return None
+    from imageward.commands import check
+
+    parsed = check.parse_arguments(argv[index + 1 :])
+    if parsed is None:
+        return None
+    import types  # loaded already (enum imports it)
+
+    return types.SimpleNamespace(
+        verbose=verbose,
+        command="check",
+        sets_up_logging=check.SETS_UP_LOGGING,
+        **parsed,
+        handler=check.run,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args: argparse.Namespace | types.SimpleNamespace | None = _parse_check(argv)
+    if args is None:
+        args = build_parser(argv).parse_args(argv)
     if not args.sets_up_logging:
         commands.set_up_logging(args.verbose)
     result: int = args.handler(args)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    from typing import Final
 
 GROUP: Final = "imageward.io"
 VERSION: Final = "v1alpha1"

@@ -9,14 +9,17 @@ and its reason, so the images it covers are refused with that reason (fail close
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from imageward import errors, records
 from imageward.policy import globs, model
 from imageward.signatures import authorities as signatures_authorities
 from imageward.signatures import model as signatures_model
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from imageward.attestations import evaluate as attestations_evaluate
 
 #: Reads `data[key]` of a Secret (base64-decoded) or ConfigMap; None when it does not exist.

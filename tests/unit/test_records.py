@@ -42,7 +42,14 @@ RECORDS = sorted(records.Record.__subclasses__(), key=lambda c: (c.__module__, c
 def _twin(cls: type[records.Record]) -> Any:
     """The dataclass `cls` stands for."""
     namespace: dict[str, Any] = {
-        "__annotations__": dict(cls.__annotations__),
+        # Without its ClassVars: a dataclass tells a string annotation `ClassVar[...]` by
+        # finding typing.ClassVar under that name in the class's module, and the Record
+        # modules import typing for mypy only (`imageward check` does not load it).
+        "__annotations__": {
+            name: annotation
+            for name, annotation in cls.__annotations__.items()
+            if not str(annotation).startswith(("ClassVar", "typing.ClassVar"))
+        },
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,

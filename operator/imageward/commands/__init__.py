@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    import argparse  # a run of `imageward check` parses its arguments without it
 
 
 def add_registry_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,16 +8,20 @@ denied, 2 usage errors and unusable policies. `--output json` adds, under each i
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
 
 from imageward import commands, constants, errors
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
 # What a run needs is imported by the function that needs it, not here: `check --help`
-# (and the other commands, which import this module for its helpers) need none of it.
+# (and the other commands, which import this module for its helpers) need none of it;
+# nor does a run need argparse (`cli` parses the common spellings of `check` itself).
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, TextIO
+
     from imageward import checker, imagesource, policystore, settings
     from imageward.policy import evaluate
     from imageward.registry import auth as registry_auth
@@ -49,6 +53,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds for all lookups")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+#: The options of `add_arguments` that take one value: attribute, repeatable (`append`),
+#: and the conversion argparse makes (its `type`, or its `choices`).
+_VALUE_OPTIONS: dict[str, tuple[str, bool, Any]] = {
+    "--policy": ("policy", True, None),
+    "--insecure-registry": ("insecure_registry", True, None),
+    "--docker-config": ("docker_config", False, None),
+    "--platform": ("platform", False, None),
+    "--output": ("output", False, ("text", "json")),
+    "--deadline": ("deadline", False, float),
+}
+
+
+def parse_arguments(argv: Sequence[str]) -> dict[str, Any] | None:
+    """What the parser `add_arguments` makes sets from `argv` when `argv` spells
+    `check`'s arguments the common way: each option whole, its value after it or after
+    `=`, and the images together. None for anything else, for argparse to parse (and to
+    say what is wrong with it): help, an abbreviated or unknown option, `--`, a value
+    that is missing, empty or starts with `-`, an invalid `--output` or `--deadline`,
+    images split by options, or none. `tests/unit/commands/test_check_argv.py` runs
+    both over the same argv."""
+    parsed: dict[str, Any] = {
+        "policy": [],
+        "insecure_registry": [],
+        "docker_config": None,
+        "platform": None,
+        "output": "text",
+        "deadline": 60.0,
+        "images": [],
+    }
+    images_ended = False
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        if not arg:
+            return None
+        if not arg.startswith("-"):
+            if images_ended:
+                return None
+            parsed["images"].append(arg)
+            continue
+        if parsed["images"]:
+            images_ended = True
+        option, equals, value = arg.partition("=")
+        if option not in _VALUE_OPTIONS:
+            return None
+        if not equals:
+            if index == len(argv):
+                return None
+            value = argv[index]
+            index += 1
+        # argparse reads such values in ways of its own (`--policy=--` is [], an
+        # option there, a negative number not).
+        if not value or value.startswith("-"):
+            return None
+        name, repeatable, conversion = _VALUE_OPTIONS[option]
+        if conversion is float:
+            try:
+                converted: Any = float(value)
+            except ValueError:
+                return None
+        elif conversion is not None and value not in conversion:
+            return None
+        else:
+            converted = value
+        if repeatable:
+            parsed[name].append(converted)
+        else:
+            parsed[name] = converted
+    if not parsed["images"]:
+        return None
+    return parsed
 
 
 def parse_platform(text: str | None) -> registry_model.Platform | None:

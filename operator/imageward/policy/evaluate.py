@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
 
 from imageward import constants, errors, records
 from imageward.policy import globs, model, quantities, selectors
 from imageward.registry import model as registry_model
 from imageward.registry import reference as registry_reference
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    from typing import Literal
 
 SHORT_DIGEST_HEX = 12
 

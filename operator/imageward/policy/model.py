@@ -15,13 +15,15 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from imageward import constants, errors, records
 from imageward.policy import globs, quantities, selectors
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
 if TYPE_CHECKING:
     import datetime  # at run time imported by what needs it: most policies have no times
+    from typing import Any, TypeVar
 
 KIND = "ImagePolicy"
 DEFAULT_IMAGES = ("**",)
@@ -66,7 +68,8 @@ _DNS_SUBDOMAIN_RE = re.compile(
 _CONFIG_KEY = r"[-._A-Za-z0-9]+"
 
 
-_E = TypeVar("_E", bound=enum.Enum)
+if TYPE_CHECKING:
+    _E = TypeVar("_E", bound=enum.Enum)
 
 _set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 

@@ -9,9 +9,10 @@ typo for `500M`) is refused instead of being rounded the way Kubernetes rounds m
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from imageward import errors, records
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
 
 if TYPE_CHECKING:
     import decimal  # at run time imported by the functions: a policy without sizes needs none

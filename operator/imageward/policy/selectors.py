@@ -9,9 +9,13 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from imageward import errors, records
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # apimachinery validation: qualified names and label values.
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")

@@ -22,7 +22,11 @@ or None; `tests/unit/policy/test_yamlsubset.py` compares the two on a corpus and
 from __future__ import annotations
 
 import re
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Plain scalars PyYAML's resolver reads as something else than a string, by first
 #: character (yaml/resolver.py): the words it knows exactly, and for numbers and times

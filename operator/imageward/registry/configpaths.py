@@ -13,7 +13,8 @@ import errno
 import os
 import stat
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
 
 if TYPE_CHECKING:
     import pathlib

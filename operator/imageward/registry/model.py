@@ -5,11 +5,19 @@ Frozen and slotted; shared by policy evaluation, signature checks and layer plan
 
 from __future__ import annotations
 
-from typing import NewType
-
 from imageward import records
 
-Digest = NewType("Digest", str)  # "sha256:<64 hex>"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
+if TYPE_CHECKING:
+    from typing import NewType
+
+    Digest = NewType("Digest", str)  # "sha256:<64 hex>"
+else:
+
+    def Digest(value):  # what a NewType is at run time: the value itself
+        return value
+
 
 DEFAULT_REGISTRY = "docker.io"
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING
 
 from imageward import errors
 from imageward.registry import model
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
 
 if TYPE_CHECKING:
     import ipaddress  # at run time imported where an IP literal is read: names need none

@@ -7,11 +7,13 @@ verifies nothing when no policy matches its images.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
-
 from imageward import records
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
 if TYPE_CHECKING:
+    from typing import ClassVar, Literal
+
     # sigstore costs a third of a second to import: only keyless authorities load it.
     from imageward.notation import trust as notation_trust
     from imageward.signatures import keyless, keys

@@ -17,12 +17,15 @@ from __future__ import annotations
 import binascii
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
 
 from imageward import records
 from imageward.signatures import model
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
+
 if TYPE_CHECKING:
+    from typing import Any, Final, Literal
+
     # At run time cryptography is imported by the functions that use it: a P-256 key
     # in cosign's layout (`_p256_spki`) is known usable without it, and `imageward
     # check` loads such a policy on every run.
@@ -30,8 +33,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     CryptoKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
-
-KeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "rsa", "ed25519"]
+    KeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "rsa", "ed25519"]
 
 MIN_RSA_BITS: Final = 2048
 

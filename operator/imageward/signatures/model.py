@@ -6,26 +6,31 @@ exception, so that admission can say exactly why a signature did not count.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
-
 from imageward import errors, records
 
-Format = Literal["bundle", "legacy", "notation"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (PEP 781)
 
-#: How one signature fared against one authority; also the `result` metric label.
-Result = Literal[
-    "verified",
-    "invalid_signature",  # the bytes are not signed by the authority's key/certificate
-    "identity_mismatch",  # keyless: a trusted certificate, but of another identity
-    "untrusted",  # keyless: chain, SCT or transparency-log evidence does not hold
-    "expired",  # Notation: an expired signature, or a chain not valid at the signing time
-    "revoked",  # Notation: a certificate revoked, or its status unknown with checking on
-    "wrong_digest",  # a valid signature over a payload that names another image
-    "not_a_signature",  # a valid signature over something that is not an image signature
-    "tampered",  # a blob whose bytes do not hash to the digest that names it
-    "malformed",  # bytes that cannot be read as the format says
-    "unsupported",  # a well-formed variant this verifier does not accept
-]
+if TYPE_CHECKING:
+    from typing import Any, Final, Literal
+
+    # Types only (the annotations are strings at run time).
+    Format = Literal["bundle", "legacy", "notation"]
+
+    #: How one signature fared against one authority; also the `result` metric label.
+    Result = Literal[
+        "verified",
+        "invalid_signature",  # the bytes are not signed by the authority's key/certificate
+        "identity_mismatch",  # keyless: a trusted certificate, but of another identity
+        "untrusted",  # keyless: chain, SCT or transparency-log evidence does not hold
+        "expired",  # Notation: an expired signature, or a chain not valid at the signing time
+        "revoked",  # Notation: a certificate revoked, or its status unknown with checking on
+        "wrong_digest",  # a valid signature over a payload that names another image
+        "not_a_signature",  # a valid signature over something that is not an image signature
+        "tampered",  # a blob whose bytes do not hash to the digest that names it
+        "malformed",  # bytes that cannot be read as the format says
+        "unsupported",  # a well-formed variant this verifier does not accept
+    ]
+
 
 #: How far a check got before it failed. Among the failures of one authority, the one
 #: that got furthest explains best (a valid signature for another digest says more

@@ -129,6 +129,11 @@ def test_an_image_no_policy_matches_is_allowed_without_the_checker(
     assert _loaded(modules, ("pathlib", "urllib.parse", "ipaddress")) == []
     # Nor shutil (with bz2 and lzma), which argparse imports for the terminal's width.
     assert _loaded(modules, ("shutil", "bz2", "lzma")) == []
+    # Nor typing (with contextlib): the modules on the way import it for mypy only.
+    assert _loaded(modules, ("typing", "contextlib")) == []
+    # Nor argparse (with gettext, locale and warnings): `check` spelled the common way is
+    # parsed by cli._parse_check (tests/unit/commands/test_check_argv.py).
+    assert _loaded(modules, ("argparse", "gettext", "locale", "warnings", "importlib")) == []
 
 
 def test_json_output_without_a_match_needs_no_checker_either(tmp_path: pathlib.Path) -> None:

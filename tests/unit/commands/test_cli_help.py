@@ -35,5 +35,5 @@ def test_width_and_help_are_argparses(
             monkeypatch.setenv(name, value)
     assert cli._terminal_columns() == shutil.get_terminal_size().columns
     ours = _helps()
-    monkeypatch.setattr(cli, "_HelpFormatter", argparse.HelpFormatter)
+    monkeypatch.setattr(cli, "_help_formatter", lambda: argparse.HelpFormatter)
     assert ours == _helps()
