@@ -45,6 +45,13 @@ REQUEST_TIMEOUT = 30.0
 #: Seconds `stop()` waits for reviews in flight once it stops listening.
 SHUTDOWN_TIMEOUT = 10.0
 BACKLOG = 1024
+#: Connections open at once (TLS handshakes included); the apiserver keeps a few dozen.
+MAX_CONNECTIONS = 512
+#: Seconds a client may take over its TLS handshake (asyncio's default is 60).
+HANDSHAKE_TIMEOUT = 10.0
+#: Request-body bytes being parsed and decided at once (a parsed body takes up to ~25x
+#: its size): a request over the budget waits for the reviews in flight.
+BODY_BUDGET = 4 * MAX_BODY_BYTES
 
 Decide = Callable[[runtime.Runtime, reviews.AdmissionRequest], Awaitable[handler.Answer]]
 
@@ -108,10 +115,22 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.request_started = self.last_active
         self.paused = False
+        self.writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.connections) >= MAX_CONNECTIONS and not self.server.make_room():
+            logger.warning(
+                "refused a webhook connection: %d open, none idle (cap %d)",
+                len(self.server.connections),
+                MAX_CONNECTIONS,
+            )
+            self.transport.abort()
+            self.transport = None
+            return
         self.server.connections.add(self)
+        # pause_writing() at 64 KiB of unsent answers (the TLS transport's default is 512)
+        self.transport.set_write_buffer_limits(high=64 * 1024)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A review in flight finishes (it may share registry look-ups with others);
@@ -120,19 +139,40 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        # `last_active` moves only with answers: bytes that start no request (empty
+        # lines) must not keep an idle connection open.
         if self.reader.idle:
-            self.request_started = self.last_active
+            self.request_started = time.monotonic()
         self.reader.feed(data)
-        if self.task is None:
+        if self.task is None and not self.writing_paused:
             self._next()
-        elif self.reader.buffered > MAX_BODY_BYTES + http11.MAX_HEAD_BYTES and self.transport:
-            self.transport.pause_reading()  # a client sending ahead of its answers waits
+        elif self.reader.buffered > MAX_BODY_BYTES + http11.MAX_HEAD_BYTES:
+            self._pause_reading()  # a client sending ahead of its answers waits
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.transport.pause_reading()
             self.paused = True
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: read no more requests from it until
+        # it does (asyncio's high-water mark), or the answers would pile up here.
+        self.writing_paused = True
+        self.last_active = time.monotonic()
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.last_active = time.monotonic()
+        if self.task is None and self.transport is not None:
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
+            self._next()
 
     @property
     def idle(self) -> bool:
-        return self.task is None and self.reader.idle
+        return self.task is None and self.reader.idle and not self.writing_paused
 
     def _next(self) -> None:
         transport = self.transport
@@ -152,11 +192,14 @@ class _Connection(asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(self._serve(request))
 
     async def _serve(self, request: http11.Request) -> None:
+        weight = await self.server.budget.acquire(len(request.body))
         try:
             reply = await respond(self.server.state, request)
         except Exception:
             logger.exception("the webhook failed on %s %s", request.method, request.path[:200])
             reply = _error(500, "internal error (logged by the webhook)")
+        finally:
+            self.server.budget.release(weight)
         self.last_active = time.monotonic()
         self.task = None
         transport = self.transport
@@ -172,6 +215,8 @@ class _Connection(asyncio.Protocol):
         if close:
             transport.close()
             return
+        if self.writing_paused:
+            return  # resume_writing() goes on with the next request
         if self.paused:
             self.paused = False
             transport.resume_reading()
@@ -185,6 +230,35 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
             else:
                 self.transport.close()
+
+
+class _Budget:
+    """Request-body bytes being decided at once: a request waits while others hold
+    the budget (one request alone always gets it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def acquire(self, size: int) -> int:
+        weight = min(size, self.limit)
+        while self.used and self.used + weight > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self.used += weight
+        return weight
+
+    def release(self, weight: int) -> None:
+        self.used -= weight
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class Server:
@@ -215,6 +289,7 @@ class Server:
         self._watch: asyncio.Task[None] | None = None
         self.stopping = False
         self.connections: set[_Connection] = set()
+        self.budget = _Budget(BODY_BUDGET)
 
     @classmethod
     def for_settings(
@@ -252,11 +327,24 @@ class Server:
             self.host,
             self.port,
             ssl=self.context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             backlog=BACKLOG,
             reuse_address=True,
         )
         self._watch = asyncio.create_task(self._watch_connections())
         logger.info("admission webhook on https://%s:%d", self.host, self.port)
+
+    def make_room(self) -> bool:
+        """At the connection cap, close the connection idle the longest, so that a
+        flood of idle sockets cannot lock the apiserver's next connection out; False
+        when every connection is busy."""
+        idle = [c for c in self.connections if c.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.last_active)
+        self.connections.discard(oldest)  # at once: connection_lost() comes a turn later
+        oldest.close(abort=True)
+        return True
 
     def _sweep(self, now: float) -> None:
         """Close connections idle too long, or whose request stalls (slow clients would
@@ -264,7 +352,9 @@ class Server:
         for connection in list(self.connections):
             if connection.task is not None:
                 continue
-            if connection.reader.idle:
+            if connection.writing_paused:  # its answers unread since then
+                stale = now - connection.last_active > REQUEST_TIMEOUT
+            elif connection.reader.idle:
                 stale = now - connection.last_active > KEEPALIVE_TIMEOUT
             else:  # measured from its first byte: a trickle does not keep it alive
                 stale = now - connection.request_started > REQUEST_TIMEOUT

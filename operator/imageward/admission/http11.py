@@ -122,6 +122,7 @@ class RequestReader:
         self._buffer = bytearray()
         self._head: _Head | None = None
         self._continued = False
+        self._scanned = 0  # bytes of the buffer known to hold no CRLFCRLF
 
     @property
     def buffered(self) -> int:
@@ -151,11 +152,17 @@ class RequestReader:
             # RFC 9112 2.2: a server should ignore empty lines before a request line.
             while self._buffer.startswith(b"\r\n"):
                 del self._buffer[:2]
-            end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+                self._scanned = max(0, self._scanned - 2)
+            # Search only what arrived since the last look (and 3 bytes before it, for
+            # a CRLFCRLF split across feeds): a head trickling in is not re-scanned.
+            start = max(0, self._scanned - 3)
+            end = self._buffer.find(b"\r\n\r\n", start, MAX_HEAD_BYTES + 4)
             if end < 0:
                 if len(self._buffer) > MAX_HEAD_BYTES:
                     raise ProtocolError(431, f"the request head is over {MAX_HEAD_BYTES} bytes")
+                self._scanned = len(self._buffer)
                 return None
+            self._scanned = 0
             head = _parse_head(bytes(self._buffer[:end]))
             if head.length > self.max_body_bytes:
                 raise ProtocolError(

@@ -149,3 +149,27 @@ def test_responses_carry_their_length_and_close_when_asked() -> None:
     )
     closing = http11.build_response(405, b"", close=True, extra=(("Allow", "POST"),))
     assert b"Allow: POST\r\n" in closing and closing.endswith(b"Connection: close\r\n\r\n")
+
+
+def test_a_head_trickling_in_a_byte_at_a_time_is_read_once_whole() -> None:
+    # Each feed searches only what is new (and the 3 bytes before it, for a CRLFCRLF
+    # split across feeds), so a slow client costs linear time, and splits anywhere
+    # (between CR and LF, between the two CRLFs) still end the head where it ends.
+    reader = http11.RequestReader(1024)
+    found = []
+    for byte in REVIEW + REVIEW:
+        reader.feed(bytes([byte]))
+        while (request := reader.next_request()) is not None:
+            found.append(request)
+    assert [r.body for r in found] == [b'{"kind":"x"} ', b'{"kind":"x"} ']
+    assert all(r.path == "/imageward-validate" for r in found)
+
+
+def test_empty_lines_trickling_in_before_a_request_are_skipped() -> None:
+    reader = http11.RequestReader(1024)
+    found = []
+    for piece in (b"\r", b"\n", b"\r\n\r", b"\n", REVIEW[:10], REVIEW[10:]):
+        reader.feed(piece)
+        while (request := reader.next_request()) is not None:
+            found.append(request)
+    assert [r.path for r in found] == ["/imageward-validate"]

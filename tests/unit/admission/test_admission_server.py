@@ -15,6 +15,8 @@ import ssl
 import time
 from typing import cast
 
+import pytest
+
 from imageward import runtime
 from imageward.admission import endpoints, tls
 from imageward.localcluster import processes
@@ -194,5 +196,120 @@ async def test_idle_and_stalled_connections_are_closed(tmp_path: pathlib.Path) -
         assert not server.connections
         idle.close()
         stalled.close()
+    finally:
+        await server.stop()
+
+
+def _open(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return context.wrap_socket(raw, server_hostname="localhost")
+
+
+async def test_empty_lines_do_not_keep_an_idle_connection_open(tmp_path: pathlib.Path) -> None:
+    # RFC 9112 lets a server skip empty lines before a request; they must not count as
+    # activity, or two bytes a minute would hold a socket for ever.
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        client = await asyncio.to_thread(_open, server.port, context)
+        await asyncio.sleep(0.2)
+        (connection,) = server.connections
+        opened = connection.last_active
+        await asyncio.to_thread(client.sendall, b"\r\n\r\n")
+        await asyncio.sleep(0.2)
+        assert connection.last_active == opened
+        server._sweep(opened + endpoints.KEEPALIVE_TIMEOUT + 1)
+        await asyncio.sleep(0.2)
+        assert not server.connections
+        client.close()
+    finally:
+        await server.stop()
+
+
+def _refused(port: int, context: ssl.SSLContext) -> bool:
+    """Whether a new connection is closed without an answer to its request."""
+    try:
+        fourth = _open(port, context)
+    except (ssl.SSLError, OSError):
+        return True
+    with fourth:
+        try:
+            fourth.settimeout(2)
+            fourth.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            return fourth.recv(100) == b""
+        except (ssl.SSLError, OSError):
+            return True
+
+
+async def test_at_the_connection_cap_the_longest_idle_connection_makes_room(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoints, "MAX_CONNECTIONS", 2)
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        first = await asyncio.to_thread(_open, server.port, context)
+        await asyncio.sleep(0.1)
+        second = await asyncio.to_thread(_open, server.port, context)
+        await asyncio.sleep(0.1)
+        # The second starts a request and stalls in it: busy, not idle.
+        await asyncio.to_thread(second.sendall, b"POST /imageward-validate HTTP/1.1\r\n")
+        await asyncio.sleep(0.1)
+        third = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=5)
+        assert await asyncio.to_thread(_get, third) == (200, None)
+        first.settimeout(2)
+        assert await asyncio.to_thread(first.recv, 100) == b""  # closed for the newcomer
+        assert len(server.connections) == 2
+
+        # Now neither is idle (a stalled request each): a fourth is refused, the two kept.
+        await asyncio.to_thread(third.send, b"POST /imageward-validate HTTP/1.1\r\n")
+        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(_refused, server.port, context)
+        assert len(server.connections) == 2
+        for client in (first, second):
+            client.close()
+        third.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_client_that_reads_no_answers_is_not_served_more(tmp_path: pathlib.Path) -> None:
+    # Pipelined requests from a client that never reads: once the answers it has not
+    # read pass the write buffer's high-water mark, no more requests are started (the
+    # answers would pile up in the webhook's memory).
+    import socket
+
+    server, context = await _start(tmp_path, drain=0.0)
+    try:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(5)
+        await asyncio.to_thread(raw.connect, ("127.0.0.1", server.port))
+        client = await asyncio.to_thread(context.wrap_socket, raw, server_hostname="localhost")
+        await asyncio.sleep(0.2)
+        (connection,) = server.connections
+        assert connection.transport is not None
+        # The kernel's own buffers would take megabytes first: make them small.
+        server_socket = connection.transport.get_extra_info("socket")
+        server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        client.setblocking(False)
+        request = b"GET /nothing-here HTTP/1.1\r\n\r\n"
+        sent = 0
+        deadline = time.monotonic() + 10
+        while sent < 8 * 1024 * 1024 and time.monotonic() < deadline:
+            try:
+                sent += client.send(request * 256)
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert connection.writing_paused
+        transport = connection.transport
+        assert transport is not None
+        held = transport.get_write_buffer_size()
+        assert held < 1024 * 1024, f"{held} bytes of answers held for a client that reads none"
+        server._sweep(connection.last_active + endpoints.REQUEST_TIMEOUT + 1)
+        await asyncio.sleep(0.2)
+        assert not server.connections
+        client.close()
     finally:
         await server.stop()
