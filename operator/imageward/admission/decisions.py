@@ -42,6 +42,10 @@ NAME = "decisions"
 #: Distinct questions kept: a few hundred pod templates roll out at once at most; each
 #: entry holds one outcome (a few KiB at most, its messages capped where they are made).
 MAX_ENTRIES = 2048
+#: Characters of pod and namespace text a key may hold: a rollout's pod template has a
+#: few hundred; a question bigger than this is checked, never kept (the memo's memory
+#: is then at most MAX_ENTRIES * MAX_KEY_CHARS, whatever reviews it is sent).
+MAX_KEY_CHARS = 16 * 1024
 
 
 class _Entry:
@@ -64,8 +68,21 @@ class _Entry:
         self.exceptions = exceptions
 
 
-def build_key(view: workloads.PodView, namespace_labels: dict[str, str]) -> Hashable:
-    """What a check reads from the pod and its namespace, by value."""
+def build_key(view: workloads.PodView, namespace_labels: dict[str, str]) -> Hashable | None:
+    """What a check reads from the pod and its namespace, by value; None when that is
+    too big to keep (see MAX_KEY_CHARS)."""
+    size = (
+        sum(map(len, view.images))
+        + sum(len(k) + len(v) for k, v in view.labels)
+        + sum(len(k) + len(v) for k, v in namespace_labels.items())
+        + sum(map(len, view.image_pull_secrets))
+        + len(view.service_account)
+        + len(view.namespace or "")
+        + len(view.node_os or "")
+        + len(view.node_arch or "")
+    )
+    if size > MAX_KEY_CHARS:
+        return None
     return (
         view.images,
         view.namespace,
@@ -182,8 +199,17 @@ class DecisionMemo:
             return
         if any(image.exceptions for image in outcome.images):
             return  # each use of an exception is an Event and a count of its own
+        now = time.monotonic()
+        # Entries go in roughly in expiry order: drop the expired ones at the front, so
+        # what the memo holds is what the last `ttl` seconds kept, not the last 2048.
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries))
+            if entries[oldest].expires > now:
+                break
+            del entries[oldest]
         if len(self._entries) >= MAX_ENTRIES:
-            self._evict(time.monotonic())
+            self._evict(now)
         counted: dict[Any, int] = {}
         for child in tally:  # the same few counters, once per image
             counted[child] = counted.get(child, 0) + 1

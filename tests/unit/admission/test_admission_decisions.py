@@ -240,3 +240,43 @@ def test_the_memo_is_bounded() -> None:
     assert memo.recall(
         decisions.MAX_ENTRIES * 2 - 1, snapshot=snapshot, credentials=(), exceptions=()
     )
+
+
+def test_expired_entries_are_dropped_before_the_memo_is_full() -> None:
+    # What the memo holds is what the last TTL kept, not the last MAX_ENTRIES questions.
+    outcome = _outcome("memo-expired")
+    snapshot = (types.SimpleNamespace(name="memo-expired", attestations=(), authorities=()),)
+    memo = decisions.DecisionMemo(1.0, counted=False)
+    long_ago = time.monotonic() - 10
+    for i in range(50):
+        memo.keep(
+            i, outcome, tally=[], snapshot=snapshot, credentials=(), exceptions=(), started=long_ago
+        )
+    memo.keep(
+        "now",
+        outcome,
+        tally=[],
+        snapshot=snapshot,
+        credentials=(),
+        exceptions=(),
+        started=time.monotonic(),
+    )
+    assert len(memo) == 1
+
+
+def test_a_question_too_big_to_keep_is_checked_every_time(checks: list[int]) -> None:
+    # Labels are the pod creator's: thousands of them must not become memo memory.
+    labels = {f"l{i:05d}": "v" * 60 for i in range(400)}
+    view = _view(**labels)
+    assert decisions.build_key(view, {}) is None
+    assert decisions.build_key(_view(app="web"), {"team": "shop"}) is not None
+
+    async def run() -> None:
+        state, _ = _state()
+        await _load(state, _policy("memo-too-big"))
+        await state.check_view(view)
+        await state.check_view(view)
+        assert checks == [2]
+        assert len(state.decisions) == 0
+
+    asyncio.run(run())
