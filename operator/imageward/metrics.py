@@ -180,7 +180,25 @@ def observe_cache_lookup(cache: str, *, hit: bool, entries: int) -> None:
 _ADMISSION_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
+#: The resources the webhook configurations send (webhooks.py); any other value a
+#: client names is counted as "other", so the label's cardinality stays fixed.
+_ADMISSION_RESOURCES = frozenset(
+    {
+        "pods",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+        "jobs",
+        "cronjobs",
+        "replicationcontrollers",
+    }
+)
+
+
 def observe_admission(resource: str, operation: str, decision: str, seconds: float) -> None:
+    if resource not in _ADMISSION_RESOURCES:
+        resource = "other"
     key = (resource, operation, decision)
     children = _ADMISSION_CHILDREN.get(key)
     if children is None:

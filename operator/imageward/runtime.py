@@ -40,6 +40,9 @@ from imageward.registry import auth as registry_auth
 
 logger = logging.getLogger(__name__)
 
+#: imagePullSecrets read per review (the pod's, then its ServiceAccount's): each is a
+#: Secret GET outside the admission deadline and an entry in the lookup cache.
+MAX_PULL_SECRETS = 32
 _LOOKUP_TTL = 30.0  # seconds a Secret, ServiceAccount or Namespace read is reused
 
 
@@ -316,9 +319,22 @@ class Runtime:
                 lambda: self.kube.read_service_account(namespace, view.service_account),
             )
             for entry in (account or {}).get("imagePullSecrets") or []:
+                if len(names) > MAX_PULL_SECRETS:
+                    break  # the `in` below is quadratic in a hostile list's length
                 name = entry.get("name") if isinstance(entry, Mapping) else None
                 if isinstance(name, str) and name not in names:
                     names.append(name)
+        if len(names) > MAX_PULL_SECRETS:
+            logger.warning(
+                "a pod in namespace %r with ServiceAccount %r names more than %d "
+                "imagePullSecrets (its own and its ServiceAccount's); only the first %d "
+                "are read",
+                namespace,
+                view.service_account,
+                MAX_PULL_SECRETS,
+                MAX_PULL_SECRETS,
+            )
+            names = names[:MAX_PULL_SECRETS]
         found = [await self._pull_secret(namespace, name) for name in names] if namespace else []
         return [c for c in found if c is not None] + list(self.operator_credentials)
 
