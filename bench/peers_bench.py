@@ -30,6 +30,10 @@ the first of them is tried once to show what happens. Figures per controller:
   pods/s with 1 and `--concurrency` creates in flight, the controller's CPU seconds per
   pod admission (all its webhook calls), registry requests per warm pod, peak RSS;
 - `apiserver alone`: the same creates with no webhook at all, the floor under all three;
+- imageward runs with its background scanner off (`IMAGEWARD_SCAN_ENABLED=false`), as
+  Kyverno's policy here has `background: false` and policy-controller has no background
+  scans; `--imageward-scans` leaves it on (each burst of creates then wakes a scan pass
+  in the operator process, on the same core as the webhook);
 - the CLIs (`imageward check`, `kubectl-kyverno apply`, policy-controller's `tester`) on
   the same 10 legacy-signed images, all in one process and one process per image.
 
@@ -354,10 +358,12 @@ class Imageward(Subject):
         key: cosign.KeyPair,
         insecure: Sequence[str],
         profile: pathlib.Path | None,
+        scans: bool = False,
     ) -> None:
         super().__init__(plane, key)
         self.insecure = insecure
         self.profile = profile
+        self.scans = scans
         from imageward import __version__
 
         self.version = __version__
@@ -371,6 +377,9 @@ class Imageward(Subject):
                 workdir=workdir,
                 cpu=0,
                 profile=self.profile,
+                # Kyverno's policy here says `background: false` and policy-controller
+                # has no background scans: imageward's scanner would be work they skip.
+                env={"IMAGEWARD_SCAN_ENABLED": "true" if self.scans else "false"},
             )
         )
         self.pid = operator.pid
@@ -947,6 +956,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", type=pathlib.Path, help="run imageward under pyinstrument, text report here"
     )
     parser.add_argument(
+        "--imageward-scans",
+        action="store_true",
+        help="leave imageward's background scanner on (the peers run without background scans)",
+    )
+    parser.add_argument(
         "--imageward-tree",
         type=pathlib.Path,
         help="run the CLI of the imageward in this checkout (PYTHONPATH), e.g. an older one",
@@ -991,7 +1005,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for index, name in enumerate(names):
                 subject: Subject
                 if name == "imageward":
-                    subject = Imageward(plane, key, [direct.host, slow.host], args.profile)
+                    subject = Imageward(
+                        plane,
+                        key,
+                        [direct.host, slow.host],
+                        args.profile,
+                        scans=args.imageward_scans,
+                    )
                 elif name == peers.KYVERNO:
                     subject = Kyverno(plane, key)
                 else:
