@@ -14,6 +14,8 @@ from typing import Any
 import prometheus_client
 from prometheus_client.metrics_core import Metric
 
+from imageward.admission import webhooks
+
 REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -180,25 +182,9 @@ def observe_cache_lookup(cache: str, *, hit: bool, entries: int) -> None:
 _ADMISSION_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
-#: The resources the webhook configurations send (webhooks.py); any other value a
-#: client names is counted as "other", so the label's cardinality stays fixed.
-_ADMISSION_RESOURCES = frozenset(
-    {
-        "pods",
-        "deployments",
-        "replicasets",
-        "statefulsets",
-        "daemonsets",
-        "jobs",
-        "cronjobs",
-        "replicationcontrollers",
-    }
-)
-
-
 def observe_admission(resource: str, operation: str, decision: str, seconds: float) -> None:
-    if resource not in _ADMISSION_RESOURCES:
-        resource = "other"
+    if resource not in webhooks.RESOURCES:
+        resource = "other"  # the client names it: the label's values stay a fixed few
     key = (resource, operation, decision)
     children = _ADMISSION_CHILDREN.get(key)
     if children is None:

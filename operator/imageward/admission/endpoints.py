@@ -165,10 +165,7 @@ class _Connection(asyncio.Protocol):
         self.writing_paused = False
         self.last_active = time.monotonic()
         if self.task is None and self.transport is not None:
-            if self.paused:
-                self.paused = False
-                self.transport.resume_reading()
-            self._next()
+            self._go_on(self.transport)
 
     @property
     def idle(self) -> bool:
@@ -217,6 +214,10 @@ class _Connection(asyncio.Protocol):
             return
         if self.writing_paused:
             return  # resume_writing() goes on with the next request
+        self._go_on(transport)
+
+    def _go_on(self, transport: asyncio.Transport) -> None:
+        """Read again if reading was paused, and serve the next request read."""
         if self.paused:
             self.paused = False
             transport.resume_reading()

@@ -51,6 +51,11 @@ _WORKLOAD_RULES: tuple[dict[str, Any], ...] = (
     },
 )
 
+#: The resources the webhooks are sent (a subresource's review names its resource).
+RESOURCES = frozenset(
+    resource.split("/")[0] for rule in _WORKLOAD_RULES for resource in rule["resources"]
+)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
