@@ -355,40 +355,35 @@ class Runtime:
         exceptions = self.exceptions.for_namespace(view.namespace)
         memo = self.decisions
         key = decisions.build_key(view, namespace_labels) if memo.enabled else None
-        if key is not None:
-            kept = memo.recall(
-                key, snapshot=snapshot, credentials=credentials, exceptions=exceptions
-            )
-            if kept is not None:
-                return kept
-        tally: list[Any] = []
-        remaining = max(0.1, budget - (time.monotonic() - started))
-        outcome = await checker.check_images(
-            view.images,
-            snapshot,
-            checker.Context(
-                namespace_labels=namespace_labels,
-                pod_labels=view.pod_labels,
-                platform=workloads.parse_platform(view),
-                credentials=credentials,
-                namespace=view.namespace,
-                exceptions=exceptions,
-            ),
-            source=self.source,
-            deadline=remaining,
-            tally=tally,
-        )
-        if key is not None:
-            memo.keep(
-                key,
-                outcome,
+
+        async def check(tally: list[Any]) -> checker.Outcome:
+            remaining = max(0.1, budget - (time.monotonic() - started))
+            return await checker.check_images(
+                view.images,
+                snapshot,
+                checker.Context(
+                    namespace_labels=namespace_labels,
+                    pod_labels=view.pod_labels,
+                    platform=workloads.parse_platform(view),
+                    credentials=credentials,
+                    namespace=view.namespace,
+                    exceptions=exceptions,
+                ),
+                source=self.source,
+                deadline=remaining,
                 tally=tally,
-                snapshot=snapshot,
-                credentials=credentials,
-                exceptions=exceptions,
-                started=started,
             )
-        return outcome
+
+        if key is None:
+            return await check([])
+        return await memo.decide(
+            key,
+            check,
+            snapshot=snapshot,
+            credentials=credentials,
+            exceptions=exceptions,
+            started=started,
+        )
 
     # -- events ------------------------------------------------------------------------------
 

@@ -22,15 +22,23 @@ caches it sits on are switched off (a tag, signature or "not found" TTL of 0). A
 moved in the registry is therefore seen at most `ttl` later than the tag cache alone
 would see it.
 
+A question asked again while its first check is still running waits for that check
+instead of running its own (when an entry expires under a rollout, every review in
+flight misses at once: without this, each re-checks what the first is checking, and
+the burst of CPU is every in-flight review's latency). It is given the first check's
+outcome only if that outcome is one the memo keeps; otherwise it checks for itself.
+
 A hit replays the evaluation and verification counters the check counted, so the
 metrics a dashboard shows do not depend on whether a review was answered from here.
-Hits and misses count as `imageward_cache_lookups_total{cache="decisions"}`.
+Hits and misses count as `imageward_cache_lookups_total{cache="decisions"}` (a review
+given an in-flight check's outcome is a hit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 from imageward import checker, constants
@@ -66,6 +74,28 @@ class _Entry:
         self.snapshot = snapshot
         self.credentials = credentials
         self.exceptions = exceptions
+
+
+class _Flight:
+    """A check of one question under way; `future` gets its kept entry (or None)."""
+
+    __slots__ = ("credentials", "exceptions", "future", "snapshot")
+
+    def __init__(
+        self,
+        future: asyncio.Future[_Entry | None],
+        snapshot: tuple[Any, ...],
+        credentials: tuple[Any, ...],
+        exceptions: tuple[Any, ...],
+    ) -> None:
+        self.future = future
+        self.snapshot = snapshot
+        self.credentials = credentials
+        self.exceptions = exceptions
+
+
+#: A check: given a list to append the counters it counts to, the outcome.
+Check = Callable[[list[Any]], Awaitable[checker.Outcome]]
 
 
 def build_key(view: workloads.PodView, namespace_labels: dict[str, str]) -> Hashable | None:
@@ -127,6 +157,7 @@ class DecisionMemo:
         """`ttl`: seconds an outcome is given again; 0 (or less) keeps nothing."""
         self.ttl = ttl
         self._entries: dict[Hashable, _Entry] = {}
+        self._flights: dict[Hashable, _Flight] = {}
         self._clocked: tuple[tuple[Any, ...], frozenset[str]] | None = None
         if counted:
             from imageward import metrics
@@ -153,6 +184,96 @@ class DecisionMemo:
             result.policy in names for image in outcome.images for result in image.results
         )
 
+    async def decide(
+        self,
+        key: Hashable,
+        check: Check,
+        *,
+        snapshot: tuple[Any, ...],
+        credentials: Sequence[Any],
+        exceptions: tuple[Any, ...],
+        started: float,
+    ) -> checker.Outcome:
+        """The outcome for this question: kept, the one a check under way gives, or
+        `check`'s (kept for the next review if it may be)."""
+        kept = self.recall(key, snapshot=snapshot, credentials=credentials, exceptions=exceptions)
+        if kept is not None:
+            return kept
+        flight = self._flights.get(key)
+        if flight is not None:
+            if (
+                flight.snapshot is snapshot
+                and flight.exceptions is exceptions
+                and _same(flight.credentials, credentials)
+            ):
+                # Shielded: a follower cancelled (its client gone) must not cancel what
+                # the check under way gives the others.
+                entry = await asyncio.shield(flight.future)
+                if entry is not None:
+                    self._count(self._hits)
+                    return self._replay(entry)
+            self._count(self._misses)
+            return await self._check(key, check, snapshot, credentials, exceptions, started)
+        self._count(self._misses)
+        flight = _Flight(
+            asyncio.get_running_loop().create_future(),
+            snapshot,
+            tuple(credentials),
+            exceptions,
+        )
+        self._flights[key] = flight
+        entry = None
+        try:
+            tally: list[Any] = []
+            outcome = await check(tally)
+            entry = self.keep(
+                key,
+                outcome,
+                tally=tally,
+                snapshot=snapshot,
+                credentials=credentials,
+                exceptions=exceptions,
+                started=started,
+            )
+            return outcome
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.future.set_result(entry)
+
+    async def _check(
+        self,
+        key: Hashable,
+        check: Check,
+        snapshot: tuple[Any, ...],
+        credentials: Sequence[Any],
+        exceptions: tuple[Any, ...],
+        started: float,
+    ) -> checker.Outcome:
+        tally: list[Any] = []
+        outcome = await check(tally)
+        self.keep(
+            key,
+            outcome,
+            tally=tally,
+            snapshot=snapshot,
+            credentials=credentials,
+            exceptions=exceptions,
+            started=started,
+        )
+        return outcome
+
+    @staticmethod
+    def _count(child: Any) -> None:
+        if child is not None:
+            child.inc()
+
+    @staticmethod
+    def _replay(entry: _Entry) -> checker.Outcome:
+        for child, times in entry.tally:
+            child.inc(times)
+        return entry.outcome
+
     def recall(
         self,
         key: Hashable,
@@ -162,7 +283,8 @@ class DecisionMemo:
         exceptions: tuple[Any, ...],
     ) -> checker.Outcome | None:
         """The outcome kept for this question, if it is still the same question; its
-        counters counted again."""
+        counters counted again. A miss is not counted here (`decide` counts it once it
+        knows whether a check under way answers it)."""
         entry = self._entries.get(key)
         if (
             entry is None
@@ -173,14 +295,9 @@ class DecisionMemo:
         ):
             if entry is not None:
                 del self._entries[key]
-            if self._misses is not None:
-                self._misses.inc()
             return None
-        if self._hits is not None:
-            self._hits.inc()
-        for child, times in entry.tally:
-            child.inc(times)
-        return entry.outcome
+        self._count(self._hits)
+        return self._replay(entry)
 
     def keep(
         self,
@@ -192,13 +309,13 @@ class DecisionMemo:
         credentials: Sequence[Any],
         exceptions: tuple[Any, ...],
         started: float,
-    ) -> None:
+    ) -> _Entry | None:
         """Keep `outcome` until `ttl` after `started` (when the check began reading the
-        caches), unless it is one the memo must not give again."""
+        caches), unless it is one the memo must not give again; the entry kept."""
         if not self.enabled or _undecided(outcome) or not self._timeless(outcome, snapshot):
-            return
+            return None
         if any(image.exceptions for image in outcome.images):
-            return  # each use of an exception is an Event and a count of its own
+            return None  # each use of an exception is an Event and a count of its own
         now = time.monotonic()
         # Entries go in roughly in expiry order: drop the expired ones at the front, so
         # what the memo holds is what the last `ttl` seconds kept, not the last 2048.
@@ -213,7 +330,7 @@ class DecisionMemo:
         counted: dict[Any, int] = {}
         for child in tally:  # the same few counters, once per image
             counted[child] = counted.get(child, 0) + 1
-        self._entries[key] = _Entry(
+        entry = self._entries[key] = _Entry(
             started + self.ttl,
             outcome,
             tuple(counted.items()),
@@ -223,6 +340,7 @@ class DecisionMemo:
         )
         if self._size is not None:
             self._size.set(len(self._entries))
+        return entry
 
     def _evict(self, now: float) -> None:
         """Drop what expired; if that is not enough, the oldest half (insertion order)."""

@@ -280,3 +280,96 @@ def test_a_question_too_big_to_keep_is_checked_every_time(checks: list[int]) -> 
         assert len(state.decisions) == 0
 
     asyncio.run(run())
+
+
+@pytest.fixture
+def slow_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the checker ran, each run taking a moment (as a check that reads
+    the registry does), so that reviews asking the same question overlap."""
+    calls = [0]
+    real = checker.check_images
+
+    async def slow(*args: Any, **kwargs: Any) -> checker.Outcome:
+        calls[0] += 1
+        await asyncio.sleep(0.05)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(checker, "check_images", slow)
+    return calls
+
+
+def test_reviews_asking_a_question_being_checked_wait_for_that_check(
+    slow_checks: list[int],
+) -> None:
+    # A rollout's reviews arriving while the memo's entry has just expired: one check,
+    # not one per review in flight.
+    async def run() -> None:
+        state, _ = _state()
+        await _load(state, _policy("memo-in-flight"))
+        before = _evaluations("memo-in-flight", "forbiddenTags", "fail")
+        hits = _decision_lookups("hit")
+        outcomes = await asyncio.gather(*(state.check_view(_view()) for _ in range(16)))
+        assert slow_checks == [1]
+        assert all(o is outcomes[0] for o in outcomes)
+        assert not outcomes[0].decision.allowed
+        # Every review is counted on the dashboard as if it had been checked.
+        assert _evaluations("memo-in-flight", "forbiddenTags", "fail") == before + 16
+        assert _decision_lookups("hit") == hits + 15
+
+    asyncio.run(run())
+
+
+def test_an_outcome_the_memo_would_not_keep_is_not_shared(slow_checks: list[int]) -> None:
+    # A failed lookup is an outage: every review tries the registry for itself.
+    async def run() -> None:
+        state, _ = _state()
+        await _load(state, _policy("memo-in-flight-outage", maxLayers=10))
+        outcomes = await asyncio.gather(*(state.check_view(_view()) for _ in range(4)))
+        assert all(not o.decision.allowed for o in outcomes)
+        assert slow_checks == [4]
+
+    asyncio.run(run())
+
+
+def test_a_policy_changed_during_a_check_is_not_answered_by_it(slow_checks: list[int]) -> None:
+    async def run() -> None:
+        state, _ = _state()
+        await _load(state, _policy("memo-in-flight-edited"))
+        first = asyncio.create_task(state.check_view(_view()))
+        await asyncio.sleep(0.01)  # the first check is under way with generation 1
+        edited = _policy("memo-in-flight-edited", forbiddenTags=["nightly"])
+        edited["metadata"]["generation"] = 2
+        await _load(state, edited)
+        second = await state.check_view(_view())
+        assert not (await first).decision.allowed
+        assert second.decision.allowed
+        assert slow_checks == [2]
+
+    asyncio.run(run())
+
+
+def test_a_review_whose_check_is_cancelled_leaves_the_others_answered(
+    slow_checks: list[int],
+) -> None:
+    async def run() -> None:
+        state, _ = _state()
+        await _load(state, _policy("memo-in-flight-cancelled"))
+        leader = asyncio.create_task(state.check_view(_view()))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(state.check_view(_view()))
+        other = asyncio.create_task(state.check_view(_view()))
+        await asyncio.sleep(0.01)
+        leader.cancel()  # its client went away: the waiting reviews check for themselves
+        follower_outcome, other_outcome = await asyncio.gather(follower, other)
+        assert not follower_outcome.decision.allowed and not other_outcome.decision.allowed
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        # A follower cancelled while waiting does not cancel the check it waits for.
+        leader = asyncio.create_task(state.check_view(_view("registry.acme/shop/web:nightly")))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(state.check_view(_view("registry.acme/shop/web:nightly")))
+        await asyncio.sleep(0.01)
+        follower.cancel()
+        assert (await leader).decision.allowed
+
+    asyncio.run(run())
