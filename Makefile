@@ -16,7 +16,7 @@ IMAGE_REGISTRY ?=
 IMAGE_REPOSITORY ?= imageward
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/imageward/Chart.yaml)
 
-.PHONY: all setup packages tools peer-tools venv image dev dev-real-node test unit cluster-tests lint format bench bench-peers bench-startup fuzz clean
+.PHONY: all setup packages tools bench-tools peer-tools venv image dev dev-real-node test unit cluster-tests lint format bench bench-peers bench-startup fuzz clean
 
 all: test
 
@@ -27,6 +27,10 @@ packages:
 
 tools:
 	bash hack/build-tools.sh
+
+# The load generator bench/admission_bench.py drives the webhook with (not `make test`).
+bench-tools: tools
+	bash hack/build-tools.sh bombardier
 
 # Kyverno and sigstore policy-controller, for bench/peers_bench.py only (not `make test`):
 # a cold build takes about 10 minutes and 3 GiB of memory, and adds about 6 GB of Go caches.
@@ -74,7 +78,7 @@ format: venv
 	$(BIN)/ruff check --fix operator tests bench
 
 # Every benchmark; peers_bench.py says it skipped itself when `make peer-tools` was not run.
-bench: setup
+bench: setup bench-tools
 	$(BIN)/python bench/run_all.py
 
 # Coverage-guided fuzzing of the parsers (not part of `make test`, whose unit suite runs a

@@ -181,6 +181,7 @@ for t in "${targets[@]}"; do
     containerd2) build_containerd2 ;;
     crane) go_install crane "$CRANE_VERSION" "github.com/google/go-containerregistry/cmd/crane@v$CRANE_VERSION" ;;
     notation) build_notation ;;
+    bombardier) go_install bombardier "$BOMBARDIER_VERSION" "github.com/codesenberg/bombardier@v$BOMBARDIER_VERSION" ;;
     *) echo "unknown tool: $t" >&2; exit 2 ;;
   esac
 done
