@@ -104,7 +104,7 @@ async def _validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -
             message=messages.build_refusal_message(decision, kind=view.kind, name=view.name or ""),
             warnings=warnings,
         )
-    return Answer(allowed=True, warnings=warnings)
+    return Answer(allowed=True, warnings=warnings) if warnings else ALLOW
 
 
 async def pin(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answer:
@@ -125,7 +125,7 @@ async def pin(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answ
         operations = patches.build_pin_patch(view, pins, only=new)
     except errors.InvalidReferenceError as e:
         return _deny(f"imageward: cannot pin: {e}", 400)
-    return Answer(allowed=True, patch=tuple(operations))
+    return Answer(allowed=True, patch=tuple(operations)) if operations else ALLOW
 
 
 def _view(request: reviews.AdmissionRequest) -> workloads.PodView | Answer | None:

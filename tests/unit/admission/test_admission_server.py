@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import pathlib
 import ssl
 import time
@@ -17,9 +18,10 @@ from typing import cast
 
 import pytest
 
-from imageward import runtime
-from imageward.admission import endpoints, tls
+from imageward import runtime, settings
+from imageward.admission import endpoints, http11, tls
 from imageward.localcluster import processes
+from tests.unit.admission import samples
 
 
 def _client_context(material: tls.Material, directory: pathlib.Path) -> ssl.SSLContext:
@@ -313,3 +315,21 @@ async def test_a_client_that_reads_no_answers_is_not_served_more(tmp_path: pathl
         client.close()
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+def test_an_admission_is_answered_in_the_reviews_own_version_with_its_uid(version: str) -> None:
+    # The common answer is written without building dicts: it must still be the
+    # AdmissionReview the apiserver parses, whatever characters the uid holds.
+    review = samples.review(subResource="status", uid='a"b\\c\u00e9')
+    review["apiVersion"] = version
+    body = json.dumps(review).encode()
+    state = runtime.Runtime(settings.Settings(), None, None)  # type: ignore[arg-type]
+    request = http11.Request("POST", "/imageward-validate", (1, 1), {}, body)
+    reply = asyncio.run(endpoints.respond(state, request))
+    assert reply.status == 200
+    assert json.loads(reply.body) == {
+        "apiVersion": version,
+        "kind": "AdmissionReview",
+        "response": {"uid": 'a"b\\c\u00e9', "allowed": True},
+    }
