@@ -237,6 +237,7 @@ class LoadRun:
 
     count: int
     wall: float
+    steal: float  # seconds of the machine's CPUs the hypervisor gave to other guests
     p50: float
     p99: float
     mean: float
@@ -261,6 +262,7 @@ def concurrent(operator: harness.Operator, body: bytes, count: int, concurrency:
         payload.write(body)
         payload.flush()
         cpu = operator.cpu_seconds()
+        steal = harness.steal_seconds()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
             [
@@ -285,6 +287,7 @@ def concurrent(operator: harness.Operator, body: bytes, count: int, concurrency:
         )
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = operator.cpu_seconds() - cpu
+        steal = harness.steal_seconds() - steal
     if done.returncode != 0:
         raise RuntimeError(f"bombardier failed ({done.returncode}): {done.stderr[-500:]}")
     result = json.loads(done.stdout)["result"]
@@ -299,6 +302,7 @@ def concurrent(operator: harness.Operator, body: bytes, count: int, concurrency:
     return LoadRun(
         count=count,
         wall=result["timeTakenSeconds"],
+        steal=steal,
         p50=latency["percentiles"]["50"] / 1e6,
         p99=latency["percentiles"]["99"] / 1e6,
         mean=latency["mean"] / 1e6,
@@ -314,7 +318,9 @@ def report_concurrent(label: str, run: LoadRun) -> None:
         f"{run.mean * 1000:.2f} ms, max {run.max * 1000:.1f} ms\n"
         f"{'':34}{run.per_second:,.0f} reviews/s (goal >= 1,000); p99 {run.p99 * 1000:.2f} ms "
         f"(goal <= 5 ms); operator CPU {run.cpu / run.count * 1000:.2f} ms per review; "
-        f"load generator CPU {run.client_cpu / run.count * 1000:.2f} ms per review"
+        f"load generator CPU {run.client_cpu / run.count * 1000:.2f} ms per review\n"
+        f"{'':34}hypervisor steal during the run: {run.steal:.2f} CPU-seconds over "
+        f"{run.wall:.1f} s (more of it, more CPU per review for the same code)"
     )
 
 

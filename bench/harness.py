@@ -34,6 +34,20 @@ def load_note() -> str:
     return f"load average {load:.1f} on {os.cpu_count()} CPUs (figures are noisy when it is high)"
 
 
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests while this machine's CPUs had work
+    (`steal` in /proc/stat, summed over CPUs): the same code measured in minutes with
+    more of it spends more CPU per request; 0.0 where the kernel does not say."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return 0.0
+    if len(fields) < 9 or fields[0] != "cpu":
+        return 0.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def install_crds(plane: controlplane.ControlPlane) -> None:
     """imageward's CRDs and the PolicyReport ones the chart installs by default (without
     them the background scanner's report caches have nothing to watch)."""
