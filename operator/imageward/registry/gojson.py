@@ -27,6 +27,11 @@ class Fields:
     """Fields holding one object of a known struct (`config`, `platform`)."""
     lists: Mapping[str, Fields] = dataclasses.field(default_factory=dict)
     """Fields holding an array of them (`layers`, `manifests`)."""
+    folded: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+    """Each name's fold -> the name (made once: every manifest of a cold review is read)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folded", {fold(name): name for name in self.names})
 
 
 def fold(key: str) -> str:
@@ -35,6 +40,8 @@ def fold(key: str) -> str:
     Go maps one rune to one rune; where Python's full case mapping gives more than one
     character (`İ`), the character is kept as it is.
     """
+    if key.isascii():
+        return key.upper()  # lower then upper is upper, for every ASCII character
     folded = []
     for c in key:
         lower = c.lower() if len(c.lower()) == 1 else c
@@ -75,10 +82,11 @@ def evaluate_field_spelling(document: Any, fields: Fields, where: str = "documen
     """The first key Go would read as one of `fields` but Python would not, or None."""
     if not isinstance(document, Mapping):
         return None
-    folded = {fold(name): name for name in fields.names}
     for key in document:
-        name = folded.get(fold(key)) if isinstance(key, str) else None
-        if name is not None and key != name:
+        if key in fields.names:
+            continue  # the exact spelling: Python reads it as Go does
+        name = fields.folded.get(fold(key)) if isinstance(key, str) else None
+        if name is not None:
             return (
                 f"{where} has key {key!r}, which Go's encoding/json (containerd) reads as "
                 f"{name!r}: ambiguous document"

@@ -133,3 +133,10 @@ def test_docker_config_fields_spelled_twice_are_refused(config: Any, reason: str
     with pytest.raises(errors.CredentialsError) as excinfo:
         auth.parse_docker_config(json.dumps(config), source="Secret shop/pull")
     assert excinfo.value.reason == reason
+
+
+def test_ascii_keys_fold_as_every_rune_lowered_then_raised() -> None:
+    # fold() takes a shortcut for ASCII keys; it must agree with Go's rune-by-rune rule.
+    every = "".join(chr(code) for code in range(128))
+    assert gojson.fold(every) == "".join(c.lower().upper() for c in every)
+    assert gojson.fold("s\u0131ze") == "SIZE"  # a dotless i is not ASCII: Go's own rule
