@@ -83,7 +83,9 @@ class AdmissionSettings:
     """ValidatingWebhookConfiguration whose caBundle the operator keeps current."""
 
     mutating_configuration: str = "imageward"
-    """MutatingWebhookConfiguration (digest pinning) whose caBundle the operator keeps current."""
+    """MutatingWebhookConfiguration (digest pinning) whose caBundle the operator keeps
+    current; "" when there is none (the chart's `webhook.mutating.enabled: false`): the
+    validating webhook then checks pinDigest policies without asking for their pins."""
 
     service: str | None = None
     """Service in front of the webhook (in-cluster); None: the apiserver calls `url`."""

@@ -322,6 +322,35 @@ def test_pin_digest_is_visible_on_the_created_pod(
     assert pod["spec"]["containers"][0]["image"] == f"{image}@{digest}"
 
 
+def test_a_pod_that_reaches_validation_without_the_pin_it_needs_is_refused(
+    namespace: str,
+    policies: helpers.Policies,
+    anonymous: registries.Registry,
+    imageward_operator: RunningOperator,
+) -> None:
+    # What the validating webhook gets when the mutating one, a moment before, saw
+    # another verdict (a signature not yet pushed) and so pinned nothing: admitted by
+    # tag, the pod would run whatever the tag names when kubelet pulls it.
+    image, digest = helpers.push(anonymous, images.nonroot_image(f"unpin-{helpers.uid()}"))
+    name = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 10}, pinDigest=True)
+    validate = f"{imageward_operator.webhook_url}/imageward-validate"
+
+    def answer(reference: str) -> dict[str, Any]:
+        pod = helpers.pod("unpinned", reference)
+        pod["metadata"]["namespace"] = namespace
+        response: dict[str, Any] = helpers.post_review(validate, helpers.pod_review(namespace, pod))
+        return response["response"]
+
+    def refusal() -> str | None:  # the webhook's process follows policies on its own watch
+        got = answer(image)
+        return None if got["allowed"] else str(got["status"]["message"])
+
+    message = utils.wait_for(f"ImagePolicy {name} to ask for the pin", refusal, timeout=20)
+    assert "not pinned by the mutating webhook" in message, message
+    assert f"{image} (to {digest})" in message, message
+    assert answer(f"{image}@{digest}")["allowed"]
+
+
 def test_invalid_policy_is_not_ready_and_fails_closed(
     cluster: controlplane.ControlPlane,
     namespace: str,

@@ -2,7 +2,10 @@
 
 `validate` refuses or admits (with warnings, Events for Warn and Audit); `pin` only
 pins admitted images to their digests (refusals are the validating webhook's, which
-sees the pinned pod). Both return an `Answer`; `endpoints` turns it into the
+sees the pinned pod). A pod that arrives at `validate` without a pin its check calls
+for is refused: the mutating webhook's check, a moment earlier, saw another verdict
+(or did not run), and a pod admitted by tag runs whatever the tag names at pull time.
+Both return an `Answer`; `endpoints` turns it into the
 AdmissionReview response. Effects (registry lookups, Events, metrics) go through the
 `Runtime`; nothing here touches HTTP.
 """
@@ -16,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from imageward import constants, errors, metrics, runtime
+from imageward import checker, constants, errors, metrics, runtime, settings
 from imageward.admission import messages, patches, reviews, workloads
 from imageward.exceptions import evaluate as exceptions_evaluate
 from imageward.exceptions import model as exceptions_model
@@ -93,6 +96,16 @@ async def _validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -
         *messages.build_warnings(decision),
         *dict.fromkeys(exceptions_evaluate.build_message(use) for use in uses),
     )
+    if decision.allowed and _pins_in_mutation(state, request):
+        # The mutating webhook pinned what its own check admitted; a verdict that turned
+        # between the two calls (a signature pushed, a cache entry expired) would let
+        # the pod in by tag, and the tag be pulled after it has moved.
+        try:
+            unpinned = _pin_operations(view, outcome, request)
+        except errors.InvalidReferenceError as e:
+            return _deny(f"imageward: cannot pin: {e}", 400)
+        if unpinned:
+            return _deny(_unpinned_message(unpinned, state.settings.admission), 403)
     if not request["dryRun"] and (decision.audits or decision.warned):
         _post_events(state, view, decision)
     if not request["dryRun"] and uses:
@@ -118,14 +131,47 @@ async def pin(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answ
     outcome = await state.check_view(view)
     if not outcome.decision.allowed:
         return ALLOW
-    pins = {item.image: item.pin for item in outcome.images if item.pin}
-    old = request["oldObject"] if request["operation"] == "UPDATE" else None
-    new = workloads.build_new_containers(old, view, view.kind)
     try:
-        operations = patches.build_pin_patch(view, pins, only=new)
+        operations = _pin_operations(view, outcome, request)
     except errors.InvalidReferenceError as e:
         return _deny(f"imageward: cannot pin: {e}", 400)
     return Answer(allowed=True, patch=tuple(operations)) if operations else ALLOW
+
+
+def _pins_in_mutation(state: runtime.Runtime, request: reviews.AdmissionRequest) -> bool:
+    """Whether the mutating webhook saw this request first and pinned what it admitted:
+    it is configured (a name), and it is sent pods only (webhooks.build_mutating_configuration)."""
+    return bool(state.settings.admission.mutating_configuration) and (
+        request["resource"]["resource"] == "pods"
+    )
+
+
+def _pin_operations(
+    view: workloads.PodView, outcome: checker.Outcome, request: reviews.AdmissionRequest
+) -> list[patches.ReplaceOperation]:
+    """The pins `outcome` calls for in the containers the request brings (all of a
+    CREATE's; those an UPDATE adds or changes). Raises errors.InvalidReferenceError."""
+    pins = {item.image: item.pin for item in outcome.images if item.pin}
+    if not pins:
+        return []
+    old = request["oldObject"] if request["operation"] == "UPDATE" else None
+    new = workloads.build_new_containers(old, view, view.kind)
+    return patches.build_pin_patch(view, pins, only=new)
+
+
+def _unpinned_message(
+    operations: Sequence[patches.ReplaceOperation], admission: settings.AdmissionSettings
+) -> str:
+    images = "; ".join(
+        f"{image} (to {digest})"
+        for image, _, digest in (op["value"].rpartition("@") for op in operations)
+    )
+    return (
+        f"imageward: pinDigest: admitted, but not pinned by the mutating webhook "
+        f"(MutatingWebhookConfiguration {admission.mutating_configuration}): {images}. "
+        "Its verdict was another a moment before (a signature or tag that changed in "
+        "between), or it did not run; create the object again"
+    )
 
 
 def _view(request: reviews.AdmissionRequest) -> workloads.PodView | Answer | None:

@@ -110,6 +110,8 @@ async def apply_configurations(
         ),
     )
     for kind, name, build in wanted:
+        if not name:
+            continue  # not installed (the mutating one, when pinning is switched off)
         existing = await kube_api.read_webhook_configuration(kind, name)
         if existing is None:
             if not admission.create_configurations:
