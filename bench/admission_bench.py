@@ -55,6 +55,7 @@ import os
 import pathlib
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,10 @@ FACTS_RULES = {"maxCompressedSize": "100Mi", "maxLayers": 40, "forbidRootUser": 
 
 @dataclasses.dataclass(slots=True)
 class Seen:
-    """One registry request at the proxy: when it arrived and when its answer left."""
+    """One registry request at the proxy: when its handler got it (aiohttp has parsed
+    it) and when the handler returned (aiohttp then writes the answer): the proxy's own
+    parsing and writing fall outside, on the time counted as imageward's (see
+    `proxy_handling`)."""
 
     arrived: float
     method: str
@@ -437,6 +441,37 @@ class ColdSample:
         return self.lead + self.gaps + self.tail
 
 
+def proxy_handling(proxy: TimedProxy, path: str, count: int = 40) -> float:
+    """Median seconds per request the Python proxy spends outside its Seen marks
+    (parsing a request, writing its answer), from a raw-socket client's round trips
+    less the proxy's marks. A cold review's critical path pays it once per round trip
+    on the time `ColdSample.own` counts as imageward's. The client's own few
+    microseconds count here too, so subtracting this flatters imageward by as much."""
+    host, port = proxy.host.rsplit(":", 1)
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {proxy.host}\r\n"
+        f"Accept: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+    ).encode()
+    outside = []
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        for _ in range(count):
+            proxy.take()
+            sent = time.monotonic()
+            sock.sendall(request)
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            reader.read(length)
+            received = time.monotonic()
+            (seen,) = proxy.take()
+            outside.append((received - sent) - (seen.answered - seen.arrived))
+    return statistics.median(outside)
+
+
 def build_sample(seen: Sequence[Seen], sent: float, received: float) -> ColdSample:
     chain = critical_path(seen)
     if not chain:
@@ -494,7 +529,12 @@ def shorten(path: str) -> str:
 
 
 def report_cold(
-    workload: Workload, figures: list[ColdSample], latency: float, *, fresh: bool
+    workload: Workload,
+    figures: list[ColdSample],
+    latency: float,
+    handling: float,
+    *,
+    fresh: bool,
 ) -> None:
     rtt = latency * 1000
     over = [f.seconds * 1000 - (f.trips * rtt + 20) for f in figures]
@@ -509,6 +549,7 @@ def report_cold(
     times = [f.seconds for f in figures]
     trips = [f.trips for f in figures]
     own = [f.own for f in figures]
+    net = [f.own - f.trips * handling for f in figures]
     per_trip = [f.registry / f.trips for f in figures if f.trips]
     print(
         f"    median {statistics.median(times) * 1000:.1f} ms; {statistics.median(trips):g} round "
@@ -517,6 +558,8 @@ def report_cold(
         + f"\n    of which the registry through the proxy {statistics.median(per_trip) * 1000:.1f} "
         f"ms per round trip ({rtt:.0f} added), imageward's own {statistics.median(own) * 1000:.1f}"
         f" ms median (the goal's allowance: 20 ms)"
+        f"\n    less the proxy's own handling ({handling * 1000:.2f} ms per round trip, "
+        f"measured): imageward's own {statistics.median(net) * 1000:.1f} ms median (goal <= 5 ms)"
     )
 
 
@@ -645,6 +688,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"== cold: every registry request +{args.latency * 1000:.0f} ms, three new "
                 "images per review, checked concurrently"
             )
+            calibration = push_fresh(registry, slow.host, workloads[0], -1, None)[0]
+            repository = calibration.split("/", 1)[1].rsplit(":", 1)[0]
+            handling = proxy_handling(slow, f"/v2/{repository}/manifests/1.0")
+            print(
+                f"  the proxy's own handling of a request, outside its marks: "
+                f"{handling * 1000:.2f} ms median (counted below as imageward's; subtracted "
+                "once per round trip for the net figure)"
+            )
             for index, workload in enumerate([] if args.skip_cold else workloads):
                 print(f"  {workload.name}")
                 figures = cold_samples(
@@ -656,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (tool, key),
                     show_first=True,
                 )
-                report_cold(workload, figures, args.latency, fresh=index == 0)
+                report_cold(workload, figures, args.latency, handling, fresh=index == 0)
 
             print(f"\n== warm: 3-container pod, facts cached, {args.reviews} reviews")
             body = pod_review(warm)
