@@ -1,5 +1,3 @@
-import sys
-
 from imageward import cli
 
-sys.exit(cli.main())
+cli.entry()

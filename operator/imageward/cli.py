@@ -184,7 +184,13 @@ def _parse_check(argv: Sequence[str]) -> types.SimpleNamespace | None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+#: Commands that run once and end (in CI pipelines, once per image): they leave without
+#: the interpreter's teardown (see `_leave`).
+_ONE_SHOT = frozenset({"check", "plan"})
+
+
+def _dispatch(argv: Sequence[str] | None) -> tuple[int, bool]:
+    """Run the command `argv` names: its exit code, and whether it is one-shot."""
     if argv is None:
         argv = sys.argv[1:]
     args: argparse.Namespace | types.SimpleNamespace | None = _parse_check(argv)
@@ -193,8 +199,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.sets_up_logging:
         commands.set_up_logging(args.verbose)
     result: int = args.handler(args)
-    return result
+    return result, args.command in _ONE_SHOT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command in this process and return its exit code (tests, embedding)."""
+    return _dispatch(argv)[0]
+
+
+def entry() -> None:
+    """The `imageward` console script and `python -m imageward`."""
+    code, one_shot = _dispatch(None)
+    if one_shot:
+        _leave(code)
+    sys.exit(code)
+
+
+def _leave(code: int) -> None:
+    """Exit at once, once what was written is flushed.
+
+    The interpreter's teardown frees every module and object the checker's stack made:
+    about a fifth of `imageward check` on one image (20 of 118 ms measured), paid once per
+    image in a pipeline and seen by no one. A one-shot command has nothing left for it to
+    do: its event loop and threads are closed by `asyncio.run`, its files by `with`, and
+    it starts no children. What Python's own exit would do that matters is done here:
+    logging's handlers and the standard streams are flushed, and a stream that cannot be
+    flushed (a closed pipe) makes a successful exit 120, Python's status for it.
+    """
+    import os
+
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 120
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
