@@ -141,18 +141,22 @@ def parse_platform(text: str | None) -> registry_model.Platform | None:
 
 
 def read_policy_documents(paths: Sequence[str]) -> list[dict[str, Any]]:
-    import io
-
     from imageward.registry import configpaths
 
     documents: list[dict[str, Any]] = []
     for path in paths:
         try:
-            # pathlib.Path(path).read_text(), without importing pathlib.
-            with open(configpaths.build_path_text(path), encoding=io.text_encoding(None)) as file:
+            # pathlib.Path(path).read_text(), without importing pathlib. UTF-8 whatever
+            # the locale: what kubectl reads the same file as.
+            with open(configpaths.build_path_text(path), encoding="utf-8") as file:
                 text = file.read()
         except OSError as e:
             raise UsageError(f"--policy {path}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"--policy {path}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                f"{e.start}"
+            ) from e
         loaded = _load_yaml_documents(path, text)
         for index, document in enumerate(loaded):
             if not isinstance(document, dict) or document.get("kind") != "ImagePolicy":

@@ -434,10 +434,11 @@ def test_output_with_lookups(name: str, tmp_path: pathlib.Path) -> None:
     assert list(run_in_subprocess(tmp_path, LOOKUP_CASES[name])) == EXPECTED[name]
 
 
-def test_a_policy_file_not_in_utf8_is_still_a_traceback(
+def test_a_policy_file_not_in_utf8_is_refused_with_where(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # What check has always done (read_text in the locale's encoding); pinned so that a
-    # faster reader does not change it unnoticed.
-    with pytest.raises(UnicodeDecodeError):
-        run_in_process(tmp_path, ({"p.yaml": "a: caf\udce9\n"}, [], NOMATCH), capsys)
+    # Before: a UnicodeDecodeError traceback (the file read in the locale's encoding).
+    latin1 = "a: caf\udce9\n"  # "café" in Latin-1: 0xe9 is no UTF-8 sequence
+    code, out, err = run_in_process(tmp_path, ({"p.yaml": latin1}, [], NOMATCH), capsys)
+    assert (code, out) == (2, "")
+    assert err == "imageward check: --policy p.yaml: not UTF-8 text: byte 0xe9 at offset 6\n"
