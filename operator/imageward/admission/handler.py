@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from imageward import checker, constants, errors, metrics, runtime, settings
-from imageward.admission import messages, patches, reviews, workloads
+from imageward import checker, constants, errors, metrics, runtime
+from imageward.admission import messages, patches, reviews, webhooks, workloads
 from imageward.exceptions import evaluate as exceptions_evaluate
 from imageward.exceptions import model as exceptions_model
 from imageward.policy import evaluate
@@ -105,7 +105,14 @@ async def _validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -
         except errors.InvalidReferenceError as e:
             return _deny(f"imageward: cannot pin: {e}", 400)
         if unpinned:
-            return _deny(_unpinned_message(unpinned, state.settings.admission), 403)
+            return Answer(
+                allowed=False,
+                code=403,
+                message=messages.build_unpinned_message(
+                    view, unpinned, state.settings.admission.mutating_configuration
+                ),
+                warnings=warnings,
+            )
     if not request["dryRun"] and (decision.audits or decision.warned):
         _post_events(state, view, decision)
     if not request["dryRun"] and uses:
@@ -140,9 +147,9 @@ async def pin(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answ
 
 def _pins_in_mutation(state: runtime.Runtime, request: reviews.AdmissionRequest) -> bool:
     """Whether the mutating webhook saw this request first and pinned what it admitted:
-    it is configured (a name), and it is sent pods only (webhooks.build_mutating_configuration)."""
+    one is configured (a name), and it is sent this resource."""
     return bool(state.settings.admission.mutating_configuration) and (
-        request["resource"]["resource"] == "pods"
+        request["resource"]["resource"] in webhooks.MUTATED_RESOURCES
     )
 
 
@@ -157,21 +164,6 @@ def _pin_operations(
     old = request["oldObject"] if request["operation"] == "UPDATE" else None
     new = workloads.build_new_containers(old, view, view.kind)
     return patches.build_pin_patch(view, pins, only=new)
-
-
-def _unpinned_message(
-    operations: Sequence[patches.ReplaceOperation], admission: settings.AdmissionSettings
-) -> str:
-    images = "; ".join(
-        f"{image} (to {digest})"
-        for image, _, digest in (op["value"].rpartition("@") for op in operations)
-    )
-    return (
-        f"imageward: pinDigest: admitted, but not pinned by the mutating webhook "
-        f"(MutatingWebhookConfiguration {admission.mutating_configuration}): {images}. "
-        "Its verdict was another a moment before (a signature or tag that changed in "
-        "between), or it did not run; create the object again"
-    )
 
 
 def _view(request: reviews.AdmissionRequest) -> workloads.PodView | Answer | None:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from imageward import constants
+from imageward.admission import patches, workloads
 from imageward.policy import evaluate
 
 MAX_MESSAGE_BYTES: Final = 4096
@@ -191,3 +192,27 @@ def build_warnings(
         used += len(item)
     kept.append(f"and {len(items) - len(kept)} more ImagePolicy warnings")
     return kept
+
+
+def build_unpinned_message(
+    view: workloads.PodView,
+    operations: Iterable[patches.ReplaceOperation],
+    mutating_configuration: str,
+) -> str:
+    """The refusal of a pod the policies admit but that arrived without the pins
+    `operations` would write: each image as written, once, with the digest it needs."""
+    written = {container.pointer: container.image for container in view.containers}
+    images = "; ".join(
+        dict.fromkeys(
+            f"{written[op['path']]} (to {op['value'].rpartition('@')[2]})" for op in operations
+        )
+    )
+    text = (
+        "imageward: pinDigest: admitted by the policies, but not pinned by the mutating "
+        f"webhook (MutatingWebhookConfiguration {mutating_configuration}), whose check a "
+        "moment before had another outcome (a signature or tag that changed in between, a "
+        "registry that failed or timed out under failurePolicy Ignore, a replica without "
+        "the newest policy) or which did not run. Send the request again; if this repeats, "
+        f"something rewrites the image after imageward's mutating webhook. Unpinned: {images}"
+    )
+    return _truncate_bytes(text, MAX_MESSAGE_BYTES)

@@ -51,9 +51,17 @@ _WORKLOAD_RULES: tuple[dict[str, Any], ...] = (
     },
 )
 
+#: What the mutating (pinDigest) webhook is sent: pods as created, images an UPDATE
+#: changes, ephemeral containers added (`kubectl debug`).
+_MUTATED_RULES = _WORKLOAD_RULES[:2]
+
 #: The resources the webhooks are sent (a subresource's review names its resource).
 RESOURCES = frozenset(
     resource.split("/")[0] for rule in _WORKLOAD_RULES for resource in rule["resources"]
+)
+#: The resources the mutating webhook is sent: the validating one asks their pins.
+MUTATED_RESOURCES = frozenset(
+    resource.split("/")[0] for rule in _MUTATED_RULES for resource in rule["resources"]
 )
 
 
@@ -159,9 +167,8 @@ def build_mutating_configuration(
     webhook = {
         "name": "pin-digest.imageward.io",
         "clientConfig": endpoint.client_config(PIN_DIGEST_ID, ca_bundle),
-        # Pods as created, images changed by an UPDATE, and ephemeral containers added
-        # (`kubectl debug`): each new image is pinned, never one already running.
-        "rules": [dict(rule) for rule in _WORKLOAD_RULES[:2]],
+        # Each new image is pinned, never one already running.
+        "rules": [dict(rule) for rule in _MUTATED_RULES],
         # A pin changes the pod; other mutating webhooks may change images after it.
         "reinvocationPolicy": "IfNeeded",
     }

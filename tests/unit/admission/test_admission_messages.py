@@ -3,8 +3,11 @@ from __future__ import annotations
 import pytest
 
 from imageward import constants
-from imageward.admission import messages
+from imageward.admission import messages, patches, workloads
 from imageward.policy import evaluate
+from imageward.registry import model as registry_model
+
+from . import samples
 
 
 def violation(
@@ -166,3 +169,43 @@ def test_warnings_exactly_at_the_budget_are_all_kept() -> None:
 
 def test_clean_text() -> None:
     assert messages.build_clean_text(" a\nb\u0085c ") == "a b c"
+
+
+def _unpinned(old: dict[str, object] | None, new: dict[str, object]) -> str:
+    view = workloads.parse_pod_view(new)
+    digest = registry_model.Digest(samples.DIGEST)
+    pins = {container.image: digest for container in view.containers}
+    operations = patches.build_pin_patch(
+        view, pins, only=workloads.build_new_containers(old, view, "Pod")
+    )
+    return messages.build_unpinned_message(view, operations, "imageward")
+
+
+def test_an_unpinned_pod_is_told_each_image_as_written_once_with_its_digest() -> None:
+    body = samples.pod(
+        containers=[{"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx"}],
+        initContainers=[{"name": "init", "image": f"redis:7@{samples.DIGEST}"}],  # pinned
+        ephemeralContainers=[{"name": "dbg", "image": "busybox:1"}],
+    )
+    text = _unpinned(None, body)
+    assert text.startswith("imageward: pinDigest: admitted by the policies, but not pinned")
+    assert "(MutatingWebhookConfiguration imageward)" in text
+    assert "Send the request again" in text
+    assert text.endswith(f"Unpinned: nginx (to {samples.DIGEST}); busybox:1 (to {samples.DIGEST})")
+
+
+def test_an_update_is_told_only_the_images_it_brings() -> None:
+    old = samples.pod(containers=[{"name": "a", "image": "nginx:1"}], initContainers=None)
+    new = samples.pod(
+        containers=[{"name": "a", "image": "nginx:1"}],
+        initContainers=None,
+        ephemeralContainers=[{"name": "dbg", "image": "busybox:1"}],
+    )
+    assert _unpinned(old, new).endswith(f"Unpinned: busybox:1 (to {samples.DIGEST})")
+
+
+def test_the_unpinned_message_is_capped() -> None:
+    containers = [{"name": f"c{i}", "image": f"ghcr.io/acme/app-{i}:1"} for i in range(200)]
+    text = _unpinned(None, samples.pod(containers=containers, initContainers=None))
+    assert len(text.encode()) <= messages.MAX_MESSAGE_BYTES
+    assert "ghcr.io/acme/app-0:1" in text
