@@ -860,3 +860,11 @@ def test_key_material_is_watched_only_by_the_names_listed(
     account = chart.find(all_on, "ServiceAccount")["metadata"]["name"]
     assert set(bindings) == {r["metadata"]["name"] for r in roles}
     assert all(s[0]["name"] == account for s in bindings.values())
+
+
+def test_the_decision_memo_ttl_is_a_value() -> None:
+    default = chart.render({})
+    assert settings.from_env(environ=_operator_environ(default)).admission.decision_cache_ttl == 1
+    off = chart.render({"webhook": {"decisionCacheTTL": 0}})
+    assert settings.from_env(environ=_operator_environ(off)).admission.decision_cache_ttl == 0
+    assert "/webhook/decisionCacheTTL" in chart.render_error({"webhook": {"decisionCacheTTL": -1}})
