@@ -392,6 +392,43 @@ def test_policy_changes_take_effect_without_restart(
 # -- the webhook server itself ------------------------------------------------------------
 
 
+def test_relabelling_a_pod_into_a_policys_pod_selector_is_checked(
+    cluster: controlplane.ControlPlane,
+    namespace: str,
+    policies: helpers.Policies,
+    anonymous: registries.Registry,
+) -> None:
+    # Without this, a pod created outside the payments policy (tier: web) with an image
+    # it refuses became tier: payments by `kubectl label`, and took that Service's traffic.
+    image, _ = helpers.push(anonymous, images.many_layer_image(f"lbl-{helpers.uid()}", count=5))
+    name = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2})
+    cluster.kubectl(
+        "patch",
+        "imagepolicy",
+        name,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"match": {"podSelector": {"matchLabels": {"tier": "payments"}}}}}),
+    )
+    web = helpers.pod("relabel", image)
+    web["metadata"]["labels"] = {"tier": "web"}
+
+    def admitted_outside() -> bool:  # the operator's watch sees the narrowed policy
+        return helpers.create(cluster, namespace, web).returncode == 0
+
+    utils.wait_for("the pod outside the policy's podSelector", admitted_outside, timeout=20)
+    into = cluster.kubectl(
+        "label", "pod", "relabel", "-n", namespace, "tier=payments", "--overwrite", check=False
+    )
+    assert into.returncode != 0
+    assert f"ImagePolicy {name}" in into.stderr and "over maxLayers 2" in into.stderr, into.stderr
+    pod = cluster.get_json("pod", "relabel", "-n", namespace)
+    assert pod["metadata"]["labels"]["tier"] == "web"
+    # A label no policy selects on is no reason to check what already runs.
+    other = cluster.kubectl("label", "pod", "relabel", "-n", namespace, "team=a", check=False)
+    assert other.returncode == 0, other.stderr
+
+
 def test_malformed_admission_reviews_get_4xx_and_the_server_keeps_serving(
     cluster: controlplane.ControlPlane, namespace: str, imageward_operator: RunningOperator
 ) -> None:

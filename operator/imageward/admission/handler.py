@@ -23,7 +23,7 @@ from imageward import checker, constants, errors, metrics, runtime
 from imageward.admission import messages, patches, reviews, webhooks, workloads
 from imageward.exceptions import evaluate as exceptions_evaluate
 from imageward.exceptions import model as exceptions_model
-from imageward.policy import evaluate
+from imageward.policy import evaluate, selectors
 
 #: Subresources whose writes can bring an image: the object itself and ephemeral
 #: containers (`kubectl debug`). Status, scale, binding... never do.
@@ -84,7 +84,7 @@ async def validate(state: runtime.Runtime, request: reviews.AdmissionRequest) ->
 
 
 async def _validate(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answer:
-    view = _view(request)
+    view = _view(state, request)
     if isinstance(view, Answer):
         return view
     if view is None:
@@ -131,7 +131,7 @@ async def pin(state: runtime.Runtime, request: reviews.AdmissionRequest) -> Answ
     """The mutating webhook: pin each new image a pinDigest policy admits to its digest."""
     if not any(p.policy is not None and p.policy.pin_digest for p in state.store.snapshot()):
         return ALLOW  # no policy pins: nothing to do, and no registry lookups twice per pod
-    view = _view(request)
+    view = _view(state, request)
     if view is None or isinstance(view, Answer):
         # A malformed object is refused by the validating webhook, with its reason.
         return ALLOW
@@ -166,7 +166,9 @@ def _pin_operations(
     return patches.build_pin_patch(view, pins, only=new)
 
 
-def _view(request: reviews.AdmissionRequest) -> workloads.PodView | Answer | None:
+def _view(
+    state: runtime.Runtime, request: reviews.AdmissionRequest
+) -> workloads.PodView | Answer | None:
     """The pod (template) to check; None when nothing new needs checking; an Answer
     refusing a malformed object."""
     if request["subResource"] not in _CHECKED_SUBRESOURCES:
@@ -185,7 +187,30 @@ def _view(request: reviews.AdmissionRequest) -> workloads.PodView | Answer | Non
         and old is not None
         and not workloads.images_changed(old, body, view.kind)
     )
-    return None if unchanged else view
+    if unchanged and not _enters_a_policy(state, old, view):
+        return None
+    return view
+
+
+def _enters_a_policy(state: runtime.Runtime, old_body: object, view: workloads.PodView) -> bool:
+    """Whether an UPDATE that runs no new image relabels the pod (template) into the
+    podSelector of a policy its old labels were outside: a pod created as `tier: web`
+    with an image a `tier: payments` policy refuses must not become `tier: payments`
+    (and take that Service's traffic) by `kubectl label`. Any other label change is
+    left alone, so controllers relabelling pods admitted under older policies are not
+    stopped by a check they did not ask for."""
+    try:
+        old = workloads.parse_pod_view(old_body, kind=view.kind)
+    except errors.MalformedObjectError:
+        return True
+    if old.labels == view.labels:
+        return False
+    before, after = old.pod_labels, view.pod_labels
+    return any(
+        selectors.evaluate_label_selector(loaded.match.pod_selector, after)
+        and not selectors.evaluate_label_selector(loaded.match.pod_selector, before)
+        for loaded in state.store.snapshot()
+    )
 
 
 def _post_events(
