@@ -41,15 +41,19 @@ class Policies:
         rules: dict[str, Any],
         *,
         ready: str | None = "True",
+        pod_selector: dict[str, Any] | None = None,
         **spec: Any,
     ) -> str:
         """Create a policy; wait until its Ready condition is `ready` (None: do not wait)."""
         name = f"p-{uid()}"
+        match: dict[str, Any] = {"images": images_}
+        if pod_selector is not None:
+            match["podSelector"] = pod_selector
         body = {
             "apiVersion": "imageward.io/v1alpha1",
             "kind": "ImagePolicy",
             "metadata": {"name": name},
-            "spec": {"match": {"images": images_}, "rules": rules, **spec},
+            "spec": {"match": match, "rules": rules, **spec},
         }
         self.names.append(name)
         self.cluster.apply(body)

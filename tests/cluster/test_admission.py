@@ -389,9 +389,6 @@ def test_policy_changes_take_effect_without_restart(
     utils.wait_for("the raised limit to admit the pod", admitted, timeout=20)
 
 
-# -- the webhook server itself ------------------------------------------------------------
-
-
 def test_relabelling_a_pod_into_a_policys_pod_selector_is_checked(
     cluster: controlplane.ControlPlane,
     namespace: str,
@@ -401,22 +398,22 @@ def test_relabelling_a_pod_into_a_policys_pod_selector_is_checked(
     # Without this, a pod created outside the payments policy (tier: web) with an image
     # it refuses became tier: payments by `kubectl label`, and took that Service's traffic.
     image, _ = helpers.push(anonymous, images.many_layer_image(f"lbl-{helpers.uid()}", count=5))
-    name = policies.apply([f"{anonymous.host}/adm/**"], {"maxLayers": 2})
-    cluster.kubectl(
-        "patch",
-        "imagepolicy",
-        name,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"match": {"podSelector": {"matchLabels": {"tier": "payments"}}}}}),
+    name = policies.apply(
+        [f"{anonymous.host}/adm/**"],
+        {"maxLayers": 2},
+        pod_selector={"matchLabels": {"tier": "payments"}},
     )
     web = helpers.pod("relabel", image)
     web["metadata"]["labels"] = {"tier": "web"}
+    payments = helpers.pod("relabel", image)
+    payments["metadata"]["labels"] = {"tier": "payments"}
 
-    def admitted_outside() -> bool:  # the operator's watch sees the narrowed policy
-        return helpers.create(cluster, namespace, web).returncode == 0
+    def policy_seen() -> bool:  # the webhook's process follows policies on its own watch
+        return helpers.create(cluster, namespace, payments, dry_run=True).returncode != 0
 
-    utils.wait_for("the pod outside the policy's podSelector", admitted_outside, timeout=20)
+    utils.wait_for(f"ImagePolicy {name} to refuse tier: payments", policy_seen, timeout=20)
+    created = helpers.create(cluster, namespace, web)
+    assert created.returncode == 0, created.stderr
     into = cluster.kubectl(
         "label", "pod", "relabel", "-n", namespace, "tier=payments", "--overwrite", check=False
     )
@@ -427,6 +424,9 @@ def test_relabelling_a_pod_into_a_policys_pod_selector_is_checked(
     # A label no policy selects on is no reason to check what already runs.
     other = cluster.kubectl("label", "pod", "relabel", "-n", namespace, "team=a", check=False)
     assert other.returncode == 0, other.stderr
+
+
+# -- the webhook server itself ------------------------------------------------------------
 
 
 def test_malformed_admission_reviews_get_4xx_and_the_server_keeps_serving(

@@ -181,28 +181,27 @@ def _view(
         view = workloads.parse_pod_view(body, kind=kind)
     except errors.MalformedObjectError as e:
         return _deny(f"imageward: {e}", 400)
-    old = request["oldObject"]
-    unchanged = (
-        request["operation"] == "UPDATE"
-        and old is not None
-        and not workloads.images_changed(old, body, view.kind)
-    )
-    if unchanged and not _enters_a_policy(state, old, view):
-        return None
-    return view
+    old_body = request["oldObject"]
+    if request["operation"] != "UPDATE" or old_body is None:
+        return view
+    try:
+        old = workloads.parse_pod_view(old_body, kind=view.kind)
+    except errors.MalformedObjectError:
+        return view  # check rather than skip
+    if workloads.images_changed_between(old, view) or _enters_a_policy(state, old, view):
+        return view
+    return None
 
 
-def _enters_a_policy(state: runtime.Runtime, old_body: object, view: workloads.PodView) -> bool:
+def _enters_a_policy(
+    state: runtime.Runtime, old: workloads.PodView, view: workloads.PodView
+) -> bool:
     """Whether an UPDATE that runs no new image relabels the pod (template) into the
     podSelector of a policy its old labels were outside: a pod created as `tier: web`
     with an image a `tier: payments` policy refuses must not become `tier: payments`
     (and take that Service's traffic) by `kubectl label`. Any other label change is
     left alone, so controllers relabelling pods admitted under older policies are not
     stopped by a check they did not ask for."""
-    try:
-        old = workloads.parse_pod_view(old_body, kind=view.kind)
-    except errors.MalformedObjectError:
-        return True
     if old.labels == view.labels:
         return False
     before, after = old.pod_labels, view.pod_labels

@@ -55,14 +55,16 @@ _WORKLOAD_RULES: tuple[dict[str, Any], ...] = (
 #: changes, ephemeral containers added (`kubectl debug`).
 _MUTATED_RULES = _WORKLOAD_RULES[:2]
 
-#: The resources the webhooks are sent (a subresource's review names its resource).
-RESOURCES = frozenset(
-    resource.split("/")[0] for rule in _WORKLOAD_RULES for resource in rule["resources"]
-)
+
+def _resources(rules: tuple[dict[str, Any], ...]) -> frozenset[str]:
+    """The resources `rules` send (a subresource's review names its resource)."""
+    return frozenset(resource.split("/")[0] for rule in rules for resource in rule["resources"])
+
+
+#: The resources the webhooks are sent.
+RESOURCES = _resources(_WORKLOAD_RULES)
 #: The resources the mutating webhook is sent: the validating one asks their pins.
-MUTATED_RESOURCES = frozenset(
-    resource.split("/")[0] for rule in _MUTATED_RULES for resource in rule["resources"]
-)
+MUTATED_RESOURCES = _resources(_MUTATED_RULES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

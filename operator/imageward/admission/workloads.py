@@ -435,6 +435,11 @@ def images_changed(old_body: object | None, new_body: object, kind: str) -> bool
         old = parse_pod_view(old_body, kind=kind)
     except errors.MalformedObjectError:
         return bool(new.containers)
+    return images_changed_between(old, new)
+
+
+def images_changed_between(old: PodView, new: PodView) -> bool:
+    """`images_changed` for views already parsed."""
     before = {(c.kind, c.name, c.image) for c in old.containers}
     if any((c.kind, c.name, c.image) not in before for c in new.containers):
         return True
