@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 MIN_RSA_BITS: Final = 2048
 
-#: The algorithm name of each curve, and the hashes of `_curve_hashes`.
+#: The algorithm name of each curve, and the curves of `_curve_signatures`.
 _CURVE_NAMES: Final[dict[str, KeyAlgorithm]] = {
     "secp256r1": "ecdsa-p256",
     "secp384r1": "ecdsa-p384",
@@ -46,13 +46,33 @@ _CURVE_NAMES: Final[dict[str, KeyAlgorithm]] = {
 
 
 @functools.cache
-def _curve_hashes() -> dict[str, tuple[hashes.HashAlgorithm, ...]]:
+def _curve_signatures() -> dict[str, tuple[ec.ECDSA, ...]]:
+    """Per curve, the ECDSA signature algorithms to verify with, in the order tried."""
     from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    class VerifyingECDSA(ec.ECDSA):
+        """`ec.ECDSA(algorithm)` for verifying. ECDSA's own `__init__` imports the
+        OpenSSL backend (with the RSA, padding and cipher modules: as much as the rest
+        of a P-256 verification) only to check that deterministic signing, an option
+        of signing, is supported. cryptography's verify asks an ECDSA instance for its
+        `algorithm` alone; tests/unit/signatures/test_keys.py verifies with both."""
+
+        def __init__(self, algorithm: hashes.HashAlgorithm) -> None:
+            self._verifying_hash = algorithm
+
+        @property
+        def algorithm(self) -> hashes.HashAlgorithm:
+            return self._verifying_hash
+
+        @property
+        def deterministic_signing(self) -> bool:
+            return False
 
     return {
-        "secp256r1": (hashes.SHA256(),),
-        "secp384r1": (hashes.SHA384(), hashes.SHA256()),
-        "secp521r1": (hashes.SHA512(), hashes.SHA256()),
+        "secp256r1": (VerifyingECDSA(hashes.SHA256()),),
+        "secp384r1": (VerifyingECDSA(hashes.SHA384()), VerifyingECDSA(hashes.SHA256())),
+        "secp521r1": (VerifyingECDSA(hashes.SHA512()), VerifyingECDSA(hashes.SHA256())),
     }
 
 
@@ -151,7 +171,7 @@ def parse_public_key(pem: str | bytes, *, authority: str) -> PublicKey:
     from cryptography import exceptions as crypto_exceptions
 
     try:
-        loaded = _load_pem_public_key()(data.strip())
+        loaded = _key_loader("load_pem_public_key")(data.strip())
     except crypto_exceptions.UnsupportedAlgorithm as e:
         raise model.AuthorityError(authority, f"unsupported key type: {e}") from e
     except ValueError as e:
@@ -249,10 +269,9 @@ def _p256_spki(data: bytes) -> bytes | None:
 
 def _load_der(spki: bytes) -> CryptoKey:
     """The cryptography key of a SubjectPublicKeyInfo `_p256_spki` accepted."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    loaded = serialization.load_der_public_key(spki)
+    loaded = _key_loader("load_der_public_key")(spki)
     assert isinstance(loaded, ec.EllipticCurvePublicKey)  # as _p256_spki guarantees
     return loaded
 
@@ -265,38 +284,44 @@ def _encode_spki(key: CryptoKey) -> bytes:
     )
 
 
-def _load_pem_public_key() -> Callable[[bytes], Any]:
-    """cryptography's `serialization.load_pem_public_key`, without importing the
-    serialization package: that function *is* `rust_openssl.keys.load_pem_public_key`
-    (tests/unit/signatures/test_keys.py checks that they are the same object), so every
-    key gets the same verdict. Should a cryptography release move it, the package's."""
+def _key_loader(name: str) -> Callable[[bytes], Any]:
+    """cryptography's `serialization.<name>` (`load_pem_public_key`,
+    `load_der_public_key`), without importing the serialization package (its SSH, RSA
+    and cipher modules cost a P-256 check more than the rest of cryptography): those
+    functions *are* `rust_openssl.keys.<name>` (tests/unit/signatures/test_keys.py checks
+    that they are the same objects), so every key gets the same verdict. Should a
+    cryptography release move them, the package's."""
     try:
         from cryptography.hazmat.bindings._rust import openssl as rust_openssl
 
-        loader: Callable[[bytes], Any] = rust_openssl.keys.load_pem_public_key
+        loader: Callable[[bytes], Any] = getattr(rust_openssl.keys, name)
     except (ImportError, AttributeError):  # pragma: no cover (another cryptography)
         from cryptography.hazmat.primitives import serialization
 
-        loader = serialization.load_pem_public_key
+        loader = getattr(serialization, name)
     return loader
 
 
 def verify_signature(key: PublicKey, signature: bytes, data: bytes) -> bool:
     """Whether `signature` signs `data` with `key`, with the hashes cosign uses."""
     from cryptography import exceptions as crypto_exceptions
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     public = key.key
     try:
         if isinstance(public, ec.EllipticCurvePublicKey):
-            for algorithm in _curve_hashes()[public.curve.name]:
+            for algorithm in _curve_signatures()[public.curve.name]:
                 try:
-                    public.verify(signature, data, ec.ECDSA(algorithm))
+                    public.verify(signature, data, algorithm)
                 except crypto_exceptions.InvalidSignature:
                     continue
                 return True
             return False
+        # Imported only for the keys that need them: RSA's modules cost a P-256
+        # verification as much as the rest of cryptography.
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
         if isinstance(public, rsa.RSAPublicKey):
             public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
             return True

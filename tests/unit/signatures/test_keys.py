@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -108,13 +114,14 @@ def test_certificate_is_not_a_key(sigstore: fakesigstore.FakeSigstore) -> None:
     assert "certificate, not a public key" in reason
 
 
-def test_the_pem_loader_is_cryptographys() -> None:
-    # keys imports the loader from cryptography's Rust bindings, sparing the
-    # serialization package: it must be the very function serialization exports.
+@pytest.mark.parametrize("name", ["load_pem_public_key", "load_der_public_key"])
+def test_the_key_loaders_are_cryptographys(name: str) -> None:
+    # keys imports the loaders from cryptography's Rust bindings, sparing the
+    # serialization package: they must be the very functions serialization exports.
     from cryptography.hazmat.bindings._rust import openssl as rust_openssl
 
-    assert keys._load_pem_public_key() is serialization.load_pem_public_key
-    assert rust_openssl.keys.load_pem_public_key is serialization.load_pem_public_key
+    assert keys._key_loader(name) is getattr(serialization, name)
+    assert getattr(rust_openssl.keys, name) is getattr(serialization, name)
 
 
 @pytest.mark.parametrize("kind", ["p256", "p384", "p521", "rsa", "ed25519"])
@@ -216,3 +223,38 @@ def test_a_p256_key_cosign_would_not_write_is_left_to_cryptography(
     # Only the mirror point (x, p - y), itself a key on the curve, and the key with a
     # space before it (parse_public_key strips it, for cryptography too).
     assert sorted(accepted) == sorted([variants[300], b" " + pem])
+
+
+def test_a_p256_verification_imports_no_rsa_nor_serialization(
+    release_key: build.PrivateKey,
+) -> None:
+    # `imageward check` verifies a cosign P-256 signature in every run: cryptography's
+    # serialization package, its RSA modules and the OpenSSL backend object (each
+    # costs milliseconds to import) are needed only by other keys.
+    pem = build.public_pem(release_key)
+    signature = build.sign(release_key, b"payload")
+    script = (
+        "import json, sys\n"
+        "from imageward.signatures import keys\n"
+        "key = keys.parse_public_key(sys.argv[1].encode(), authority='release')\n"
+        "ok = keys.verify_signature(key, bytes.fromhex(sys.argv[2]), b'payload')\n"
+        "bad = keys.verify_signature(key, bytes.fromhex(sys.argv[2]), b'payload!')\n"
+        "print(json.dumps([ok, bad, sorted(sys.modules)]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, pem, signature.hex()],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(keys.__file__).parents[2])},
+    )
+    ok, bad, modules = json.loads(result.stdout)
+    assert (ok, bad) == (True, False)
+    assert "cryptography.hazmat.primitives.asymmetric.ec" in modules
+    heavy = (
+        "cryptography.hazmat.primitives.serialization",
+        "cryptography.hazmat.primitives.asymmetric.rsa",
+        "cryptography.hazmat.primitives.asymmetric.padding",
+        "cryptography.hazmat.backends.openssl.backend",
+    )
+    assert [name for name in heavy if name in modules] == []
