@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import datetime
 import hashlib
 import time
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import cachetools
 
-from imageward import constants, errors
+from imageward import constants, errors, records
 from imageward.policy import evaluate, model
 from imageward.policystore import LoadedPolicy
 from imageward.registry import auth as registry_auth
@@ -68,59 +67,138 @@ class ImageSource(Protocol):
     ) -> registry_model.Digest: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Context:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class Context(records.Record):
     """Where the images run: selectors' inputs, platform choice, registry credentials."""
 
-    namespace_labels: Mapping[str, str] | None = None
-    pod_labels: Mapping[str, str] | None = None
-    platform: registry_platforms.PlatformChoice | registry_model.Platform | None = None
-    credentials: Sequence[registry_auth.DockerConfig] = ()
-    namespace: str | None = None
+    __slots__ = (
+        "count_metrics",
+        "credentials",
+        "exceptions",
+        "namespace",
+        "namespace_labels",
+        "platform",
+        "pod_labels",
+    )
+    namespace_labels: Mapping[str, str] | None
+    pod_labels: Mapping[str, str] | None
+    platform: registry_platforms.PlatformChoice | registry_model.Platform | None
+    credentials: Sequence[registry_auth.DockerConfig]
+    namespace: str | None
     #: ImagePolicyExceptions of `namespace` (exceptions/evaluate.py decides what they waive).
-    exceptions: Sequence[exceptions_model.PolicyException] = ()
+    exceptions: Sequence[exceptions_model.PolicyException]
     #: False for background scans (the evaluation and verification counters are
     #: admission's) and for `imageward check`, which exports no metrics: then
     #: prometheus_client is not even imported (metrics are imported where counted).
-    count_metrics: bool = True
+    count_metrics: bool
+
+    def __init__(
+        self,
+        namespace_labels: Mapping[str, str] | None = None,
+        pod_labels: Mapping[str, str] | None = None,
+        platform: registry_platforms.PlatformChoice | registry_model.Platform | None = None,
+        credentials: Sequence[registry_auth.DockerConfig] = (),
+        namespace: str | None = None,
+        exceptions: Sequence[exceptions_model.PolicyException] = (),
+        count_metrics: bool = True,
+    ) -> None:
+        _set(self, "namespace_labels", namespace_labels)
+        _set(self, "pod_labels", pod_labels)
+        _set(self, "platform", platform)
+        _set(self, "credentials", credentials)
+        _set(self, "namespace", namespace)
+        _set(self, "exceptions", exceptions)
+        _set(self, "count_metrics", count_metrics)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AttestationReport:
+class AttestationReport(records.Record):
     """One attestation entry of one policy, judged for one image (`imageward check`)."""
 
+    __slots__ = ("message", "name", "policy", "result")
     policy: str
     name: str
     result: str  # pass | fail | error
     message: str
 
+    def __init__(
+        self,
+        policy: str,
+        name: str,
+        result: str,
+        message: str,
+    ) -> None:
+        _set(self, "policy", policy)
+        _set(self, "name", name)
+        _set(self, "result", result)
+        _set(self, "message", message)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageOutcome:
+
+class ImageOutcome(records.Record):
+    """The verdict on one image: every matching policy's result, and the pin."""
+
+    __slots__ = ("attestations", "decision", "digest", "exceptions", "image", "pin", "results")
     image: str
     digest: registry_model.Digest | None
     decision: evaluate.Decision
     results: tuple[evaluate.PolicyResult, ...]
     pin: registry_model.Digest | None  # set when a matching policy pins and the image is allowed
-    attestations: tuple[AttestationReport, ...] = ()
+    attestations: tuple[AttestationReport, ...]
     #: ImagePolicyExceptions that waived violations of this image (or would have, but
     #: had expired or were not allowed).
-    exceptions: tuple[exceptions_evaluate.Use, ...] = ()
+    exceptions: tuple[exceptions_evaluate.Use, ...]
+
+    def __init__(
+        self,
+        image: str,
+        digest: registry_model.Digest | None,
+        decision: evaluate.Decision,
+        results: tuple[evaluate.PolicyResult, ...],
+        pin: registry_model.Digest | None,
+        attestations: tuple[AttestationReport, ...] = (),
+        exceptions: tuple[exceptions_evaluate.Use, ...] = (),
+    ) -> None:
+        _set(self, "image", image)
+        _set(self, "digest", digest)
+        _set(self, "decision", decision)
+        _set(self, "results", results)
+        _set(self, "pin", pin)
+        _set(self, "attestations", attestations)
+        _set(self, "exceptions", exceptions)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(records.Record):
+    """The verdict on a set of images: each image's, and the overall decision."""
+
+    __slots__ = ("decision", "images")
     images: tuple[ImageOutcome, ...]
     decision: evaluate.Decision
 
+    def __init__(
+        self,
+        images: tuple[ImageOutcome, ...],
+        decision: evaluate.Decision,
+    ) -> None:
+        _set(self, "images", images)
+        _set(self, "decision", decision)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Failure:
+
+class _Failure(records.Record):
     """Why registry facts are missing: an outage (`lookup`, failurePolicy applies) or
     content the registry served that cannot be used (a refusal, whatever the policy)."""
 
+    __slots__ = ("outage", "text")
     outage: bool
     text: str
+
+    def __init__(
+        self,
+        outage: bool,
+        text: str,
+    ) -> None:
+        _set(self, "outage", outage)
+        _set(self, "text", text)
 
 
 def _failure(error: BaseException, registry: str) -> _Failure:
@@ -418,7 +496,7 @@ async def _fetch_signature_set(
             return await source.fetch_signatures(reference, digest, credentials=context.credentials)
     except (TimeoutError, errors.ImagewardError) as e:
         failure = _failure(e, reference.registry)
-        return dataclasses.replace(failure, text=f"signature lookup failed: {failure.text}")
+        return records.replace(failure, text=f"signature lookup failed: {failure.text}")
 
 
 # Verification results per (digest, authorities, signature set). The registry side hands

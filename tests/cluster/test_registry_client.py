@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from imageward import errors, metrics, settings
+from imageward import errors, metrics, records, settings
 from imageward.localcluster import faultproxy, images, registries
 from imageward.registry import auth, client, manifests, model, reference
 
@@ -60,7 +60,7 @@ def proxy(module_proxy: faultproxy.FaultProxy) -> faultproxy.FaultProxy:
 
 
 def make_settings(*hosts: str, **overrides: object) -> settings.RegistrySettings:
-    return dataclasses.replace(
+    return records.replace(
         settings.RegistrySettings(insecure_registries=hosts, retries=2), **overrides
     )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import pathlib
@@ -20,7 +19,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from imageward import errors, settings
+from imageward import errors, records, settings
 from imageward.policy import quantities
 from imageward.prepull import daemonset
 
@@ -209,7 +208,7 @@ def build_options(args: argparse.Namespace) -> agent.Options:
         except ValueError as e:
             raise UsageError(str(e)) from e
     insecure = tuple(dict.fromkeys((*config.registry.insecure_registries, *args.insecure_registry)))
-    registry = dataclasses.replace(
+    registry = records.replace(
         config.registry,
         insecure_registries=insecure,
         request_timeout=max(config.registry.request_timeout, _REQUEST_TIMEOUT),

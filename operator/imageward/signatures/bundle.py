@@ -22,10 +22,10 @@ ignored, because key material carried by a bundle is attacker-controlled
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, Final
 
+from imageward import records
 from imageward.registry import model as registry_model
 from imageward.signatures import keys, model
 
@@ -40,33 +40,68 @@ STATEMENT_TYPES: Final = frozenset(
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BundleRef:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class BundleRef(records.Record):
     """A bundle layer named by a referrer manifest."""
 
+    __slots__ = ("layer_digest", "predicate_type")
     layer_digest: str
     predicate_type: str | None  # the manifest's annotation, a hint only (not signed)
+
+    def __init__(
+        self,
+        layer_digest: str,
+        predicate_type: str | None,
+    ) -> None:
+        _set(self, "layer_digest", layer_digest)
+        _set(self, "predicate_type", predicate_type)
 
     @property
     def label(self) -> str:
         return f"bundle {model.short(self.layer_digest)}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DsseEnvelope:
+class DsseEnvelope(records.Record):
+    """A bundle's DSSE envelope, decoded (payload and signatures as bytes)."""
+
+    __slots__ = ("payload", "payload_type", "signatures")
     payload_type: str
     payload: bytes
     signatures: tuple[bytes, ...]
 
+    def __init__(
+        self,
+        payload_type: str,
+        payload: bytes,
+        signatures: tuple[bytes, ...],
+    ) -> None:
+        _set(self, "payload_type", payload_type)
+        _set(self, "payload", payload)
+        _set(self, "signatures", signatures)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Bundle:
+
+class Bundle(records.Record, hidden=("raw",)):
     """A parsed bundle. `raw` is kept for the keyless verifier, which reads it itself."""
 
+    __slots__ = ("envelope", "has_message_signature", "media_type", "raw")
     media_type: str
     envelope: DsseEnvelope | None
     has_message_signature: bool
-    raw: bytes = dataclasses.field(repr=False)
+    raw: bytes
+
+    def __init__(
+        self,
+        media_type: str,
+        envelope: DsseEnvelope | None,
+        has_message_signature: bool,
+        raw: bytes,
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "envelope", envelope)
+        _set(self, "has_message_signature", has_message_signature)
+        _set(self, "raw", raw)
 
 
 def parse_referrer_manifest(manifest: bytes) -> tuple[BundleRef, ...]:

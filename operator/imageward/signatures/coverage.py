@@ -17,29 +17,51 @@ results in.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
+from imageward import records
 from imageward.registry import model as registry_model
 from imageward.signatures import model, verify
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Pulled:
+
+class Pulled(records.Record):
     """One platform manifest a node could select, and what verified its digest."""
 
+    __slots__ = ("digest", "label", "result")
     label: str  # "linux/arm64 (sha256:9f2c1a7b3d4e…)", for messages
     digest: registry_model.Digest
     result: verify.VerificationResult
 
+    def __init__(
+        self,
+        label: str,
+        digest: registry_model.Digest,
+        result: verify.VerificationResult,
+    ) -> None:
+        _set(self, "label", label)
+        _set(self, "digest", digest)
+        _set(self, "result", result)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Coverage:
+
+class Coverage(records.Record):
+    """How far the authorities vouch for everything the runtime may pull."""
+
+    __slots__ = ("failures", "verified")
     verified: int
     """Distinct signers vouching for the least-covered digest the runtime may pull."""
 
     failures: tuple[tuple[str, str], ...]
     """(authority, why it does not vouch for everything pulled), in policy order."""
+
+    def __init__(
+        self,
+        verified: int,
+        failures: tuple[tuple[str, str], ...],
+    ) -> None:
+        _set(self, "verified", verified)
+        _set(self, "failures", failures)
 
 
 def _outcomes(result: verify.VerificationResult) -> dict[str, verify.AuthorityOutcome]:

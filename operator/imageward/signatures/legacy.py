@@ -21,10 +21,10 @@ the digest, which is checked.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, Final
 
+from imageward import records
 from imageward.registry import model as registry_model
 from imageward.signatures import keys, model
 
@@ -36,15 +36,32 @@ REKOR_BUNDLE_ANNOTATION: Final = "dev.sigstore.cosign/bundle"
 SIGNATURE_TYPE: Final = "cosign container image signature"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LegacySignature:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class LegacySignature(records.Record):
     """One simple-signing layer of a `.sig` manifest: annotations as written, undecoded."""
 
+    __slots__ = ("certificate", "chain", "layer_digest", "rekor_bundle", "signature")
     layer_digest: str
     signature: str | None  # base64, from dev.cosignproject.cosign/signature
-    certificate: str | None = None  # PEM leaf (keyless)
-    chain: str | None = None  # PEM intermediates and root (keyless)
-    rekor_bundle: str | None = None  # JSON {"SignedEntryTimestamp", "Payload"} (keyless)
+    certificate: str | None  # PEM leaf (keyless)
+    chain: str | None  # PEM intermediates and root (keyless)
+    rekor_bundle: str | None  # JSON {"SignedEntryTimestamp", "Payload"} (keyless)
+
+    def __init__(
+        self,
+        layer_digest: str,
+        signature: str | None,
+        certificate: str | None = None,
+        chain: str | None = None,
+        rekor_bundle: str | None = None,
+    ) -> None:
+        _set(self, "layer_digest", layer_digest)
+        _set(self, "signature", signature)
+        _set(self, "certificate", certificate)
+        _set(self, "chain", chain)
+        _set(self, "rekor_bundle", rekor_bundle)
 
     @property
     def label(self) -> str:

@@ -18,12 +18,12 @@ when an image carries only the other format the reason says so.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from cryptography.hazmat.primitives import hashes
 
+from imageward import records
 from imageward.registry import model as registry_model
 from imageward.signatures import bundle, legacy, model
 
@@ -43,12 +43,18 @@ if TYPE_CHECKING:
     from imageward.notation import revocation as notation_revocation
     from imageward.notation import verify as notation_verify
 
+    # For `_Candidate.__init__`, whose parameters `legacy` and `bundle` hide the modules.
+    from imageward.signatures.bundle import Bundle
+    from imageward.signatures.legacy import LegacySignature
+
 NO_SIGNATURE = "no signature found"
 NO_NOTATION_SIGNATURE = "no Notation signature found"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SignatureSet:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class SignatureSet(records.Record):
     """What the registry holds for one digest, as fetched (bytes, unverified).
 
     `legacy_manifests`: the manifest at tag `sha256-<hex>.sig` (none when that tag does
@@ -59,17 +65,42 @@ class SignatureSet:
     against its digest again here.
     """
 
-    legacy_manifests: tuple[bytes, ...] = ()
-    bundle_manifests: tuple[bytes, ...] = ()
-    blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    __slots__ = (
+        "attestation_manifests",
+        "blobs",
+        "bundle_manifests",
+        "legacy_manifests",
+        "problems",
+    )
+    legacy_manifests: tuple[bytes, ...]
+    bundle_manifests: tuple[bytes, ...]
+    blobs: Mapping[str, bytes]
     #: The manifest at tag `sha256-<hex>.att` (legacy attestations: DSSE envelopes as
     #: layers), when attestations were asked for; attestation bundles are referrers,
     #: among `bundle_manifests`.
-    attestation_manifests: tuple[bytes, ...] = ()
+    attestation_manifests: tuple[bytes, ...]
     #: What the registry served but could not be used, by blob digest (or by the
     #: manifest or list it concerns): missing, over a size cap, tampered. Each such
     #: signature is refused with its reason; the others still count.
-    problems: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    problems: Mapping[str, str]
+
+    def __init__(
+        self,
+        legacy_manifests: tuple[bytes, ...] = (),
+        bundle_manifests: tuple[bytes, ...] = (),
+        blobs: Mapping[str, bytes] = records.FACTORY,
+        attestation_manifests: tuple[bytes, ...] = (),
+        problems: Mapping[str, str] = records.FACTORY,
+    ) -> None:
+        if blobs is records.FACTORY:
+            blobs = {}
+        if problems is records.FACTORY:
+            problems = {}
+        _set(self, "legacy_manifests", legacy_manifests)
+        _set(self, "bundle_manifests", bundle_manifests)
+        _set(self, "blobs", blobs)
+        _set(self, "attestation_manifests", attestation_manifests)
+        _set(self, "problems", problems)
 
     @property
     def size(self) -> int:
@@ -82,37 +113,87 @@ class SignatureSet:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(records.Record):
     """One signature checked against one authority: a metric sample and a log line."""
 
+    __slots__ = ("authority", "format", "reason", "result", "signature")
     authority: str
     format: model.Format
     signature: str  # which one: "bundle sha256:…", "legacy signature layer sha256:…"
     result: model.Result
     reason: str  # empty when verified
 
+    def __init__(
+        self,
+        authority: str,
+        format: model.Format,
+        signature: str,
+        result: model.Result,
+        reason: str,
+    ) -> None:
+        _set(self, "authority", authority)
+        _set(self, "format", format)
+        _set(self, "signature", signature)
+        _set(self, "result", result)
+        _set(self, "reason", reason)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuthorityOutcome:
+
+class AuthorityOutcome(records.Record):
+    """Whether one authority of a policy vouches for the digest, and why not."""
+
+    __slots__ = ("authority", "format", "kind", "missing", "reason", "signers", "verified")
     authority: str
     kind: Literal["key", "keyless", "notation"]
     verified: bool
     reason: str  # empty when verified
-    format: model.Format | None = None  # of the signature that verified, or that got furthest
+    format: model.Format | None  # of the signature that verified, or that got furthest
     #: Every signer (key or certificate identity) whose signature verified for it.
-    signers: frozenset[str] = frozenset()
+    signers: frozenset[str]
     #: No signature of the authority's format was found at all.
-    missing: bool = False
+    missing: bool
+
+    def __init__(
+        self,
+        authority: str,
+        kind: Literal["key", "keyless", "notation"],
+        verified: bool,
+        reason: str,
+        format: model.Format | None = None,
+        signers: frozenset[str] = frozenset(),
+        missing: bool = False,
+    ) -> None:
+        _set(self, "authority", authority)
+        _set(self, "kind", kind)
+        _set(self, "verified", verified)
+        _set(self, "reason", reason)
+        _set(self, "format", format)
+        _set(self, "signers", signers)
+        _set(self, "missing", missing)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class VerificationResult:
+class VerificationResult(records.Record):
+    """What `verify` found for one digest: each authority's outcome and every attempt."""
+
+    __slots__ = ("attempts", "digest", "outcomes", "signatures_found", "threshold")
     digest: registry_model.Digest
     threshold: int
     outcomes: tuple[AuthorityOutcome, ...]
     attempts: tuple[Attempt, ...]
     signatures_found: int
+
+    def __init__(
+        self,
+        digest: registry_model.Digest,
+        threshold: int,
+        outcomes: tuple[AuthorityOutcome, ...],
+        attempts: tuple[Attempt, ...],
+        signatures_found: int,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "threshold", threshold)
+        _set(self, "outcomes", outcomes)
+        _set(self, "attempts", attempts)
+        _set(self, "signatures_found", signatures_found)
 
     @property
     def verified(self) -> tuple[str, ...]:
@@ -140,20 +221,40 @@ class VerificationResult:
         return f"{head} ({details})" if details else head
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Candidate:
+class _Candidate(records.Record):
     """One signature found, read once for every authority; `broken` when unreadable."""
 
+    __slots__ = ("broken", "bundle", "format", "generic", "label", "legacy", "notation", "payload")
     format: model.Format
     label: str
-    legacy: legacy.LegacySignature | None = None
-    payload: bytes | None = None  # legacy payload, digest-checked
-    bundle: bundle.Bundle | None = None
-    notation: notation_verify.SignatureRef | None = None
-    broken: model.Check | None = None
+    legacy: LegacySignature | None
+    payload: bytes | None  # legacy payload, digest-checked
+    bundle: Bundle | None
+    notation: notation_verify.SignatureRef | None
+    broken: model.Check | None
     #: A problem of the whole lookup (a referrers list that cannot be read): it
     #: concerns every authority, whatever its format.
-    generic: bool = False
+    generic: bool
+
+    def __init__(
+        self,
+        format: model.Format,
+        label: str,
+        legacy: LegacySignature | None = None,
+        payload: bytes | None = None,
+        bundle: Bundle | None = None,
+        notation: notation_verify.SignatureRef | None = None,
+        broken: model.Check | None = None,
+        generic: bool = False,
+    ) -> None:
+        _set(self, "format", format)
+        _set(self, "label", label)
+        _set(self, "legacy", legacy)
+        _set(self, "payload", payload)
+        _set(self, "bundle", bundle)
+        _set(self, "notation", notation)
+        _set(self, "broken", broken)
+        _set(self, "generic", generic)
 
     @property
     def is_notation(self) -> bool:
@@ -195,7 +296,7 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
                 named.add(notation_ref.layer_digest)
                 problem = _problem(signatures, notation_ref.layer_digest, notation_ref.label)
                 found.append(
-                    dataclasses.replace(problem, format="notation")
+                    records.replace(problem, format="notation")
                     if problem is not None
                     else _Candidate("notation", notation_ref.label, notation=notation_ref)
                 )
@@ -209,7 +310,7 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
             named.add(ref.layer_digest)
             problem = _problem(signatures, ref.layer_digest, ref.label)
             if problem is not None:
-                found.append(dataclasses.replace(problem, format="bundle"))
+                found.append(records.replace(problem, format="bundle"))
                 continue
             try:
                 parsed = bundle.read_bundle(ref, signatures.blobs)
@@ -228,7 +329,7 @@ def _candidates(signatures: SignatureSet) -> list[_Candidate]:
             named.add(layer.layer_digest)
             problem = _problem(signatures, layer.layer_digest, layer.label)
             if problem is not None:
-                found.append(dataclasses.replace(problem, legacy=layer))
+                found.append(records.replace(problem, legacy=layer))
                 continue
             try:
                 payload = legacy.read_payload(layer, signatures.blobs)
@@ -256,13 +357,25 @@ def _notation_refs(manifest: bytes) -> tuple[notation_verify.SignatureRef, ...] 
     return notation_verify.parse_signature_manifest(manifest)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Context:
+class _Context(records.Record):
     """What a Notation check needs beyond the digest (cosign payloads name only that)."""
 
-    blobs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
-    target: model.Target | None = None
-    revocation: notation_revocation.Statuses | None = None
+    __slots__ = ("blobs", "revocation", "target")
+    blobs: Mapping[str, bytes]
+    target: model.Target | None
+    revocation: notation_revocation.Statuses | None
+
+    def __init__(
+        self,
+        blobs: Mapping[str, bytes] = records.FACTORY,
+        target: model.Target | None = None,
+        revocation: notation_revocation.Statuses | None = None,
+    ) -> None:
+        if blobs is records.FACTORY:
+            blobs = {}
+        _set(self, "blobs", blobs)
+        _set(self, "target", target)
+        _set(self, "revocation", revocation)
 
 
 def _check(

@@ -5,14 +5,13 @@ registry: the policies here decide from the reference, or fail their lookup)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import types
 from typing import Any
 
 import pytest
 
-from imageward import checker, errors, metrics, policystore, runtime, settings
+from imageward import checker, errors, metrics, policystore, records, runtime, settings
 from imageward.admission import decisions, workloads
 from imageward.exceptions import model as exceptions_model
 from tests.unit.exceptions.test_exceptions import body as exception_body
@@ -156,19 +155,17 @@ def test_a_failed_lookup_is_tried_again_on_the_next_review(checks: list[int]) ->
 @pytest.mark.parametrize("field", ["tag_cache_ttl", "signature_cache_ttl", "negative_cache_ttl"])
 def test_registry_caches_switched_off_switch_the_memo_off(field: str) -> None:
     config = settings.Settings()
-    config = dataclasses.replace(
-        config, registry=dataclasses.replace(config.registry, **{field: 0})
-    )
+    config = records.replace(config, registry=records.replace(config.registry, **{field: 0}))
     state, _ = _state(config)
     assert not state.decisions.enabled
 
 
 def test_the_memo_never_outlasts_the_shortest_registry_ttl() -> None:
     config = settings.Settings()
-    config = dataclasses.replace(
+    config = records.replace(
         config,
-        admission=dataclasses.replace(config.admission, decision_cache_ttl=5.0),
-        registry=dataclasses.replace(config.registry, negative_cache_ttl=2.0),
+        admission=records.replace(config.admission, decision_cache_ttl=5.0),
+        registry=records.replace(config.registry, negative_cache_ttl=2.0),
     )
     assert _state(config)[0].decisions.ttl == 2.0
 
