@@ -18,23 +18,37 @@ from typing import Any
 import pytest
 
 # Importing a module makes its Records; each module with Records is listed here.
-from imageward import policystore, records
+from imageward import checker, policystore, records, settings
 from imageward.policy import evaluate, globs, model, quantities, selectors
+from imageward.registry import auth, gojson, manifests, platforms, routes, streams, transport
 from imageward.registry import model as registry_model
-from imageward.signatures import authorities, keys
+from imageward.signatures import authorities, bundle, coverage, keys, legacy, verify
 from imageward.signatures import model as signatures_model
 
 MODULES = (
+    checker,
     policystore,
+    settings,
     evaluate,
     globs,
     model,
     quantities,
     selectors,
+    auth,
+    gojson,
+    manifests,
+    platforms,
     registry_model,
+    routes,
+    streams,
+    transport,
     authorities,
+    bundle,
+    coverage,
     keys,
+    legacy,
     signatures_model,
+    verify,
 )
 RECORDS = sorted(records.Record.__subclasses__(), key=lambda c: (c.__module__, c.__qualname__))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -30,7 +29,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from imageward import errors
+from imageward import errors, records
 from imageward.registry import gojson, reference
 
 #: Token values go into a header: printable ASCII only, so a hostile token endpoint
@@ -45,6 +44,8 @@ CLIENT_ID = "imageward"
 SECRET_TYPE_DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 SECRET_TYPE_DOCKERCFG = "kubernetes.io/dockercfg"
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
 
 class ChallengeError(ValueError):
     """A challenge, realm or token answer that cannot be used; the client adds where."""
@@ -53,12 +54,16 @@ class ChallengeError(ValueError):
 # ---------------------------------------------------------------------------- challenges
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Challenge:
+class Challenge(records.Record):
     """One `WWW-Authenticate` challenge: a lower-case scheme and its parameters."""
 
+    __slots__ = ("params", "scheme")
     scheme: str
-    params: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str], ...]
+
+    def __init__(self, scheme: str, params: tuple[tuple[str, str], ...] = ()) -> None:
+        _set(self, "scheme", scheme)
+        _set(self, "params", params)
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:
@@ -177,19 +182,33 @@ def build_scope(repository: str, actions: Sequence[str] = ("pull",)) -> str:
 # ---------------------------------------------------------------------------- credentials
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Credentials:
+class Credentials(records.Record, hidden=("password", "identity_token", "registry_token")):
     """One set of registry credentials and where it came from (for messages, never secrets).
 
     `identity_token` is an OAuth2 refresh token (docker config `identitytoken`, what
     `docker login` to ACR stores); `registry_token` a bearer token used as is.
     """
 
-    username: str | None = None
-    password: str | None = dataclasses.field(default=None, repr=False)
-    identity_token: str | None = dataclasses.field(default=None, repr=False)
-    registry_token: str | None = dataclasses.field(default=None, repr=False)
-    source: str = ""
+    __slots__ = ("identity_token", "password", "registry_token", "source", "username")
+    username: str | None
+    password: str | None
+    identity_token: str | None
+    registry_token: str | None
+    source: str
+
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        identity_token: str | None = None,
+        registry_token: str | None = None,
+        source: str = "",
+    ) -> None:
+        _set(self, "username", username)
+        _set(self, "password", password)
+        _set(self, "identity_token", identity_token)
+        _set(self, "registry_token", registry_token)
+        _set(self, "source", source)
 
     @property
     def fingerprint(self) -> str:
@@ -205,22 +224,32 @@ class Credentials:
         return f"{who} from {self.source}" if self.source else who
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuthEntry:
+class AuthEntry(records.Record):
     """One key of a docker config: canonical host (may hold `*` labels), path prefix."""
 
+    __slots__ = ("credentials", "host", "key", "path")
     key: str
     host: str
     path: str
     credentials: Credentials
 
+    def __init__(self, key: str, host: str, path: str, credentials: Credentials) -> None:
+        _set(self, "key", key)
+        _set(self, "host", host)
+        _set(self, "path", path)
+        _set(self, "credentials", credentials)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DockerConfig:
+
+class DockerConfig(records.Record):
     """The credentials of one source: a pull Secret, a docker config file, the operator's."""
 
+    __slots__ = ("entries", "source")
     source: str
-    entries: tuple[AuthEntry, ...] = ()
+    entries: tuple[AuthEntry, ...]
+
+    def __init__(self, source: str, entries: tuple[AuthEntry, ...] = ()) -> None:
+        _set(self, "source", source)
+        _set(self, "entries", entries)
 
 
 def _parse_key(key: str) -> tuple[str, str]:
@@ -415,7 +444,7 @@ def build_scoped_config(config: DockerConfig, registries: Iterable[str]) -> Dock
         for entry in config.entries
         if any(globs.evaluate_host_pattern(pattern, entry.host) for pattern in patterns)
     )
-    return dataclasses.replace(config, entries=kept)
+    return records.replace(config, entries=kept)
 
 
 def build_credential_chain(
@@ -454,19 +483,39 @@ def build_basic_authorization(credentials: Credentials) -> str:
 # ---------------------------------------------------------------------------- tokens
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TokenRequest:
+class TokenRequest(records.Record, hidden=("body",)):
+    """The request for a token that a challenge's realm answers (`build_token_request`)."""
+
+    __slots__ = ("body", "headers", "method", "url")
     method: str
     url: str
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes | None = dataclasses.field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes | None = None,
+    ) -> None:
+        _set(self, "method", method)
+        _set(self, "url", url)
+        _set(self, "headers", headers)
+        _set(self, "body", body)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Token:
-    value: str = dataclasses.field(repr=False)
+class Token(records.Record, hidden=("value",)):
+    """A bearer token a realm answered with (`parse_token_response`), and until when to use it."""
+
+    __slots__ = ("expires_at", "value")
+    value: str
     expires_at: float
     """Monotonic seconds after which the token is not used (a margin before its expiry)."""
+
+    def __init__(self, value: str, expires_at: float) -> None:
+        _set(self, "value", value)
+        _set(self, "expires_at", expires_at)
 
     @property
     def authorization(self) -> str:

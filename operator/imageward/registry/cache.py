@@ -17,7 +17,6 @@ content is never served for another name. No I/O here; the client does the fetch
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, Protocol, TypeVar
@@ -145,12 +144,30 @@ class _Store(Generic[V]):
         return len(self.cache)
 
 
-@dataclasses.dataclass(slots=True)
 class Flight(Generic[T]):
-    """One shared lookup: its task and what the creator attached (e.g. its progress)."""
+    """One shared lookup: its task and what the creator attached (e.g. its progress).
 
+    Mutable; `repr` and `==` over its fields and no hash, as a slotted dataclass (whose
+    making would cost `imageward check` a millisecond at import).
+    """
+
+    __slots__ = ("state", "task")
     task: asyncio.Task[T]
-    state: object = None
+    state: object
+
+    def __init__(self, task: asyncio.Task[T], state: object = None) -> None:
+        self.task = task
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__qualname__}(task={self.task!r}, state={self.state!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Flight) and other.__class__ is self.__class__:
+            return (self.task, self.state) == (other.task, other.state)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq: unhashable
 
 
 class InFlight:

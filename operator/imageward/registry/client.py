@@ -21,13 +21,12 @@ BadResponseError), because admission must answer whatever a registry sends.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from imageward import errors, records, settings
 from imageward.registry import (
@@ -64,10 +63,43 @@ _NO_REFERRERS_API_TTL = 600.0
 CredentialSources = Sequence[auth.DockerConfig]
 
 
-@dataclasses.dataclass(slots=True)
-class _Call:
+class _Fields:
+    """`repr` and `==` over the fields `_fields` names (in order) and no hash: what a
+    mutable slotted dataclass has, without the cost of making one at import."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        shown = ", ".join([f"{name}={getattr(self, name)!r}" for name in self._fields])
+        return f"{self.__class__.__qualname__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            names = self._fields
+            return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq: unhashable
+
+
+class _Call(_Fields):
     """One public call: where it is going, its deadline, its credentials, its progress."""
 
+    _fields = (
+        "registry",
+        "repository",
+        "reference",
+        "deadline",
+        "budget",
+        "sources",
+        "fingerprint",
+        "step",
+        "last_failure",
+        "working",
+        "sink",
+    )
+    __slots__ = _fields
     registry: str
     repository: str
     reference: str
@@ -75,12 +107,38 @@ class _Call:
     budget: float
     sources: tuple[auth.DockerConfig, ...]
     fingerprint: str
-    step: str = "starting"
-    last_failure: str | None = None
+    step: str
+    last_failure: str | None
     #: per endpoint host, the chain position whose credentials worked in this call
-    working: dict[str, int] = dataclasses.field(default_factory=dict)
+    working: dict[str, int]
     #: where a streamed blob's body goes (fetch_blob_to); None: into memory
-    sink: transport.BodySink | None = None
+    sink: transport.BodySink | None
+
+    def __init__(
+        self,
+        registry: str,
+        repository: str,
+        reference: str,
+        deadline: float,
+        budget: float,
+        sources: tuple[auth.DockerConfig, ...],
+        fingerprint: str,
+        step: str = "starting",
+        last_failure: str | None = None,
+        working: dict[str, int] = records.FACTORY,
+        sink: transport.BodySink | None = None,
+    ) -> None:
+        self.registry = registry
+        self.repository = repository
+        self.reference = reference
+        self.deadline = deadline
+        self.budget = budget
+        self.sources = sources
+        self.fingerprint = fingerprint
+        self.step = step
+        self.last_failure = last_failure
+        self.working = {} if working is records.FACTORY else working
+        self.sink = sink
 
     @property
     def scope(self) -> str:
@@ -98,27 +156,78 @@ class _Call:
         return self.deadline - asyncio.get_running_loop().time()
 
 
-@dataclasses.dataclass(slots=True)
-class _Request:
+class _Request(_Fields):
     """One registry API request as it goes down the layers (mirrors, retries, auth,
     redirects, transport): what is asked, of whom, and under which limits."""
 
+    _fields = (
+        "kind",
+        "method",
+        "url",
+        "ref",
+        "accept",
+        "max_bytes",
+        "hash_as",
+        "with_credentials",
+        "attempt",
+        "body",
+    )
+    __slots__ = _fields
     kind: str  # KIND_*: the metric label, and what messages call it
     method: str
     url: str
     ref: str  # the tag or digest asked about, for messages
     accept: str | None
     max_bytes: int
-    hash_as: model.Digest | None = None  # hash the body while it streams
+    hash_as: model.Digest | None  # hash the body while it streams
     #: False for a request to another origin than the registry's (a referrers `Link`
     #: to elsewhere): it goes without credentials and answers no auth challenge.
-    with_credentials: bool = True
-    attempt: int = 1
-    body: bytes | None = None
+    with_credentials: bool
+    attempt: int
+    body: bytes | None
+
+    def __init__(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        ref: str,
+        accept: str | None,
+        max_bytes: int,
+        hash_as: model.Digest | None = None,
+        with_credentials: bool = True,
+        attempt: int = 1,
+        body: bytes | None = None,
+    ) -> None:
+        self.kind = kind
+        self.method = method
+        self.url = url
+        self.ref = ref
+        self.accept = accept
+        self.max_bytes = max_bytes
+        self.hash_as = hash_as
+        self.with_credentials = with_credentials
+        self.attempt = attempt
+        self.body = body
 
     @property
     def describe(self) -> str:
         return f"{self.method} {self.kind} {self.ref}"
+
+    def moved(self, method: str, url: str) -> _Request:
+        """A copy with another method and URL (a redirect), as `dataclasses.replace`."""
+        return _Request(
+            self.kind,
+            method,
+            url,
+            self.ref,
+            self.accept,
+            self.max_bytes,
+            self.hash_as,
+            self.with_credentials,
+            self.attempt,
+            self.body,
+        )
 
 
 #: Bodies at least this large are parsed off the event loop: a hostile registry must
@@ -1061,7 +1170,7 @@ class RegistryClient:
             suffix = f" (attempt {request.attempt})" if request.attempt > 1 else ""
             call.step = f"waiting for {method} {_short(current)}{suffix}"
             response = await self._transport_request(
-                call, endpoint, dataclasses.replace(request, method=method, url=current), headers
+                call, endpoint, request.moved(method, current), headers
             )
             if response.status not in _REDIRECTS:
                 return response

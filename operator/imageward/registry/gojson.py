@@ -13,25 +13,46 @@ runtime does. No I/O.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from imageward import records
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Fields:
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
+
+class Fields(records.Record):
     """The fields of one Go struct that imageward reads, and the structs nested in them."""
 
+    __slots__ = ("lists", "names", "objects")
     names: frozenset[str]
-    objects: Mapping[str, Fields] = dataclasses.field(default_factory=dict)
+    objects: Mapping[str, Fields]
     """Fields holding one object of a known struct (`config`, `platform`)."""
-    lists: Mapping[str, Fields] = dataclasses.field(default_factory=dict)
+    lists: Mapping[str, Fields]
     """Fields holding an array of them (`layers`, `manifests`)."""
-    folded: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
-    """Each name's fold -> the name (made once: every manifest of a cold review is read)."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "folded", {fold(name): name for name in self.names})
+    def __init__(
+        self,
+        names: frozenset[str],
+        objects: Mapping[str, Fields] = records.FACTORY,
+        lists: Mapping[str, Fields] = records.FACTORY,
+    ) -> None:
+        _set(self, "names", names)
+        _set(self, "objects", {} if objects is records.FACTORY else objects)
+        _set(self, "lists", {} if lists is records.FACTORY else lists)
+
+    @property
+    def folded(self) -> Mapping[str, str]:
+        """Each name's fold -> the name (made once per set of names: every manifest of a
+        cold review is read)."""
+        folded = _FOLDED.get(self.names)
+        if folded is None:
+            folded = _FOLDED[self.names] = {fold(name): name for name in self.names}
+        return folded
+
+
+#: `Fields.folded` of each set of names (the structs are module constants: a few).
+_FOLDED: dict[frozenset[str], Mapping[str, str]] = {}
 
 
 def fold(key: str) -> str:

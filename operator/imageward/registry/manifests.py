@@ -11,12 +11,12 @@ Media types: OCI image manifest and index, Docker schema 2 manifest and manifest
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from imageward import records
 from imageward.registry import gojson, model, platforms, reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -49,6 +49,8 @@ _MAX_SIZE = 2**63 - 1
 MAX_INDEX_ENTRIES = 1024
 MAX_LAYERS = 1000
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+
 
 class ManifestError(ValueError):
     """Bytes that are no usable manifest, index or config; the message says why."""
@@ -61,14 +63,32 @@ class DigestMismatch(ManifestError):
 # ---------------------------------------------------------------------------- data
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Descriptor:
+class Descriptor(records.Record):
+    """An OCI content descriptor: what a manifest or index says of a blob or manifest."""
+
+    __slots__ = ("annotations", "artifact_type", "digest", "media_type", "platform", "size")
     media_type: str
     digest: model.Digest
     size: int
-    platform: model.Platform | None = None
-    annotations: tuple[tuple[str, str], ...] = ()
-    artifact_type: str | None = None
+    platform: model.Platform | None
+    annotations: tuple[tuple[str, str], ...]
+    artifact_type: str | None
+
+    def __init__(
+        self,
+        media_type: str,
+        digest: model.Digest,
+        size: int,
+        platform: model.Platform | None = None,
+        annotations: tuple[tuple[str, str], ...] = (),
+        artifact_type: str | None = None,
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "digest", digest)
+        _set(self, "size", size)
+        _set(self, "platform", platform)
+        _set(self, "annotations", annotations)
+        _set(self, "artifact_type", artifact_type)
 
     def annotation(self, name: str) -> str | None:
         for key, value in self.annotations:
@@ -77,14 +97,32 @@ class Descriptor:
         return None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageManifest:
+class ImageManifest(records.Record):
+    """An image manifest (OCI or Docker schema 2): its config and layers."""
+
+    __slots__ = ("annotations", "artifact_type", "config", "layers", "media_type", "subject")
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]
-    artifact_type: str | None = None
-    subject: Descriptor | None = None
-    annotations: tuple[tuple[str, str], ...] = ()
+    artifact_type: str | None
+    subject: Descriptor | None
+    annotations: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        media_type: str,
+        config: Descriptor,
+        layers: tuple[Descriptor, ...],
+        artifact_type: str | None = None,
+        subject: Descriptor | None = None,
+        annotations: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "config", config)
+        _set(self, "layers", layers)
+        _set(self, "artifact_type", artifact_type)
+        _set(self, "subject", subject)
+        _set(self, "annotations", annotations)
 
     @property
     def is_image(self) -> bool:
@@ -92,26 +130,54 @@ class ImageManifest:
         return self.config.media_type in CONFIG_TYPES
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageIndex:
+class ImageIndex(records.Record):
+    """An image index (OCI) or manifest list (Docker): its entries."""
+
+    __slots__ = ("annotations", "artifact_type", "manifests", "media_type", "subject")
     media_type: str
     manifests: tuple[Descriptor, ...]
-    artifact_type: str | None = None
-    subject: Descriptor | None = None
-    annotations: tuple[tuple[str, str], ...] = ()
+    artifact_type: str | None
+    subject: Descriptor | None
+    annotations: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        media_type: str,
+        manifests: tuple[Descriptor, ...],
+        artifact_type: str | None = None,
+        subject: Descriptor | None = None,
+        annotations: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "manifests", manifests)
+        _set(self, "artifact_type", artifact_type)
+        _set(self, "subject", subject)
+        _set(self, "annotations", annotations)
 
 
 Content = ImageManifest | ImageIndex
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FetchedManifest:
+class FetchedManifest(records.Record, hidden=("body",)):
     """A manifest or index as fetched: its verified digest, raw bytes and parsed content."""
 
+    __slots__ = ("body", "content", "digest", "media_type")
     digest: model.Digest
     media_type: str
-    body: bytes = dataclasses.field(repr=False)
+    body: bytes
     content: Content
+
+    def __init__(
+        self,
+        digest: model.Digest,
+        media_type: str,
+        body: bytes,
+        content: Content,
+    ) -> None:
+        _set(self, "digest", digest)
+        _set(self, "media_type", media_type)
+        _set(self, "body", body)
+        _set(self, "content", content)
 
     @property
     def is_index(self) -> bool:

@@ -23,9 +23,9 @@ again; `build_node_platforms` enumerates the nodes a pod could land on.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 
+from imageward import records
 from imageward.registry import model
 
 #: Architectures a Kubernetes node reports (`kubernetes.io/arch`) that Go supports.
@@ -55,18 +55,30 @@ NODE_VARIANTS: dict[str, tuple[str | None, ...]] = {
 #: How deep nested indexes are followed before the image is refused.
 MAX_NESTING = 4
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PlatformChoice:
+
+class PlatformChoice(records.Record):
     """What the pod says about the nodes it may run on (None: anything).
 
     From `spec.os.name`, and the `kubernetes.io/os` / `kubernetes.io/arch` node
     selector or required node affinity; the CLI's `--platform os/arch[/variant]`.
     """
 
-    os: str | None = None
-    architecture: str | None = None
-    variant: str | None = None
+    __slots__ = ("architecture", "os", "variant")
+    os: str | None
+    architecture: str | None
+    variant: str | None
+
+    def __init__(
+        self,
+        os: str | None = None,
+        architecture: str | None = None,
+        variant: str | None = None,
+    ) -> None:
+        _set(self, "os", os)
+        _set(self, "architecture", architecture)
+        _set(self, "variant", variant)
 
     def __str__(self) -> str:
         if self.os is None and self.architecture is None:
@@ -171,13 +183,23 @@ def evaluate_runs_on(entry: model.Platform, node: model.Platform) -> bool:
     return _rank(entry, build_preference(node)) is not None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(records.Record):
     """An index entry as matching sees it: its position, platform and media type."""
 
+    __slots__ = ("media_type", "platform", "position")
     position: int
     platform: model.Platform | None
     media_type: str
+
+    def __init__(
+        self,
+        position: int,
+        platform: model.Platform | None,
+        media_type: str,
+    ) -> None:
+        _set(self, "position", position)
+        _set(self, "platform", platform)
+        _set(self, "media_type", media_type)
 
 
 def select_entries(entries: Sequence[Entry], node: model.Platform) -> tuple[Entry, ...]:

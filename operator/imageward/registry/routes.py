@@ -7,25 +7,39 @@ as containerd sends them, so one mirror can serve several upstreams.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from imageward import records
 from imageward.registry import model, reference
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Endpoint:
+
+class Endpoint(records.Record):
     """Where to send API requests for one registry: `<scheme>://<host><prefix>/v2/…`."""
 
+    __slots__ = ("host", "mirror_of", "prefix", "scheme")
     host: str
-    scheme: str = "https"
-    prefix: str = ""
-    mirror_of: str | None = None
+    scheme: str
+    prefix: str
+    mirror_of: str | None
     """The canonical registry this endpoint mirrors (None: the registry itself)."""
+
+    def __init__(
+        self,
+        host: str,
+        scheme: str = "https",
+        prefix: str = "",
+        mirror_of: str | None = None,
+    ) -> None:
+        _set(self, "host", host)
+        _set(self, "scheme", scheme)
+        _set(self, "prefix", prefix)
+        _set(self, "mirror_of", mirror_of)
 
     @property
     def base_url(self) -> str:

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import ssl
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
-import multidict
-
+from imageward import records
 from imageward.registry import manifests, model, transport
 from imageward.registry.transport import short_url as _short
 from imageward.registry.transport import to_sink as _to_sink
@@ -33,16 +31,77 @@ _CHUNK = 64 * 1024
 _MAX_HEAD = 64 * 1024  # status line and headers together
 _NO_BODY_STATUSES = frozenset({204, 304})
 
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
+_D = TypeVar("_D")
+_MISSING: Any = object()
+
 
 class HeadError(ValueError):
     """The answer's status line or headers are not HTTP/1.1."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Head:
+class Headers:
+    """An answer's header fields: several values per name, names case-insensitive.
+
+    What the client reads of aiohttp's `multidict.CIMultiDictProxy` (`transport.Headers`),
+    with its semantics (the first value, or every value in order; a name is looked up as
+    its `lower()`), without importing multidict (and the `platform` module it loads).
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[str]] = {}  # lower-cased name -> values, in order
+
+    def add(self, name: str, value: str) -> None:
+        values = self._values.get(key := name.lower())
+        if values is None:
+            self._values[key] = [value]
+        else:
+            values.append(value)
+
+    @overload
+    def get(self, key: str) -> str | None: ...
+
+    @overload
+    def get(self, key: str, default: _D) -> str | _D: ...
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The first value of `key`, else `default`."""
+        values = self._values.get(key.lower())
+        return values[0] if values else default
+
+    @overload
+    def getall(self, key: str) -> list[str]: ...
+
+    @overload
+    def getall(self, key: str, default: _D) -> list[str] | _D: ...
+
+    def getall(self, key: str, default: Any = _MISSING) -> Any:
+        """Every value of `key` in order, else `default`; a KeyError without one."""
+        values = self._values.get(key.lower())
+        if values:
+            return list(values)
+        if default is _MISSING:
+            raise KeyError(f"Key not found: {key!r}")
+        return default
+
+    def __repr__(self) -> str:
+        return f"<Headers({self._values!r})>"
+
+
+class Head(records.Record):
+    """The status line and header fields of one answer (`parse_head`)."""
+
+    __slots__ = ("headers", "keep_alive", "status")
     status: int
-    headers: multidict.CIMultiDict[str]
+    headers: Headers
     keep_alive: bool
+
+    def __init__(self, status: int, headers: Headers, keep_alive: bool) -> None:
+        _set(self, "status", status)
+        _set(self, "headers", headers)
+        _set(self, "keep_alive", keep_alive)
 
     @property
     def content_length(self) -> int | None:
@@ -70,7 +129,7 @@ def parse_head(data: bytes) -> Head:
     code = rest.partition(" ")[0]
     if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
         raise HeadError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
-    headers: multidict.CIMultiDict[str] = multidict.CIMultiDict()
+    headers = Headers()
     for line in lines[1:]:
         if not line:
             continue
@@ -398,7 +457,7 @@ class StreamTransport(transport.Transport):
         response = transport.Response(
             status=head.status,
             url=url,
-            headers=multidict.CIMultiDictProxy(head.headers),
+            headers=head.headers,
             body=b"".join(chunks),
             digest=digest,
         )

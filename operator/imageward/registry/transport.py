@@ -11,14 +11,12 @@ Every request is recorded in `imageward_registry_requests_total` and
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ssl
 import time
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import multidict
-
+from imageward import records
 from imageward.registry import manifests, model
 
 if TYPE_CHECKING:
@@ -30,6 +28,8 @@ if TYPE_CHECKING:
 
 USER_AGENT = "imageward/0.1 (+https://imageward.io)"
 _CHUNK = 64 * 1024
+
+_set = object.__setattr__  # how a frozen Record's __init__ sets its fields
 
 
 class TransportError(Exception):
@@ -67,14 +67,45 @@ class BodyTooLarge(TransportError):
         self.limit = limit
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Response:
+class Headers(Protocol):
+    """An answer's header fields as the client reads them: several values per name, names
+    compared case-insensitively. aiohttp's `multidict.CIMultiDictProxy` is one (this
+    transport's), `streams.Headers` another (the one-shot transport's, without multidict).
+    """
+
+    def get(self, name: str, /) -> str | None:
+        """The first value of `name`, or None."""
+        ...
+
+    def getall(self, name: str, default: list[str], /) -> list[str]:
+        """Every value of `name` in order, or `default` when there is none."""
+        ...
+
+
+class Response(records.Record, hidden=("body",)):
+    """One answer: status, where it came from, its headers and (capped) body."""
+
+    __slots__ = ("body", "digest", "headers", "status", "url")
     status: int
     url: str
-    headers: multidict.CIMultiDictProxy[str]
-    body: bytes = dataclasses.field(repr=False)
-    digest: model.Digest | None = None
+    headers: Headers
+    body: bytes
+    digest: model.Digest | None
     """The body's digest, when the request asked for it to be hashed while streaming."""
+
+    def __init__(
+        self,
+        status: int,
+        url: str,
+        headers: Headers,
+        body: bytes,
+        digest: model.Digest | None = None,
+    ) -> None:
+        _set(self, "status", status)
+        _set(self, "url", url)
+        _set(self, "headers", headers)
+        _set(self, "body", body)
+        _set(self, "digest", digest)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

@@ -136,3 +136,18 @@ async def test_https_loads_the_trust_store_and_ca_bundle_at_the_first_connection
     finally:
         await transport.close()
         server.close()
+
+
+def test_headers_are_a_case_insensitive_multidict() -> None:
+    """What the client reads of an answer's headers, as multidict.CIMultiDictProxy reads it."""
+    headers = streams.Headers()
+    headers.add("WWW-Authenticate", "Bearer a")
+    headers.add("Location", "/x")
+    headers.add("www-authenticate", "Basic b")
+    assert headers.get("location") == headers.get("LOCATION") == "/x"
+    assert headers.get("Link") is None and headers.get("Link", "") == ""
+    assert headers.getall("Www-Authenticate") == ["Bearer a", "Basic b"]
+    default: list[str] = []
+    assert headers.getall("Link", default) is default
+    with pytest.raises(KeyError, match="Link"):
+        headers.getall("Link")
