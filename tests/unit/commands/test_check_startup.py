@@ -192,3 +192,8 @@ def test_a_lookup_imports_neither_aiohttp_nor_prometheus_client(tmp_path: pathli
         )
         == []
     )
+    # Nor dataclasses: the classes of the checker, the registry client and signature
+    # verification are records.Record, whose methods cost nothing at import (a frozen
+    # dataclass's cost a millisecond each, and they were forty). Nor multidict (with
+    # platform): the one-shot transport has headers of its own (streams.Headers).
+    assert _loaded(modules, ("dataclasses", "multidict", "platform")) == []
